@@ -1,0 +1,33 @@
+"""Prometheus metrics of the agent worker (switchboard_worker_*)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from switchboard.metrics import LATENCY_BUCKETS
+
+LIVE_CALLS = Gauge("switchboard_worker_live_calls", "Calls held by this worker")
+CAPACITY = Gauge("switchboard_worker_capacity", "Most calls this worker may hold")
+CALLS = Counter("switchboard_worker_calls_total", "Calls finished by this worker, by outcome", ["outcome"])
+CLAIMS = Counter("switchboard_worker_claims_total", "Calls claimed", ["kind"])  # new | takeover
+AUDIO_BYTES_TO_DG = Counter("switchboard_worker_audio_bytes_to_deepgram_total", "Caller audio bytes sent to Deepgram")
+AUDIO_BYTES_FROM_DG = Counter("switchboard_worker_audio_bytes_from_deepgram_total", "Agent audio bytes from Deepgram")
+CALLER_TRANSIT = Histogram(
+    "switchboard_worker_caller_audio_transit_seconds",
+    "Caller audio from the edge receiving it to the worker sending it to Deepgram",
+    buckets=LATENCY_BUCKETS,
+)
+DG_CONNECT = Histogram(
+    "switchboard_worker_deepgram_connect_seconds", "Deepgram connect → SettingsApplied", buckets=LATENCY_BUCKETS
+)
+DG_ERRORS = Counter("switchboard_worker_deepgram_errors_total", "Deepgram failures by code", ["code"])
+DG_RECONNECTS = Counter("switchboard_worker_deepgram_reconnects_total", "Mid-call Deepgram reconnects")
+BARGE_INS = Counter("switchboard_worker_barge_ins_total", "UserStartedSpeaking events (clear sent)")
+TURN_LATENCY = Histogram(
+    "switchboard_worker_agent_turn_latency_seconds",
+    "Deepgram's reported total latency per agent turn (AgentStartedSpeaking.total_latency)",
+    buckets=LATENCY_BUCKETS,
+)
+FUNCTION_CALLS = Counter("switchboard_worker_function_calls_total", "Function calls by outcome", ["outcome"])
+KEEPALIVES = Counter("switchboard_worker_keepalives_total", "KeepAlive messages sent")
+REDIS_ERRORS = Counter("switchboard_worker_redis_errors_total", "Failed Redis operations")
+LEASES_LOST = Counter("switchboard_worker_leases_lost_total", "Calls dropped because another worker took the lease")
+DRAINS = Counter("switchboard_worker_drains_total", "SIGTERM drains started")

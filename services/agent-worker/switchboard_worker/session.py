@@ -1,0 +1,457 @@
+"""One call held by this worker: the Deepgram session and both audio directions.
+
+Caller audio arrives through the worker's shared reader (`on_caller_entries`) and goes to
+Deepgram through a per-call outbox. Deepgram's audio and events are read by this session's
+own task (`run`) and appended to the call's `:out` / `:events` streams by the shared writer.
+
+A call ends on exactly one path: the edge writes `stop` to `:in` (Twilio hung up, or the
+edge closed the socket after we asked it to hang up). Everything that wants to end the
+call (Deepgram gone for good, `end_call`, a hang-up command) asks the edge to hang up
+and then waits for that stop, so the caller always hears what was meant to play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from switchboard import deepgram, entries
+from switchboard import keys as keyspace
+from switchboard import settings_store
+from switchboard.agent_settings import AgentSettings
+from switchboard.entries import Kind, now_us
+from switchboard.outbox import Outbox, PeerStalled
+
+from . import metrics
+from .deepgram_link import DeepgramUnavailable, open_agent
+from .functions import FunctionRunner
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_ITEMS = 60
+RESUME_AUDIO_MAX_AGE_US = 300_000  # on takeover, older caller audio is stale: skip it
+BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
+END_WAIT_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
+
+
+class LeaseLost(Exception):
+    pass
+
+
+class CallSession:
+    def __init__(self, worker: "Worker", stream_sid: str, call_sid: str, dispatch_id: bytes, takeover: bool) -> None:
+        self.worker = worker
+        self.stream_sid = stream_sid
+        self.call_sid = call_sid
+        self.dispatch_id = dispatch_id
+        self.takeover = takeover
+        keys = worker.keys
+        self.call_key = keys.call(stream_sid)
+        self.in_key = keys.caller_audio(stream_sid)
+        self.out_key = keys.agent_output(stream_sid)
+        self.events_key = keys.events(stream_sid)
+        self.cmd_key = keys.commands(stream_sid)
+        self.lease_token = ""
+        self.settings = AgentSettings()
+        self._live_overrides: dict[str, Any] = {}
+        self._dg: ClientConnection | None = None
+        self._outbox: Outbox | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._ready = False
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._stopped = asyncio.Event()  # the edge said the call is over
+        self._stop_reason = ""
+        self._hangup_requested = False
+        self._closing_dg = False
+        self._end_after_reply = False
+        self._last_error: str | None = None
+        self._reply_no = 0
+        self._in_pos: bytes | str = "0-0"
+        self._skip_audio_before_us = 0
+        self._last_audio_at = time.monotonic()
+        self._last_keepalive_at = 0.0
+        self._functions = FunctionRunner(self)
+        # Set before this session's task is cancelled when the call lives on elsewhere.
+        self.released: str | None = None
+        self.extra = {"call_sid": call_sid, "stream_sid": stream_sid, "worker_id": worker.settings.worker_id}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        outcome = "completed"
+        try:
+            meta = await self.worker.redis.hgetall(self.call_key)
+            if not meta or meta.get(b"state") == b"ended":
+                outcome = "already_ended"
+                return
+            await self._prepare(meta)
+            try:
+                await self._connect()
+            except DeepgramUnavailable as exc:
+                outcome = f"deepgram_{exc.code}"
+                self._record_error(exc.code, str(exc))
+                self._ask_edge_to_hang_up("deepgram_unavailable")
+            else:
+                self.worker.reader.add(self.in_key, self._in_pos)
+                self.worker.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
+                await self.worker.redis.hset(self.call_key, mapping={"state": "active"})
+                outcome = await self._pump()
+            if outcome != "completed" or self._hangup_requested:
+                await self._wait_for_stop()
+        except LeaseLost:
+            outcome = "lease_lost"
+            metrics.LEASES_LOST.inc()
+            log.warning("lost the call's lease to another worker; letting go", extra=self.extra)
+        except RedisError as exc:
+            outcome = "redis_error"
+            metrics.REDIS_ERRORS.inc()
+            log.error("redis failed during call setup: %r", exc, extra=self.extra)
+        finally:
+            await self._finish(self.released or outcome)
+
+    async def _prepare(self, meta: dict[bytes, bytes]) -> None:
+        profile = meta.get(b"profile", b"").decode() or None
+        resolved = await settings_store.resolve(self.worker.redis, self.worker.keys, self.call_sid, profile)
+        self.settings = resolved.settings
+        raw_overrides = meta.get(b"overrides")
+        if raw_overrides:
+            self._live_overrides = orjson.loads(raw_overrides)
+            self._apply_overrides()
+        if self.takeover:
+            self._in_pos = meta.get(b"in_pos", b"0-0")
+            self._skip_audio_before_us = now_us() - RESUME_AUDIO_MAX_AGE_US
+        await self.worker.redis.hset(
+            self.call_key,
+            mapping={
+                "worker": self.worker.settings.worker_id,
+                "state": "connecting",
+                "settings_source": resolved.source,
+                "settings_version": str(resolved.version),
+            },
+        )
+        log.info(
+            "call claimed",
+            extra={**self.extra, "takeover": self.takeover, "settings_source": resolved.source},
+        )
+
+    def _apply_overrides(self) -> None:
+        if "prompt" in self._live_overrides:
+            self.settings.think.prompt = self._live_overrides["prompt"]
+        if "speak" in self._live_overrides:
+            self.settings.speak = type(self.settings.speak).model_validate(self._live_overrides["speak"])
+
+    async def _connect(self, resume: bool | None = None) -> None:
+        resume = self.takeover if resume is None else resume
+        context = await self._load_context() if resume else None
+        message = self.settings.to_settings_message(
+            tags=["switchboard", f"callsid:{self.call_sid}"], context=context, resume=resume
+        )
+        attempts = self.worker.settings.deepgram_max_reconnects + 1
+        delay = 0.2
+        for attempt in range(1, attempts + 1):
+            try:
+                ws, request_id, took = await open_agent(
+                    self.worker.settings.deepgram_agent_url,
+                    self.worker.settings.deepgram_api_key.get_secret_value(),
+                    message,
+                    self.worker.settings.deepgram_connect_timeout_s,
+                )
+            except DeepgramUnavailable as exc:
+                metrics.DG_ERRORS.labels(exc.code).inc()
+                log.warning(
+                    "deepgram connect failed (%s), attempt %d/%d", exc, attempt, attempts, extra=self.extra
+                )
+                if not exc.retryable or attempt == attempts or self._stopped.is_set():
+                    raise
+                await asyncio.sleep(delay * (0.5 + self.worker.random.random()))
+                delay = min(delay * 2, 2.0)
+                continue
+            metrics.DG_CONNECT.observe(took)
+            self._attach(ws)
+            self._event("deepgram_connected", request_id=request_id, resumed=bool(resume), connect_ms=round(took * 1000, 1))
+            log.info("deepgram session open", extra={**self.extra, "request_id": request_id, "connect_ms": round(took * 1000, 1)})
+            return
+
+    def _attach(self, ws: ClientConnection) -> None:
+        self._dg = ws
+        self._outbox = Outbox(
+            ws.send,
+            max_bytes=self.worker.settings.worker_outbox_max_bytes,
+            stall_timeout_s=self.worker.settings.worker_stall_timeout_s,
+        )
+        self._sender = asyncio.create_task(self._send_loop(self._outbox, ws), name=f"dg-send-{self.stream_sid}")
+        self._ready = True
+        self._closing_dg = False
+        self._last_audio_at = time.monotonic()
+        if self._buffer:
+            self._outbox.put(b"".join(self._buffer))
+            self._buffer.clear()
+            self._buffered = 0
+
+    async def _send_loop(self, outbox: Outbox, ws: ClientConnection) -> None:
+        try:
+            await outbox.run()
+        except PeerStalled as exc:
+            log.warning("deepgram socket stalled: %s", exc, extra=self.extra)
+            await ws.close(1011, "stalled")
+        except ConnectionClosed:
+            pass
+
+    async def _pump(self) -> str:
+        """Read Deepgram until the call ends; reconnect with context when it drops."""
+        reconnects = 0
+        while True:
+            ws = self._dg
+            assert ws is not None
+            try:
+                async for frame in ws:
+                    if isinstance(frame, bytes):
+                        self._on_agent_audio(frame)
+                    else:
+                        self._on_agent_event(frame)
+            except ConnectionClosed:
+                pass
+            await self._detach()
+            if self._closing_dg or self._stopped.is_set():
+                return "completed"
+            code = self._last_error or "closed"
+            if code not in deepgram.RECONNECTABLE_ERRORS and code != "closed":
+                self._ask_edge_to_hang_up(f"deepgram_error_{code}")
+                return f"deepgram_{code}"
+            reconnects += 1
+            if reconnects > self.worker.settings.deepgram_max_reconnects:
+                self._ask_edge_to_hang_up("deepgram_gone")
+                return "deepgram_gone"
+            metrics.DG_RECONNECTS.inc()
+            log.warning("deepgram dropped mid-call (%s); reconnecting with context", code, extra=self.extra)
+            self._last_error = None
+            try:
+                await self._connect(resume=True)
+            except DeepgramUnavailable as exc:
+                self._ask_edge_to_hang_up(f"deepgram_{exc.code}")
+                return f"deepgram_{exc.code}"
+
+    async def _detach(self) -> None:
+        self._ready = False
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        self._sender = None
+
+    async def _wait_for_stop(self) -> None:
+        try:
+            async with asyncio.timeout(END_WAIT_S):
+                await self._stopped.wait()
+        except TimeoutError:
+            log.warning("edge never confirmed the end of the call", extra=self.extra)
+
+    async def _finish(self, outcome: str) -> None:
+        self.worker.reader.remove(self.in_key)
+        self.worker.reader.remove(self.cmd_key)
+        await self._functions.close()
+        if self._dg is not None:
+            self._closing_dg = True
+            await self._dg.close()
+            await self._detach()
+        metrics.CALLS.labels(outcome).inc()
+        if outcome in ("lease_lost", "handover"):
+            return  # the call lives on with another worker: leave its records alone
+        self._event("call_ended", outcome=outcome, reason=self._stop_reason)
+        try:
+            await self.worker.writer.flushed()
+            await self.worker.end_call_records(self, outcome)
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.error("could not record the end of the call: %r", exc, extra=self.extra)
+        log.info("call finished", extra={**self.extra, "outcome": outcome, "reason": self._stop_reason})
+
+    def release(self, reason: str) -> None:
+        """The call continues with another worker (drain, lost lease): leave it untouched."""
+        self.released = reason
+        self._closing_dg = True
+
+    # --- caller → Deepgram ---------------------------------------------------------------------
+    def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        audio: list[bytes] = []
+        now = now_us()
+        for _entry_id, fields in batch:
+            kind = fields.get(b"k")
+            if kind == Kind.AUDIO.value:
+                t_us = int(fields.get(b"t", 0))
+                if t_us < self._skip_audio_before_us:
+                    continue
+                audio.append(fields[b"p"])
+                metrics.CALLER_TRANSIT.observe(max(0, now - t_us) / 1e6)
+                continue
+            self._send_caller_audio(audio)
+            if kind == Kind.STOP.value:
+                self._on_stop(fields.get(b"p", b"").decode(errors="replace"))
+            elif kind == Kind.MARK.value:
+                self._event("mark_played", name=fields.get(b"p", b"").decode(errors="replace"))
+            elif kind == Kind.DTMF.value:
+                self._event("dtmf", digit=fields.get(b"p", b"").decode(errors="replace"))
+        self._send_caller_audio(audio)
+        self._in_pos = batch[-1][0]
+
+    def _send_caller_audio(self, parts: list[bytes]) -> None:
+        if not parts:
+            return
+        chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        if self._ready and self._outbox is not None:
+            self._outbox.put(chunk)
+            metrics.AUDIO_BYTES_TO_DG.inc(len(chunk))
+            self._last_audio_at = time.monotonic()
+        elif self._buffered < BUFFER_WHILE_CONNECTING_BYTES:
+            self._buffer.append(chunk)
+            self._buffered += len(chunk)
+
+    def _on_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stopped.set()
+        asyncio.create_task(self._close_deepgram_after_tail())
+
+    async def _close_deepgram_after_tail(self) -> None:
+        # Deliver the caller's last words before closing: the stop entry came after them.
+        self._closing_dg = True
+        if self._outbox is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self._outbox.drained()
+            except TimeoutError:
+                pass
+        if self._dg is not None:
+            await self._dg.close()
+
+    def tick(self, now: float) -> None:
+        """Called about once a second: KeepAlive while the caller's audio is paused."""
+        if not self._ready or self._outbox is None:
+            return
+        settings = self.worker.settings
+        since_audio = now - self._last_audio_at
+        if since_audio < settings.keepalive_after_s:
+            return
+        if self._last_keepalive_at > self._last_audio_at and now - self._last_keepalive_at < settings.keepalive_every_s:
+            return
+        self._outbox.put(deepgram.KEEPALIVE)
+        self._last_keepalive_at = now
+        metrics.KEEPALIVES.inc()
+
+    # --- Deepgram → caller -----------------------------------------------------------------------
+    def _on_agent_audio(self, frame: bytes) -> None:
+        metrics.AUDIO_BYTES_FROM_DG.inc(len(frame))
+        self.worker.writer.append(self.out_key, entries.audio(frame, now_us()))
+
+    def _on_agent_event(self, text: str) -> None:
+        try:
+            msg = deepgram.parse_server(text)
+        except deepgram.DeepgramProtocolError as exc:
+            log.warning("%s", exc, extra=self.extra)
+            return
+        kind = msg["type"]
+        if kind == "UserStartedSpeaking":
+            # Barge-in: nothing still queued may play; the clear overtakes it.
+            self.worker.writer.drop_pending_audio(self.out_key)
+            self.worker.writer.append(self.out_key, entries.clear())
+            metrics.BARGE_INS.inc()
+            self._event("barge_in")
+        elif kind == "ConversationText":
+            role, content = str(msg.get("role", "")), str(msg.get("content", ""))
+            self._event("transcript", role=role, content=content)
+        elif kind == "AgentStartedSpeaking":
+            self._reply_no += 1
+            if isinstance(msg.get("total_latency"), (int, float)):
+                metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
+            self._event("agent_started_speaking", **{k: v for k, v in msg.items() if k != "type"})
+        elif kind == "AgentAudioDone":
+            self.worker.writer.append(self.out_key, entries.mark(f"reply-{self._reply_no}"))
+            self._event("agent_audio_done", reply=self._reply_no)
+            if self._end_after_reply:
+                self._ask_edge_to_hang_up("end_call")
+        elif kind == "FunctionCallRequest":
+            self._functions.handle_request(msg)
+        elif kind == "Error":
+            code = str(msg.get("code", "UNKNOWN"))
+            self._last_error = code
+            self._record_error(code, str(msg.get("description", "")))
+        elif kind == "Warning":
+            self._event("warning", code=msg.get("code"), description=msg.get("description"))
+            log.info("deepgram warning %s", msg.get("code"), extra=self.extra)
+        elif kind in ("PromptUpdated", "SpeakUpdated", "ThinkUpdated", "InjectionRefused", "AgentThinking",
+                      "FunctionCallCancelled", "LatencyReport"):
+            self._event(kind[0].lower() + "".join("_" + c.lower() if c.isupper() else c for c in kind[1:]),
+                        **{k: v for k, v in msg.items() if k != "type"})
+        # Welcome, SettingsApplied, History and types Deepgram adds later need no action here.
+
+    def _record_error(self, code: str, description: str) -> None:
+        metrics.DG_ERRORS.labels(code).inc()
+        self._event("error", source="deepgram", code=code, description=description)
+        log.warning("deepgram error %s: %s", code, description, extra=self.extra)
+
+    # --- helpers used by commands and functions -------------------------------------------------
+    def send_to_agent(self, message: str) -> bool:
+        if not self._ready or self._outbox is None:
+            return False
+        self._outbox.put(message)
+        return True
+
+    def end_after_reply(self) -> None:
+        self._end_after_reply = True
+
+    def _ask_edge_to_hang_up(self, reason: str) -> None:
+        if self._hangup_requested:
+            return
+        self._hangup_requested = True
+        self.worker.writer.append(self.out_key, entries.hangup(reason))
+        self._event("hangup_requested", reason=reason)
+
+    def request_hangup(self, reason: str) -> None:
+        self._ask_edge_to_hang_up(reason)
+
+    def remember_override(self, field: str, value: Any) -> None:
+        self._live_overrides[field] = value
+        self.worker.spawn_write(self.call_key, {"overrides": orjson.dumps(self._live_overrides)})
+
+    def _event(self, kind: str, **data: Any) -> None:
+        data["type"] = kind
+        data["ts"] = round(time.time(), 3)
+        self.worker.writer.append(
+            self.events_key, entries.event(orjson.dumps(data, default=str)), maxlen=keyspace.EVENTS_STREAM_MAXLEN
+        )
+
+    def event(self, kind: str, **data: Any) -> None:
+        self._event(kind, **data)
+
+    @property
+    def in_position(self) -> bytes | str:
+        return self._in_pos
+
+    async def _load_context(self) -> list[dict[str, Any]]:
+        raw = await self.worker.redis.xrange(self.events_key, count=keyspace.EVENTS_STREAM_MAXLEN)
+        history: list[dict[str, Any]] = []
+        for _entry_id, fields in raw:
+            try:
+                event = orjson.loads(fields.get(b"p", b"{}"))
+            except orjson.JSONDecodeError:
+                continue
+            if event.get("type") == "transcript" and event.get("content"):
+                history.append(deepgram.history_text(event["role"], event["content"]))
+            elif event.get("type") == "function_call" and event.get("id"):
+                history.append(
+                    deepgram.history_function_call(
+                        event["id"], event["name"], event.get("arguments", "{}"), str(event.get("response", ""))
+                    )
+                )
+        return history[-MAX_CONTEXT_ITEMS:]

@@ -1,0 +1,25 @@
+"""Agent-worker settings (environment variables, see README)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from switchboard.config import CommonSettings, default_instance_id
+
+
+class WorkerSettings(CommonSettings):
+    worker_id: str = Field(default_factory=lambda: default_instance_id("worker"))
+    worker_capacity: int = Field(50, ge=1, le=5000, description="Most calls this worker holds at once")
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    deepgram_agent_url: str = "wss://agent.deepgram.com/v1/agent/converse"
+    deepgram_api_key: SecretStr = Field(..., description="Deepgram API key (Authorization: Token …)")
+    deepgram_connect_timeout_s: float = Field(5.0, gt=0)
+    deepgram_max_reconnects: int = Field(3, ge=0, le=10, description="Per call, after a mid-call drop")
+    keepalive_after_s: float = Field(1.0, gt=0, description="Caller audio pause that triggers a KeepAlive")
+    keepalive_every_s: float = Field(4.0, gt=0, le=8, description="KeepAlive period while audio is paused")
+    lease_ms: int = Field(3000, ge=500, description="A dead worker's calls are taken over after this")
+    worker_batch_window_ms: float = Field(0.0, ge=0, le=100)
+    worker_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
+    worker_stall_timeout_s: float = Field(10.0, gt=0)
+    drain_timeout_s: float = Field(25.0, gt=0, description="SIGTERM: hand over calls before this deadline")
+    function_secret: SecretStr | None = Field(None, description="HMAC key that signs function-call webhooks")

@@ -1,0 +1,329 @@
+"""The agent-worker instance: claims calls, keeps their leases, feeds their sessions.
+
+Claiming: `XREADGROUP` on the dispatch stream with COUNT = free slots, so a worker never
+holds more than its capacity and load spreads without a scheduler. The dispatch entry
+stays pending while the call lives; the owner refreshes its idle time (XCLAIM to itself)
+and its fencing lease on every heartbeat. If a worker dies, both lapse and another worker
+takes the call over with `XAUTOCLAIM`, reopening Deepgram with the conversation so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from typing import Any
+
+import httpx
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from switchboard import keys as keyspace
+from switchboard.config import redis_client
+from switchboard.httpserver import HealthServer
+from switchboard.keys import Keys
+from switchboard.streams import StreamReader, StreamWriter
+
+from . import commands, metrics
+from .session import CallSession
+from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# Renew the lease only if it is still ours: a worker that was paused past its lease must
+# not extend another worker's.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.random = random.Random()
+        self.redis = redis_client(settings)
+        self._redis_block = redis_client(settings, blocking=True)
+        self._redis_claim = redis_client(settings, blocking=True)
+        self.writer = StreamWriter(
+            self.redis,
+            batch_window_s=settings.worker_batch_window_ms / 1000,
+            on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+        )
+        self.reader = StreamReader(
+            self._redis_block, self.redis, self.keys.wake(settings.worker_id), self._on_entries,
+            on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+        )
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.sessions: dict[str, CallSession] = {}
+        self._by_key: dict[str, tuple[CallSession, bool]] = {}
+        self._session_tasks: dict[str, asyncio.Task[None]] = {}
+        self._free = asyncio.Event()
+        self._draining = False
+        self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        metrics.CAPACITY.set(settings.worker_capacity)
+
+    @property
+    def metrics_port(self) -> int:
+        return self._health.port
+
+    @property
+    def free_slots(self) -> int:
+        return self.settings.worker_capacity - len(self.sessions)
+
+    async def __aenter__(self) -> "Worker":
+        await self._ensure_group()
+        await self._health.start()
+        self._tasks = [
+            asyncio.create_task(coro, name=name)
+            for name, coro in (
+                ("writer", self.writer.run()),
+                ("reader", self.reader.run()),
+                ("claim", self._claim_loop()),
+                ("heartbeat", self._heartbeat_loop()),
+                ("takeover", self._takeover_loop()),
+                ("ticker", self._tick_loop()),
+            )
+        ]
+        log.info("worker ready", extra={"worker_id": self.settings.worker_id, "capacity": self.settings.worker_capacity,
+                                         "metrics_port": self.metrics_port})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.drain()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.dispatch(), keyspace.DISPATCH_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- claiming ----------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        dispatch = self.keys.dispatch()
+        while not self._draining:
+            free = self.free_slots
+            if free <= 0:
+                self._free.clear()
+                await self._free.wait()
+                continue
+            try:
+                response = await self._redis_claim.xreadgroup(
+                    keyspace.DISPATCH_GROUP, self.settings.worker_id, {dispatch: ">"}, count=free, block=1000
+                )
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
+                log.warning("claim failed: %r", exc)
+                await asyncio.sleep(0.5 + self.random.random())
+                if "NOGROUP" in str(exc):
+                    await self._ensure_group()
+                continue
+            for _key, items in response or ():
+                for entry_id, fields in items:
+                    await self._start_session(entry_id, fields, takeover=False)
+
+    async def _takeover_loop(self) -> None:
+        """Adopt calls whose owner stopped refreshing them (dead or partitioned worker)."""
+        period = self.settings.lease_ms / 2000
+        while not self._draining:
+            await asyncio.sleep(period * (0.75 + self.random.random() / 2))
+            if self.free_slots <= 0:
+                continue
+            try:
+                _next, claimed, deleted = await self.redis.xautoclaim(
+                    self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id,
+                    min_idle_time=self.settings.lease_ms, start_id="0-0", count=self.free_slots,
+                )
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
+                log.warning("takeover scan failed: %r", exc)
+                continue
+            for entry_id, fields in claimed:
+                if fields:
+                    await self._start_session(entry_id, fields, takeover=True)
+
+    async def _start_session(self, entry_id: bytes, fields: dict[bytes, bytes], takeover: bool) -> None:
+        stream_sid = fields.get(b"stream_sid", b"").decode()
+        call_sid = fields.get(b"call_sid", b"").decode()
+        if not stream_sid or stream_sid in self.sessions:
+            return
+        token = secrets.token_hex(8)
+        lease_key = self.keys.lease(stream_sid)
+        try:
+            acquired = await self.redis.set(lease_key, token, px=self.settings.lease_ms, nx=True)
+            if not acquired and takeover:
+                # The owner is alive but late with its refresh: give the entry back.
+                return
+            if not acquired:
+                await self.redis.set(lease_key, token, px=self.settings.lease_ms)
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("could not take lease: %r", exc, extra={"stream_sid": stream_sid})
+            return
+        session = CallSession(self, stream_sid, call_sid, entry_id, takeover)
+        session.lease_token = token
+        self.sessions[stream_sid] = session
+        self._by_key[session.in_key] = (session, False)
+        self._by_key[session.cmd_key] = (session, True)
+        metrics.LIVE_CALLS.set(len(self.sessions))
+        metrics.CLAIMS.labels("takeover" if takeover else "new").inc()
+        task = asyncio.create_task(self._run_session(session), name=f"call-{stream_sid}")
+        self._session_tasks[stream_sid] = task
+
+    async def _run_session(self, session: CallSession) -> None:
+        try:
+            await session.run()
+        except Exception:  # task boundary: one call's bug must not take the worker down
+            log.exception("call session crashed", extra=session.extra)
+        finally:
+            self.sessions.pop(session.stream_sid, None)
+            self._session_tasks.pop(session.stream_sid, None)
+            self._by_key.pop(session.in_key, None)
+            self._by_key.pop(session.cmd_key, None)
+            metrics.LIVE_CALLS.set(len(self.sessions))
+            self._free.set()
+
+    async def end_call_records(self, session: CallSession, outcome: str) -> None:
+        retention = self.settings.call_retention_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(session.call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
+                                             "end_reason": session._stop_reason})
+        for key in self.keys.per_call(session.stream_sid):
+            pipe.expire(key, retention)
+        pipe.expire(self.keys.call_by_callsid(session.call_sid), retention)
+        pipe.delete(self.keys.lease(session.stream_sid))
+        pipe.zrem(self.keys.live_calls(), session.stream_sid)
+        pipe.xack(self.keys.dispatch(), keyspace.DISPATCH_GROUP, session.dispatch_id)
+        pipe.xdel(self.keys.dispatch(), session.dispatch_id)
+        await pipe.execute()
+        for key in self.keys.per_call(session.stream_sid):
+            self.writer.forget(key)
+
+    # --- shared reader dispatch ------------------------------------------------------------------
+    def _on_entries(self, key: str, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        target = self._by_key.get(key)
+        if target is None:
+            return
+        session, is_command = target
+        if is_command:
+            commands.on_command_entries(session, batch)
+        else:
+            session.on_caller_entries(batch)
+
+    def spawn_write(self, key: str, mapping: dict[str, Any]) -> None:
+        """Fire-and-forget HSET for bookkeeping that must not delay audio."""
+        task = asyncio.create_task(self._hset(key, mapping))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _hset(self, key: str, mapping: dict[str, Any]) -> None:
+        try:
+            await self.redis.hset(key, mapping=mapping)
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("bookkeeping write failed: %r", exc)
+
+    # --- heartbeat ---------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        period = self.settings.lease_ms / 3000
+        while True:
+            try:
+                await self._heartbeat()
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
+                log.warning("heartbeat failed: %r", exc)
+            await asyncio.sleep(period)
+
+    async def _heartbeat(self) -> None:
+        sessions = list(self.sessions.values())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.worker(self.settings.worker_id), mapping={
+            "capacity": self.settings.worker_capacity, "live": len(sessions), "draining": int(self._draining),
+            "ts": repr(time.time()),
+        })
+        pipe.expire(self.keys.worker(self.settings.worker_id), max(3, self.settings.lease_ms * 3 // 1000))
+        if sessions:
+            pipe.xclaim(self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id, 0,
+                        [s.dispatch_id for s in sessions], justid=True)
+        for session in sessions:
+            pipe.eval(_RENEW, 1, self.keys.lease(session.stream_sid), session.lease_token, self.settings.lease_ms)
+            pipe.hset(session.call_key, "in_pos", session.in_position)
+        results = await pipe.execute(raise_on_error=False)
+        renewals = results[3 if sessions else 2:][::2] if sessions else []
+        for session, renewed in zip(sessions, renewals):
+            if renewed == 0 and session.stream_sid in self._session_tasks:
+                metrics.LEASES_LOST.inc()
+                log.warning("lease lost; stopping the call here", extra=session.extra)
+                session.release("lease_lost")
+                self._session_tasks[session.stream_sid].cancel()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                session.tick(now)
+
+    # --- drain --------------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop claiming, hand live calls to other workers, then close everything."""
+        if not self._draining:
+            self._draining = True
+            metrics.DRAINS.inc()
+        log.info("draining", extra={"worker_id": self.settings.worker_id, "live_calls": len(self.sessions)})
+        for task in self._tasks:
+            if task.get_name() in ("claim", "takeover"):
+                task.cancel()
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.release("handover")
+        for task in list(self._session_tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._session_tasks.values(), return_exceptions=True)
+        if sessions:
+            await self._hand_over(sessions)
+        try:
+            async with asyncio.timeout(5):
+                await self.writer.flushed()
+        except TimeoutError:
+            log.warning("could not flush pending writes while draining")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await self._health.close()
+        await self.http.aclose()
+        for client in (self.redis, self._redis_block, self._redis_claim):
+            await client.aclose()
+
+    async def _hand_over(self, sessions: list[CallSession]) -> None:
+        # Age the dispatch entries past the lease and drop the leases, so that another
+        # worker adopts each call on its next takeover scan instead of a lease later.
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for session in sessions:
+                pipe.hset(session.call_key, "in_pos", session.in_position)
+                pipe.delete(self.keys.lease(session.stream_sid))
+            pipe.xclaim(self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id, 0,
+                        [s.dispatch_id for s in sessions], idle=self.settings.lease_ms * 10, justid=True)
+            await pipe.execute()
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("hand-over bookkeeping failed: %r", exc)
+
+    async def _readiness(self) -> tuple[bool, dict]:
+        try:
+            async with asyncio.timeout(1):
+                await self.redis.ping()
+            redis_ok = True
+        except (RedisError, TimeoutError, OSError):
+            redis_ok = False
+        ready = redis_ok and not self._draining
+        return ready, {"redis": redis_ok, "draining": self._draining, "live_calls": len(self.sessions),
+                       "capacity": self.settings.worker_capacity}
+
+
+def json_fields(**values: Any) -> bytes:
+    return orjson.dumps(values)

@@ -1,0 +1,230 @@
+"""One Twilio Media Stream on the edge: Twilio frames in, Redis entries out, and back.
+
+Caller side: each `media` payload is base64-decoded once and appended (raw bytes) to the
+call's `:in` stream through the instance's coalescing writer. Agent side: the instance's
+reader hands this call's `:out` entries to `deliver()`, which turns them into Twilio
+messages on a per-call outbox, so a slow Twilio socket only ever delays its own call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from switchboard import entries, twilio
+from switchboard.entries import Kind, now_us
+from switchboard.outbox import Outbox, PeerStalled
+
+from . import metrics
+
+if TYPE_CHECKING:
+    from .server import EdgeServer
+
+log = logging.getLogger(__name__)
+
+_SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
+HANGUP_MARK = "sb-hangup"
+
+
+class EdgeCall:
+    def __init__(self, server: "EdgeServer", ws: ServerConnection) -> None:
+        self._server = server
+        self._ws = ws
+        self._settings = server.settings
+        self.stream_sid = ""
+        self.call_sid = ""
+        self._in_key = ""
+        self._out_key = ""
+        self._outbox = Outbox(
+            ws.send, max_bytes=self._settings.edge_outbox_max_bytes, stall_timeout_s=self._settings.edge_stall_timeout_s
+        )
+        self._sender: asyncio.Task[None] | None = None
+        self._hangup_timer: asyncio.TimerHandle | None = None
+        self._errors = 0
+        self._stopped = False
+
+    @property
+    def _ids(self) -> dict[str, str]:
+        return {"call_sid": self.call_sid, "stream_sid": self.stream_sid, "edge_id": self._settings.edge_id}
+
+    # --- Twilio → Redis ------------------------------------------------------------------------
+    async def run(self) -> None:
+        reason = "twilio_closed"
+        try:
+            async for frame in self._ws:
+                if isinstance(frame, bytes):
+                    self._protocol_error("binary_frame", "Twilio sends text frames only")
+                    continue
+                try:
+                    event = twilio.parse(frame)
+                except twilio.TwilioProtocolError as exc:
+                    self._protocol_error(exc.reason, str(exc))
+                    continue
+                if type(event) is twilio.Media:
+                    self._on_media(event)
+                elif isinstance(event, twilio.Start):
+                    await self._on_start(event)
+                elif isinstance(event, twilio.Stop):
+                    reason = "twilio_stop"
+                    break
+                else:
+                    self._on_other(event)
+                if self._errors > self._settings.edge_max_protocol_errors:
+                    reason = "too_many_protocol_errors"
+                    await self._ws.close(1008, "too many invalid messages")
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._finish(reason)
+
+    def _on_media(self, media: twilio.Media) -> None:
+        if not self._in_key:
+            self._protocol_error("media_before_start", "media before start")
+            return
+        if media.stream_sid != self.stream_sid:
+            self._protocol_error("wrong_stream_sid", f"media for stream {media.stream_sid[:40]!r}")
+            return
+        metrics.FRAMES_IN.inc()
+        metrics.AUDIO_BYTES_IN.inc(len(media.payload))
+        self._server.writer.append(self._in_key, entries.audio(media.payload, now_us()))
+
+    async def _on_start(self, start: twilio.Start) -> None:
+        if self._in_key:
+            self._protocol_error("duplicate_start", "second start message ignored")
+            return
+        if not (_SID.match(start.stream_sid) and _SID.match(start.call_sid)):
+            self._protocol_error("invalid_sid", "streamSid/callSid must be alphanumeric")
+            await self._ws.close(1008, "invalid start")
+            return
+        if (start.encoding, start.sample_rate, start.channels) != twilio.MEDIA_FORMAT_SUPPORTED:
+            self._protocol_error("unsupported_media_format", f"{start.encoding}/{start.sample_rate}/{start.channels}")
+            await self._ws.close(1003, "unsupported media format")
+            return
+        self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
+        keys = self._server.keys
+        self._in_key, self._out_key = keys.caller_audio(self.stream_sid), keys.agent_output(self.stream_sid)
+        self._sender = asyncio.create_task(self._send_loop(), name=f"edge-send-{self.stream_sid}")
+        self._server.attach(self._out_key, self)
+        await self._server.register_call(start)
+        metrics.LIVE_CALLS.inc()
+        log.info("stream started", extra={**self._ids, "params": sorted(start.custom_parameters)})
+
+    def _on_other(self, event: twilio.TwilioEvent) -> None:
+        if isinstance(event, twilio.Connected):
+            return
+        if not self._in_key:
+            self._protocol_error("event_before_start", f"{type(event).__name__.lower()} before start")
+            return
+        if event.stream_sid != self.stream_sid:  # type: ignore[union-attr]
+            self._protocol_error("wrong_stream_sid", "event for another stream")
+            return
+        if isinstance(event, twilio.Mark):
+            if event.name == HANGUP_MARK:
+                # Twilio has played everything we sent before the goodbye mark.
+                asyncio.create_task(self._ws.close(1000, "call ended"))
+                return
+            self._server.writer.append(self._in_key, entries.mark(event.name))
+        elif isinstance(event, twilio.Dtmf):
+            self._server.writer.append(self._in_key, entries.dtmf(event.digit))
+
+    def _protocol_error(self, reason: str, description: str) -> None:
+        self._errors += 1
+        metrics.MALFORMED.labels(reason).inc()
+        # First few per call are enough to diagnose; a flood must not flood the logs too.
+        if self._errors <= 5:
+            log.warning("invalid Twilio message: %s", description, extra={**self._ids, "reason": reason})
+
+    async def _finish(self, reason: str) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._hangup_timer:
+            self._hangup_timer.cancel()
+        if not self._in_key:
+            metrics.CALLS.labels("no_start").inc()
+            return
+        self._server.detach(self._out_key)
+        self._server.writer.append(self._in_key, entries.stop(reason))
+        self._outbox.close()
+        if self._sender:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        metrics.LIVE_CALLS.dec()
+        metrics.CALLS.labels(reason).inc()
+        log.info("stream ended", extra={**self._ids, "reason": reason})
+
+    # --- Redis → Twilio --------------------------------------------------------------------------
+    def deliver(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Entries of this call's :out stream, in order. Runs inside the reader: must not block."""
+        audio: list[bytes] = []
+        now = now_us()
+        for _entry_id, fields in batch:
+            kind = fields.get(b"k")
+            if kind == Kind.AUDIO.value:
+                audio.append(fields[b"p"])
+                metrics.AGENT_TRANSIT.observe(max(0, now - int(fields.get(b"t", now))) / 1e6)
+                continue
+            if kind == Kind.CLEAR.value:
+                # Barge-in overtakes everything still queued here, including this batch's audio.
+                audio.clear()
+                self._outbox.clear()
+                self._outbox.put(twilio.clear_message(self.stream_sid))
+                metrics.CLEARS.inc()
+                continue
+            self._send_audio(audio)
+            if kind == Kind.MARK.value:
+                self._outbox.put(twilio.mark_message(self.stream_sid, fields[b"p"].decode(errors="replace")))
+            elif kind == Kind.HANGUP.value:
+                self._begin_hangup(fields[b"p"].decode(errors="replace"))
+        self._send_audio(audio)
+
+    def _send_audio(self, parts: list[bytes]) -> None:
+        if not parts:
+            return
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        metrics.AUDIO_BYTES_OUT.inc(len(payload))
+        self._outbox.put(twilio.media_message(self.stream_sid, payload))
+
+    def _begin_hangup(self, reason: str) -> None:
+        # Close only after Twilio has played the goodbye: its echo of this mark says so.
+        log.info("hangup requested", extra={**self._ids, "reason": reason})
+        self._outbox.put(twilio.mark_message(self.stream_sid, HANGUP_MARK))
+        if self._hangup_timer is None:
+            loop = asyncio.get_running_loop()
+            self._hangup_timer = loop.call_later(
+                self._settings.edge_hangup_grace_s, lambda: asyncio.create_task(self._ws.close(1000, "call ended"))
+            )
+
+    async def _send_loop(self) -> None:
+        try:
+            await self._outbox.run()
+        except PeerStalled as exc:
+            metrics.STALLED.inc()
+            log.warning("Twilio socket stalled, closing: %s", exc, extra=self._ids)
+            self._outbox.clear()
+            await self._ws.close(1011, "peer not reading")
+        except ConnectionClosed:
+            pass
+
+
+def start_fields(start: twilio.Start, edge_id: str) -> dict[str, bytes]:
+    now = time.time()
+    return {
+        "call_sid": start.call_sid.encode(),
+        "stream_sid": start.stream_sid.encode(),
+        "account_sid": start.account_sid.encode(),
+        "edge": edge_id.encode(),
+        "profile": start.custom_parameters.get("profile", "").encode(),
+        "params": orjson.dumps(start.custom_parameters),
+        "state": b"waiting",
+        "started_at": repr(now).encode(),
+    }

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the edge (switchboard_edge_*)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from switchboard.metrics import LATENCY_BUCKETS
+
+LIVE_CALLS = Gauge("switchboard_edge_live_calls", "Twilio streams open on this edge")
+CALLS = Counter("switchboard_edge_calls_total", "Twilio streams by outcome", ["outcome"])
+FRAMES_IN = Counter("switchboard_edge_media_frames_in_total", "Twilio media frames received")
+AUDIO_BYTES_IN = Counter("switchboard_edge_audio_bytes_in_total", "Caller audio bytes received (raw mu-law)")
+AUDIO_BYTES_OUT = Counter("switchboard_edge_audio_bytes_out_total", "Agent audio bytes sent to Twilio (raw mu-law)")
+CLEARS = Counter("switchboard_edge_clears_total", "Barge-in clears sent to Twilio")
+MALFORMED = Counter("switchboard_edge_malformed_frames_total", "Twilio frames rejected", ["reason"])
+REJECTED = Counter("switchboard_edge_rejected_handshakes_total", "Upgrades refused", ["reason"])
+REDIS_ERRORS = Counter("switchboard_edge_redis_errors_total", "Failed Redis operations")
+REDIS_BATCH = Histogram(
+    "switchboard_edge_redis_batch_entries", "Entries per Redis write pipeline", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+)
+AGENT_TRANSIT = Histogram(
+    "switchboard_edge_agent_audio_transit_seconds",
+    "Agent audio from the worker receiving it to the edge sending it to Twilio",
+    buckets=LATENCY_BUCKETS,
+)
+STALLED = Counter("switchboard_edge_stalled_peers_total", "Twilio sockets cut for not reading")

@@ -1,0 +1,192 @@
+"""The edge instance: the Twilio WebSocket server plus its shared Redis writer and reader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from http import HTTPStatus
+
+from redis.exceptions import RedisError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from switchboard import keys as keyspace
+from switchboard import signature, twilio
+from switchboard.config import redis_client
+from switchboard.httpserver import HealthServer
+from switchboard.keys import Keys
+from switchboard.streams import StreamReader, StreamWriter
+
+from . import metrics
+from .call import EdgeCall, start_fields
+from .settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+STREAM_PATHS = ("/twilio", "/twilio/")
+MAX_CALL_TTL_S = 6 * 3600
+
+
+class EdgeServer:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis_client(settings)
+        self._redis_block = redis_client(settings, blocking=True)
+        self.writer = StreamWriter(
+            self.redis,
+            batch_window_s=settings.edge_batch_window_ms / 1000,
+            key_ttl_s=MAX_CALL_TTL_S,
+            on_flush=lambda count, _: metrics.REDIS_BATCH.observe(count) if count else None,
+            on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+        )
+        self.reader = StreamReader(
+            self._redis_block,
+            self.redis,
+            self.keys.wake(settings.edge_id),
+            self._on_agent_entries,
+            on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+        )
+        self._calls: dict[str, EdgeCall] = {}
+        self._ws_server: Server | None = None
+        self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None
+        return self._ws_server.sockets[0].getsockname()[1]  # type: ignore[index]
+
+    @property
+    def metrics_port(self) -> int:
+        return self._health.port
+
+    async def __aenter__(self) -> "EdgeServer":
+        self._tasks = [
+            asyncio.create_task(self.writer.run(), name="edge-writer"),
+            asyncio.create_task(self.reader.run(), name="edge-reader"),
+        ]
+        await self._health.start()
+        self._ws_server = await serve(
+            self._handle,
+            self.settings.edge_host,
+            self.settings.edge_port,
+            process_request=self._process_request,
+            max_size=self.settings.edge_max_frame_bytes,
+            compression=None,  # Twilio doesn't negotiate it; base64 audio would not compress anyway
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        log.info(
+            "edge listening",
+            extra={"port": self.port, "metrics_port": self.metrics_port, "edge_id": self.settings.edge_id},
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Close every stream with 1001 (Twilio continues the TwiML), flush Redis, stop."""
+        self._draining = True
+        if self._ws_server is not None:
+            self._ws_server.close(close_connections=True)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._ws_server.wait_closed()
+            except TimeoutError:
+                log.warning("some Twilio sockets did not close in time")
+        try:
+            async with asyncio.timeout(5):
+                await self.writer.flushed()
+        except TimeoutError:
+            log.warning("could not flush pending Redis writes on shutdown")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._health.close()
+        await self.redis.aclose()
+        await self._redis_block.aclose()
+
+    # --- handshake -----------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?")[0]
+        if path in ("/healthz", "/readyz"):
+            ok = not self._draining
+            return connection.respond(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, "ok\n" if ok else "draining\n")
+        if path not in STREAM_PATHS:
+            metrics.REJECTED.labels("path").inc()
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if self._draining:
+            metrics.REJECTED.labels("draining").inc()
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        token = self.settings.twilio_auth_token
+        if token is None:
+            return None
+        url = self._public_url(request, path)
+        if not signature.stream_signature_valid(token.get_secret_value(), url, request.headers.get("X-Twilio-Signature")):
+            metrics.REJECTED.labels("signature").inc()
+            log.warning("rejected stream: bad X-Twilio-Signature", extra={"url": url, "peer": str(connection.remote_address)})
+            return connection.respond(HTTPStatus.FORBIDDEN, "Forbidden\n")
+        return None
+
+    def _public_url(self, request: Request, path: str) -> str:
+        if self.settings.edge_public_url:
+            return self.settings.edge_public_url
+        if self.settings.trust_proxy_headers:
+            return signature.public_url_from_proxy_headers(request.headers, path, default_scheme="wss")
+        return f"wss://{request.headers.get('Host', '')}{path}"
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        await EdgeCall(self, ws).run()
+
+    # --- calls ---------------------------------------------------------------------------------
+    def attach(self, out_key: str, call: EdgeCall) -> None:
+        self._calls[out_key] = call
+        self.reader.add(out_key, "0-0")
+
+    def detach(self, out_key: str) -> None:
+        self._calls.pop(out_key, None)
+        self.reader.remove(out_key)
+        self.writer.forget(out_key)
+
+    async def register_call(self, start: twilio.Start) -> None:
+        """Write the call record and announce it to the workers, in one round trip."""
+        sid = start.stream_sid
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.call(sid), mapping=start_fields(start, self.settings.edge_id))
+        pipe.expire(self.keys.call(sid), MAX_CALL_TTL_S)
+        pipe.set(self.keys.call_by_callsid(start.call_sid), sid, ex=MAX_CALL_TTL_S)
+        pipe.zadd(self.keys.live_calls(), {sid: time.time()})
+        pipe.xadd(
+            self.keys.dispatch(),
+            {b"stream_sid": sid.encode(), b"call_sid": start.call_sid.encode(), b"edge": self.settings.edge_id.encode()},
+            maxlen=keyspace.DISPATCH_STREAM_MAXLEN,
+            approximate=True,
+        )
+        try:
+            await pipe.execute()
+        except RedisError:
+            metrics.REDIS_ERRORS.inc()
+            log.exception("could not register call", extra={"stream_sid": sid, "call_sid": start.call_sid})
+            raise
+
+    def _on_agent_entries(self, key: str, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        call = self._calls.get(key)
+        if call is not None:
+            call.deliver(batch)
+
+    async def _readiness(self) -> tuple[bool, dict]:
+        try:
+            async with asyncio.timeout(1):
+                await self.redis.ping()
+            redis_ok = True
+        except (RedisError, TimeoutError, OSError):
+            redis_ok = False
+        return (redis_ok and not self._draining), {
+            "redis": redis_ok,
+            "draining": self._draining,
+            "live_calls": len(self._calls),
+        }

@@ -1,0 +1,37 @@
+"""Edge settings (environment variables, see README)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+
+from switchboard.config import CommonSettings, default_instance_id
+
+
+class EdgeSettings(CommonSettings):
+    edge_id: str = Field(default_factory=lambda: default_instance_id("edge"))
+    edge_host: str = "0.0.0.0"
+    edge_port: int = Field(8080, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535)
+    edge_public_url: str | None = Field(
+        None, description="The wss:// stream URL exactly as in the TwiML; Twilio signs it"
+    )
+    twilio_auth_token: SecretStr | None = None
+    edge_insecure_no_signature: bool = Field(
+        False, description="Development only: accept streams without checking X-Twilio-Signature"
+    )
+    trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
+    edge_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
+    edge_max_frame_bytes: int = Field(64 * 1024, ge=1024)
+    edge_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
+    edge_stall_timeout_s: float = Field(10.0, gt=0)
+    edge_hangup_grace_s: float = Field(20.0, gt=0, description="Longest wait for the goodbye to play")
+    edge_max_protocol_errors: int = Field(50, ge=1, description="Per call, before the stream is closed")
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> "EdgeSettings":
+        if self.twilio_auth_token is None and not self.edge_insecure_no_signature:
+            raise ValueError(
+                "TWILIO_AUTH_TOKEN is not set: set it, or set EDGE_INSECURE_NO_SIGNATURE=true "
+                "for local development (streams are then accepted unsigned)"
+            )
+        return self

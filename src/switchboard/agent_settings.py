@@ -1,0 +1,138 @@
+"""Agent settings: a typed model that maps one-to-one onto Deepgram Voice Agent v1 `Settings`.
+
+The audio block is not configurable: Twilio carries 8 kHz mu-law both ways, so Switchboard
+always asks Deepgram for exactly that (no container) and the bytes pass through untouched.
+Functions with a `webhook` are run by Switchboard (client-side for Deepgram): the webhook
+is ours, so it is never sent to Deepgram.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+TWILIO_AUDIO: dict[str, Any] = {
+    "input": {"encoding": "mulaw", "sample_rate": 8000},
+    "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"},
+}
+
+
+class _Open(BaseModel):
+    # Deepgram keeps adding provider fields; pass unknown ones through rather than reject them.
+    model_config = ConfigDict(extra="allow")
+
+
+class ListenProvider(_Open):
+    type: Literal["deepgram"] = "deepgram"
+    model: str = Field("nova-3", min_length=1, max_length=100, examples=["nova-3"])
+    keyterms: list[str] | None = None
+    smart_format: bool | None = None
+
+
+class Listen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: ListenProvider = Field(default_factory=ListenProvider)
+
+
+class ThinkProvider(_Open):
+    type: Literal["open_ai", "anthropic", "google", "groq", "aws_bedrock", "x_ai"] = "anthropic"
+    model: str = Field("claude-3-5-haiku-latest", min_length=1, max_length=100)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class WebhookEndpoint(BaseModel):
+    """Where Switchboard's worker sends a function call (HTTPS in production)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: HttpUrl
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(1, ge=0, le=5)
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", examples=["get_slots"])
+    description: str = Field(..., min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        examples=[{"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}],
+    )
+    webhook: WebhookEndpoint | None = None
+
+    def to_deepgram(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+class Think(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: ThinkProvider = Field(default_factory=ThinkProvider)
+    prompt: str = Field("You are a helpful car seller.", max_length=25_000)
+    functions: list[FunctionDef] = Field(default_factory=list, max_length=64)
+    endpoint: dict[str, Any] | None = Field(None, description="Bring-your-own LLM endpoint {url, headers}")
+
+
+class SpeakProvider(_Open):
+    type: str = Field("deepgram", min_length=1, max_length=40)
+    model: str | None = Field("aura-asteria-en", max_length=100, examples=["aura-2-thalia-en"])
+
+
+class Speak(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: SpeakProvider = Field(default_factory=SpeakProvider)
+    endpoint: dict[str, Any] | None = None
+
+
+class AgentSettings(BaseModel):
+    """What the agent hears with, thinks with, says, and how it greets."""
+
+    model_config = ConfigDict(extra="forbid")
+    language: str = Field("en", min_length=2, max_length=16)
+    listen: Listen = Field(default_factory=Listen)
+    think: Think = Field(default_factory=Think)
+    speak: Speak = Field(default_factory=Speak)
+    greeting: str | None = Field(None, max_length=2000)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+    mip_opt_out: bool = False
+
+    def function(self, name: str) -> FunctionDef | None:
+        return next((f for f in self.think.functions if f.name == name), None)
+
+    def to_settings_message(
+        self,
+        *,
+        tags: list[str] | None = None,
+        context: list[dict[str, Any]] | None = None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        """The Deepgram `Settings` message. On resume the greeting is left out (no second hello)."""
+        think: dict[str, Any] = {
+            "provider": self.think.provider.model_dump(exclude_none=True),
+            "prompt": self.think.prompt,
+        }
+        if self.think.functions:
+            think["functions"] = [f.to_deepgram() for f in self.think.functions]
+        if self.think.endpoint:
+            think["endpoint"] = self.think.endpoint
+        speak: dict[str, Any] = {"provider": self.speak.provider.model_dump(exclude_none=True)}
+        if self.speak.endpoint:
+            speak["endpoint"] = self.speak.endpoint
+        agent: dict[str, Any] = {
+            "language": self.language,
+            "listen": {"provider": self.listen.provider.model_dump(exclude_none=True)},
+            "think": think,
+            "speak": speak,
+        }
+        if self.greeting and not resume:
+            agent["greeting"] = self.greeting
+        if context:
+            agent["context"] = {"messages": context}
+        message: dict[str, Any] = {
+            "type": "Settings",
+            "tags": [*self.tags, *(tags or [])],
+            "audio": TWILIO_AUDIO,
+            "agent": agent,
+        }
+        if self.mip_opt_out:
+            message["mip_opt_out"] = True
+        return message

@@ -1,0 +1,48 @@
+"""Settings shared by every service, and the Redis client factory.
+
+Each service subclasses `CommonSettings` with its own fields; values come from environment
+variables (names = field names upper-cased) or a `.env` file, built once in `main()`.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import redis.asyncio as redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_instance_id(kind: str) -> str:
+    # Hostname first: in compose/k8s it names the replica, which makes logs and metrics readable.
+    return f"{kind}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or Redis Cluster) URL")
+    redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster node")
+    key_prefix: str = Field("sb:", description="Prefix of every Redis key")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics")
+    call_retention_s: int = Field(3600, ge=60, description="How long an ended call's record and transcript stay")
+
+
+def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.Redis:
+    """A client for normal commands, or (blocking=True) one meant to sit in XREAD BLOCK.
+
+    Blocking reads get their own single connection with no socket timeout, so they never
+    hold a pooled connection that latency-sensitive writes are waiting for.
+    """
+    kwargs = dict(
+        decode_responses=False,
+        health_check_interval=0 if blocking else 15,
+        socket_keepalive=True,
+        socket_connect_timeout=3,
+        socket_timeout=None if blocking else 5,
+    )
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(settings.redis_url, **kwargs)  # type: ignore[return-value]
+    return redis.Redis.from_url(settings.redis_url, max_connections=4 if blocking else 64, **kwargs)

@@ -1,0 +1,97 @@
+"""Every Redis key name and lifetime Switchboard uses, in one place.
+
+All keys of one call carry the hash tag `{<streamSid>}` so that per-call operations stay on
+one Redis Cluster slot. Every stream is capped (MAXLEN ~) and every per-call key expires
+after the call (RETENTION).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DISPATCH_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sb:"
+
+    # --- one call -------------------------------------------------------------------------
+    def call(self, stream_sid: str) -> str:
+        """Hash: callSid, accountSid, edge, worker, profile, state, timestamps, parameters."""
+        return f"{self.prefix}call:{{{stream_sid}}}"
+
+    def caller_audio(self, stream_sid: str) -> str:
+        """Stream edge → worker: caller audio, dtmf, mark echoes, stop."""
+        return f"{self.prefix}call:{{{stream_sid}}}:in"
+
+    def agent_output(self, stream_sid: str) -> str:
+        """Stream worker → edge: agent audio, clear, mark, hangup."""
+        return f"{self.prefix}call:{{{stream_sid}}}:out"
+
+    def events(self, stream_sid: str) -> str:
+        """Stream worker → anyone: transcript and timeline of the call."""
+        return f"{self.prefix}call:{{{stream_sid}}}:events"
+
+    def commands(self, stream_sid: str) -> str:
+        """Stream control → owner worker: live commands."""
+        return f"{self.prefix}call:{{{stream_sid}}}:cmd"
+
+    def lease(self, stream_sid: str) -> str:
+        """String: the owner worker's fencing token; expires unless renewed."""
+        return f"{self.prefix}call:{{{stream_sid}}}:lease"
+
+    def per_call(self, stream_sid: str) -> tuple[str, ...]:
+        return (
+            self.call(stream_sid),
+            self.caller_audio(stream_sid),
+            self.agent_output(stream_sid),
+            self.events(stream_sid),
+            self.commands(stream_sid),
+        )
+
+    def call_by_callsid(self, call_sid: str) -> str:
+        """String: callSid → current streamSid (a call may get a new stream after edge loss)."""
+        return f"{self.prefix}callsid:{call_sid}"
+
+    # --- fleet ------------------------------------------------------------------------------
+    def dispatch(self) -> str:
+        """Stream + consumer group: one entry per new call, pending until the call ends."""
+        return f"{self.prefix}dispatch"
+
+    def live_calls(self) -> str:
+        """Sorted set streamSid → start time of calls not yet ended."""
+        return f"{self.prefix}calls:live"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash + TTL: a worker's heartbeat, capacity and load."""
+        return f"{self.prefix}worker:{worker_id}"
+
+    def workers(self) -> str:
+        """Set of worker ids that have announced themselves (entries expire with their hash)."""
+        return f"{self.prefix}workers"
+
+    def wake(self, instance_id: str) -> str:
+        """Stream an instance writes to itself to interrupt its own blocking XREAD."""
+        return f"{self.prefix}wake:{{{instance_id}}}"
+
+    # --- configuration ------------------------------------------------------------------------
+    def default_settings(self) -> str:
+        return f"{self.prefix}config:default"
+
+    def profile(self, name: str) -> str:
+        return f"{self.prefix}config:profile:{name}"
+
+    def profiles(self) -> str:
+        return f"{self.prefix}config:profiles"
+
+    def call_settings(self, call_sid: str) -> str:
+        return f"{self.prefix}config:call:{call_sid}"
+
+
+# Stream caps: approximate trimming keeps XADD O(1).
+AUDIO_STREAM_MAXLEN = 3000  # entries; an entry holds >= 20 ms, so >= 60 s of backlog
+EVENTS_STREAM_MAXLEN = 5000
+COMMANDS_STREAM_MAXLEN = 200
+DISPATCH_STREAM_MAXLEN = 100_000
+WAKE_STREAM_MAXLEN = 16

@@ -1,0 +1,98 @@
+"""A bounded send queue for one WebSocket peer, drained by one sender task.
+
+Producers never await a peer: a slow or stalled socket fills its own outbox, not the
+instance's shared reader. A peer that stops accepting data is cut once its queue exceeds
+`max_bytes` or a single send takes longer than `stall_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from websockets.exceptions import ConnectionClosed
+
+Message = str | bytes
+
+
+class PeerStalled(Exception):
+    pass
+
+
+class Outbox:
+    def __init__(
+        self,
+        send: Callable[[Message], object],
+        *,
+        max_bytes: int = 512 * 1024,
+        stall_timeout_s: float = 10.0,
+    ) -> None:
+        self._send = send
+        self._queue: deque[Message] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._stall_timeout_s = stall_timeout_s
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self.overflowed = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, message: Message) -> None:
+        if self._closed:
+            return
+        self._queue.append(message)
+        self._bytes += len(message)
+        self._idle.clear()
+        self._ready.set()
+        if self._bytes > self._max_bytes:
+            self.overflowed = True
+            self._ready.set()
+
+    def clear(self) -> int:
+        """Drop everything not yet handed to the socket; returns how many messages."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._bytes = 0
+        return dropped
+
+    def close(self) -> None:
+        """Accept nothing more; the sender finishes what is queued, then returns."""
+        self._closed = True
+        self._ready.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        """Send queued messages in order. Raises PeerStalled or ConnectionClosed."""
+        while True:
+            if not self._queue:
+                self._idle.set()
+                if self._closed:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            if self.overflowed:
+                raise PeerStalled(f"peer is not reading: {self._bytes} bytes queued")
+            message = self._queue.popleft()
+            self._bytes -= len(message)
+            try:
+                async with asyncio.timeout(self._stall_timeout_s):
+                    await self._send(message)  # type: ignore[misc]
+            except TimeoutError:
+                raise PeerStalled(f"a send took longer than {self._stall_timeout_s}s") from None
+            except ConnectionClosed:
+                self._closed = True
+                self._queue.clear()
+                self._idle.set()
+                raise

@@ -1,0 +1,290 @@
+"""Redis Streams I/O shared by edge and worker: one coalescing writer, one multi-key reader.
+
+Writer: every call on an instance appends here without awaiting; once per loop tick (or
+after a configurable window) all pending entries of all calls go out in ONE pipeline.
+Only one pipeline is in flight at a time, so a call's entries reach Redis in the order
+they were appended. When Redis is slow, consecutive audio of a call is merged into one
+entry instead of waiting: latency never grows to buy throughput.
+
+Reader: one blocking XREAD over all the streams an instance follows, woken by an entry in
+the instance's own wake stream when a stream is added (no blocked connection per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from . import keys as keyspace
+from .entries import Entry, Kind
+
+log = logging.getLogger(__name__)
+
+# Redis is unreachable: how much unsent caller/agent audio a stream may hold before the
+# oldest is dropped (8 kHz mu-law: 8000 B/s). Control entries are never dropped.
+MAX_PENDING_AUDIO_BYTES = 8000 * 4
+
+
+@dataclass(slots=True)
+class _Pending:
+    kind: Kind
+    payload: bytearray | bytes
+    t_us: int
+
+
+@dataclass(slots=True)
+class _StreamQueue:
+    items: list[_Pending] = field(default_factory=list)
+    maxlen: int = keyspace.AUDIO_STREAM_MAXLEN
+    audio_bytes: int = 0
+
+
+class StreamWriter:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        batch_window_s: float = 0.0,
+        key_ttl_s: int = 6 * 3600,
+        on_flush: Callable[[int, float], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._redis = client
+        self._window = batch_window_s
+        self._key_ttl_s = key_ttl_s
+        self._pending: dict[str, _StreamQueue] = {}
+        self._wakeup = asyncio.Event()
+        self._generation = 0  # number of batches handed to Redis successfully
+        self._appended_generation = 0  # batch number the latest append will belong to
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._expiring: set[str] = set()
+        self._on_flush = on_flush
+        self._on_error = on_error
+
+    # --- producers (never block) ----------------------------------------------------------
+    def append(self, key: str, entry: Entry, maxlen: int = keyspace.AUDIO_STREAM_MAXLEN) -> None:
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._pending[key] = _StreamQueue(maxlen=maxlen)
+        items = queue.items
+        if entry.kind is Kind.AUDIO:
+            queue.audio_bytes += len(entry.payload)
+            last = items[-1] if items else None
+            if last is not None and last.kind is Kind.AUDIO:
+                if not isinstance(last.payload, bytearray):
+                    last.payload = bytearray(last.payload)
+                last.payload += entry.payload
+            else:
+                items.append(_Pending(Kind.AUDIO, entry.payload, entry.t_us))
+            if queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
+                self._shed_audio(queue)
+        else:
+            items.append(_Pending(entry.kind, entry.payload, entry.t_us))
+        self._appended_generation = self._generation + 1
+        self._wakeup.set()
+
+    def drop_pending_audio(self, key: str) -> int:
+        """Forget audio of `key` not yet written (barge-in: it must never be played)."""
+        queue = self._pending.get(key)
+        if not queue:
+            return 0
+        dropped = sum(len(p.payload) for p in queue.items if p.kind is Kind.AUDIO)
+        queue.items = [p for p in queue.items if p.kind is not Kind.AUDIO]
+        queue.audio_bytes = 0
+        return dropped
+
+    def forget(self, key: str) -> None:
+        """The stream's call is over: stop tracking its TTL bookkeeping."""
+        self._expiring.discard(key)
+
+    async def flushed(self) -> None:
+        """Return once everything appended before this call has been written to Redis."""
+        target = self._appended_generation
+        if target <= self._generation:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
+
+    # --- the single writer ------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wakeup.wait()
+            if self._window:
+                await asyncio.sleep(self._window)
+            else:
+                # Let every callback that is already runnable append first: one pipeline per tick.
+                await asyncio.sleep(0)
+            batch, self._pending = self._pending, {}
+            self._wakeup.clear()
+            target = self._generation + 1
+            try:
+                count = await self._write(batch)
+            except RedisError as exc:
+                if self._on_error:
+                    self._on_error(exc)
+                log.warning("redis write failed, will retry", extra={"error": repr(exc), "streams": len(batch)})
+                self._requeue(batch)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            self._generation = target
+            if self._on_flush:
+                self._on_flush(count, 0.0)
+            self._release_waiters()
+
+    async def _write(self, batch: dict[str, _StreamQueue]) -> int:
+        if not batch:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        new_keys = []
+        for key, queue in batch.items():
+            for item in queue.items:
+                pipe.xadd(
+                    key,
+                    {b"k": item.kind.value, b"p": bytes(item.payload), b"t": b"%d" % item.t_us},
+                    maxlen=queue.maxlen,
+                    approximate=True,
+                )
+                count += 1
+            if key not in self._expiring and queue.items:
+                # XADD creates streams without a TTL; bound every key's life even if the
+                # call's owner dies before it can set the retention.
+                pipe.expire(key, self._key_ttl_s)
+                new_keys.append(key)
+        if count:
+            await pipe.execute()
+        self._expiring.update(new_keys)
+        return count
+
+    def _requeue(self, batch: dict[str, _StreamQueue]) -> None:
+        # Older entries go back in front of anything appended while the write was failing.
+        for key, queue in batch.items():
+            newer = self._pending.get(key)
+            if newer is not None:
+                queue.items.extend(newer.items)
+                queue.audio_bytes += newer.audio_bytes
+            self._pending[key] = queue
+            if queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
+                self._shed_audio(queue)
+        self._wakeup.set()
+
+    @staticmethod
+    def _shed_audio(queue: _StreamQueue) -> None:
+        while queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
+            index = next((i for i, p in enumerate(queue.items) if p.kind is Kind.AUDIO), None)
+            if index is None:
+                queue.audio_bytes = 0
+                return
+            queue.audio_bytes -= len(queue.items.pop(index).payload)
+
+    def _release_waiters(self) -> None:
+        if not self._waiters:
+            return
+        still = []
+        for target, future in self._waiters:
+            if target <= self._generation:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiters = still
+
+
+StreamHandler = Callable[[str, list[tuple[bytes, dict[bytes, bytes]]]], None]
+
+
+class StreamReader:
+    """Follows many streams with one blocking XREAD; hands each batch to a sync handler."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        waker: redis.Redis,
+        wake_key: str,
+        handler: StreamHandler,
+        *,
+        count: int = 1000,
+        block_ms: int = 2000,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._redis = client  # dedicated: it spends its life blocked in XREAD
+        self._waker = waker
+        self._wake_key = wake_key
+        self._handler = handler
+        self._count = count
+        self._block_ms = block_ms
+        self._streams: dict[str, bytes | str] = {}
+        # A concrete id (not "$"): a wake written just before the XREAD reaches Redis is still seen.
+        self._wake_last: bytes | str = "0-0"
+        self._blocked = False
+        self._on_error = on_error
+        self._wake_pending = False
+
+    @property
+    def streams(self) -> Iterable[str]:
+        return self._streams.keys()
+
+    def add(self, key: str, last_id: bytes | str = "0-0") -> None:
+        self._streams[key] = last_id
+        self._wake()
+
+    def remove(self, key: str) -> None:
+        self._streams.pop(key, None)
+
+    def position(self, key: str) -> bytes | str | None:
+        return self._streams.get(key)
+
+    def _wake(self) -> None:
+        if self._blocked and not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().create_task(self._send_wake())
+
+    async def _send_wake(self) -> None:
+        try:
+            await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
+        except RedisError as exc:
+            log.warning("could not wake stream reader", extra={"error": repr(exc)})
+        finally:
+            self._wake_pending = False
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            request = {self._wake_key: self._wake_last, **self._streams}
+            self._blocked = True
+            try:
+                response = await self._redis.xread(request, count=self._count, block=self._block_ms)
+            except RedisError as exc:
+                self._blocked = False
+                if self._on_error:
+                    self._on_error(exc)
+                log.warning("redis read failed, will retry", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self._blocked = False
+            backoff = 0.05
+            for raw_key, entries in response or ():
+                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                if not entries:
+                    continue
+                if key == self._wake_key:
+                    self._wake_last = entries[-1][0]
+                    continue
+                if key not in self._streams:
+                    continue  # removed while the read was in flight
+                self._streams[key] = entries[-1][0]
+                try:
+                    self._handler(key, entries)
+                except Exception:
+                    log.exception("stream handler failed", extra={"stream": key})
