@@ -7,16 +7,22 @@ only, so one edit follows any rename.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import httpx
 
 SESSIONS_PATH = "/_emulator/sessions"
 TAG_QUERY = "callsid:{call_sid}"
-FIELD_BYTES = "received_audio_bytes"
-FIELD_SHA256 = "received_audio_sha256"
+# Paths into one session dict (tools/switchboard_emulator/records.py SessionRecord.to_json).
+FIELD_BYTES = ("audio", "bytes")
+FIELD_SHA256 = ("audio", "sha256")
+FIELD_CLOSED = ("closed",)
 
-log = logging.getLogger(__name__)
+
+def _get(session: dict, path: tuple[str, ...]) -> object:
+    value: object = session
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 async def fetch_sessions(http: httpx.AsyncClient, emulator_url: str, call_sid: str) -> list[dict]:
@@ -38,8 +44,8 @@ async def caller_audio_verdict(
 ) -> tuple[bool | None, list[str]]:
     """True/False when one session carried the call; None when it spanned several (failover).
 
-    The bridge may still be flushing the tail when the call ends, so poll until the byte
-    count matches or `settle_s` passes; there is no event to await across processes.
+    The bridge may still be flushing the tail when the call ends, so poll until the session
+    is closed or `settle_s` passes; there is no event to await across processes.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settle_s
@@ -50,13 +56,14 @@ async def caller_audio_verdict(
             return False, [f"emulator query failed: {type(exc).__name__}"]
         if len(sessions) > 1:
             return None, [f"call spans {len(sessions)} Deepgram sessions"]
-        got_bytes = sessions[0].get(FIELD_BYTES) if sessions else None
-        if got_bytes == sent_bytes or loop.time() >= deadline:
+        got_bytes = _get(sessions[0], FIELD_BYTES) if sessions else None
+        settled = bool(sessions) and _get(sessions[0], FIELD_CLOSED) is True
+        if settled or loop.time() >= deadline:
             break
         await asyncio.sleep(0.1)
     if not sessions:
         return False, ["no Deepgram session for this call"]
-    got_sha = sessions[0].get(FIELD_SHA256)
+    got_sha = _get(sessions[0], FIELD_SHA256)
     if got_bytes != sent_bytes:
         return False, [f"emulator received {got_bytes} bytes, call sent {sent_bytes}"]
     if got_sha != sent_sha256:
