@@ -22,7 +22,7 @@ class CallScript:
     lead_ms: int = 1500
     gap_ms: int = 300
     reply_timeout_ms: int = 8000
-    # A reply counts as finished once playback is idle and no audio came for this long.
+    # A reply counts as finished once playback has been idle, with no audio arriving, this long.
     reply_quiet_ms: int = 200
     barge_in: bool = False
     barge_in_after_ms: int = 400
@@ -71,17 +71,13 @@ class Conversation:
     # --- what to send -----------------------------------------------------------------------
     def tick(self, now_us: int) -> int | None:
         """Utterance number to send a speech frame of (seq in `self.seq`), SILENT, or None to hang up."""
-        phase = self.phase
-        if phase is Phase.SPEAK:
-            return self._speak(now_us)
-        if phase is Phase.WAIT:
+        # Sequential, not elif: one tick may pass through several phases (e.g. gap_ms=0).
+        if self.phase is Phase.WAIT:
             self._wait(now_us)
-        elif phase in (Phase.LEAD, Phase.GAP):
-            if now_us >= self._until:
-                self._begin_utterance(now_us)
-        elif phase is Phase.HOLD:
-            if now_us >= self._until:
-                self.phase = Phase.DONE
+        if self.phase in (Phase.LEAD, Phase.GAP) and now_us >= self._until:
+            self._begin_utterance(now_us)
+        if self.phase is Phase.HOLD and now_us >= self._until:
+            self.phase = Phase.DONE
         if self.phase is Phase.SPEAK:
             return self._speak(now_us)
         return None if self.phase in (Phase.DONE, Phase.FAILED) else SILENT
@@ -120,7 +116,7 @@ class Conversation:
         if s.barge_in and not last_turn and now_us >= self._reply_play_us + s.barge_in_after_ms * 1000:
             self._begin_utterance(now_us)
             return
-        finished = not self.playback.playing(now_us) and now_us - self._last_audio_us >= s.reply_quiet_ms * 1000
+        finished = now_us >= max(self.playback.play_end_us, self._last_audio_us) + s.reply_quiet_ms * 1000
         if finished or now_us >= self._until:
             self.phase = Phase.HOLD if last_turn else Phase.GAP
             self._until = now_us + (s.hold_ms if last_turn else s.gap_ms) * 1000
