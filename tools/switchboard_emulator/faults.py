@@ -1,0 +1,101 @@
+"""Injected faults shared by every session, changed at run time through the admin endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .config import EmulatorConfig
+
+_INT_FIELDS = ("reject_next", "reject_status", "drop_after_ms", "error_after_ms")
+
+
+class FaultError(ValueError):
+    """A fault query the emulator cannot apply (bad number, unknown name)."""
+
+
+class Faults:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self._running = asyncio.Event()
+        self.reset()
+        # Faults from the command line are part of the emulator's starting state, unlike `reset`.
+        self.reject_next = config.reject_next
+        self.reject_status = config.reject_status
+        self.drop_after_ms = config.drop_after_ms
+        self.error_after_ms = config.error_after_ms
+        self.error_code = config.error_code
+
+    def reset(self) -> None:
+        self.reject_next = 0
+        self.reject_status = 429
+        self.drop_after_ms = 0
+        self.error_after_ms = 0
+        self.error_code = "INTERNAL_SERVER_ERROR"
+        self.set_stall(False)
+
+    @property
+    def stalled(self) -> bool:
+        return not self._running.is_set()
+
+    def set_stall(self, stalled: bool) -> None:
+        if stalled:
+            self._running.clear()
+        else:
+            self._running.set()
+
+    async def wait_running(self) -> None:
+        """Return at once unless stalled; a stalled peer neither reads nor writes until resumed."""
+        if not self._running.is_set():
+            await self._running.wait()
+
+    def take_rejection(self) -> int | None:
+        """HTTP status to refuse this handshake with, consuming one of the `reject_next` budget."""
+        if self.reject_next <= 0:
+            return None
+        self.reject_next -= 1
+        return self.reject_status
+
+    def apply(self, query: Mapping[str, Sequence[str]]) -> None:
+        """Apply `?name=value` pairs; `reset=1` first, so `reset=1&stall=1` means exactly a stall."""
+        known = set(_INT_FIELDS) | {"error_code", "stall", "reset"}
+        unknown = set(query) - known
+        if unknown:
+            raise FaultError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        numbers = {name: _int(query, name) for name in _INT_FIELDS if name in query}
+        if not 400 <= numbers.get("reject_status", 400) <= 599:
+            raise FaultError("reject_status must be an HTTP error status (400-599)")
+        # Validate everything before changing anything: a bad query leaves the faults as they were.
+        if _flag(query, "reset"):
+            self.reset()
+        for name, value in numbers.items():
+            setattr(self, name, value)
+        if "error_code" in query:
+            self.error_code = query["error_code"][-1] or "INTERNAL_SERVER_ERROR"
+        if "stall" in query:
+            self.set_stall(_flag(query, "stall"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reject_next": self.reject_next,
+            "reject_status": self.reject_status,
+            "drop_after_ms": self.drop_after_ms,
+            "error_after_ms": self.error_after_ms,
+            "error_code": self.error_code,
+            "stall": self.stalled,
+        }
+
+
+def _int(query: Mapping[str, Sequence[str]], name: str) -> int:
+    raw = query[name][-1]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FaultError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise FaultError(f"{name} must be >= 0")
+    return value
+
+
+def _flag(query: Mapping[str, Sequence[str]], name: str) -> bool:
+    return query.get(name, ["0"])[-1].lower() in ("1", "true", "yes", "on")
