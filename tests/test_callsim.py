@@ -324,3 +324,37 @@ async def test_simulated_call_echoes_marks_after_playback_and_on_clear_and_count
         "stop": {"accountSid": ident.account_sid, "callSid": ident.call_sid},
     }
     assert result.sent_audio_bytes == FRAME_BYTES * len(media)
+
+
+# --- direct relay + emulator + simulator --------------------------------------------------------
+
+HAVE_EMULATOR = importlib.util.find_spec("switchboard_emulator.server") is not None
+
+
+@pytest.mark.skipif(not HAVE_EMULATOR, reason="switchboard_emulator not available")
+async def test_two_calls_through_the_direct_relay_complete_byte_exact_both_ways():
+    from switchboard_callsim.direct_relay import RelayConfig, bound_port, relay_server
+    from switchboard_callsim.load import run_load
+    from switchboard_emulator.config import EmulatorConfig
+    from switchboard_emulator.server import EmulatorServer
+
+    emu_config = EmulatorConfig(port=0, eou_ms=300, think_ms=50, reply_ms=400, log_level="WARNING")
+    async with EmulatorServer(emu_config) as emulator:
+        relay_config = RelayConfig(port=0, deepgram_url=emulator.url, deepgram_api_key="test-key")
+        async with relay_server(relay_config) as relay:
+            script = CallScript(turns=1, utterance_ms=400, lead_ms=300, reply_timeout_ms=4000, reply_quiet_ms=100)
+            config = SimConfig(
+                url=f"ws://127.0.0.1:{bound_port(relay)}/twilio",
+                calls=2,
+                script=script,
+                emulator_url=emulator.http_url,
+                connect_timeout_s=3,
+            )
+            report = await asyncio.wait_for(run_load(config), 15)
+
+    data = report.to_dict()
+    assert data["calls"] == {"started": 2, "completed": 2, "failed": 0, "failure_reasons": {}}, data["calls_detail"]
+    assert data["byte_exact_out"] == {"true": 2, "false": 0, "none": 0}, data["calls_detail"]
+    assert data["byte_exact_in"] == {"true": 2, "false": 0, "none": 0}, data["calls_detail"]
+    assert data["turn_latency_ms"]["count"] == 2
+    assert all(r.agent_frames == 20 for r in report.results)  # 400 ms reply, fully played

@@ -51,6 +51,7 @@ class _CallRelay:
         self.dg: ClientConnection | None = None
         self.pending: deque[bytes] | None = deque()  # None once SettingsApplied: forward directly
         self.last_audio = 0.0
+        self.keepalive: asyncio.Task[None] | None = None
 
     @property
     def _ids(self) -> dict[str, str]:
@@ -94,11 +95,11 @@ class _CallRelay:
         try:
             async with connect(cfg.deepgram_url, additional_headers=headers, compression=None, max_size=None) as dg:
                 self.dg = dg
-                keepalive = asyncio.create_task(self._keepalive(dg))
                 try:
                     await self._from_deepgram(dg)
                 finally:
-                    keepalive.cancel()
+                    if self.keepalive is not None:
+                        self.keepalive.cancel()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             log.warning("Deepgram connect failed: %r", exc, extra=self._ids)
         except ConnectionClosed:
@@ -130,6 +131,8 @@ class _CallRelay:
                     await dg.send(pending.popleft())
                 self.pending = None
                 self.last_audio = asyncio.get_running_loop().time()
+                # Not earlier: anything but Settings before SettingsApplied is a fatal error.
+                self.keepalive = asyncio.create_task(self._keepalive(dg))
             elif kind in ("Error", "Warning"):
                 log.warning("Deepgram %s %s", kind, msg[:300], extra=self._ids)
 
