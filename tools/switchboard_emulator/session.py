@@ -65,7 +65,7 @@ class Session:
         self._stats_framer: Framer | None = None
         self._vad: VoiceActivity | None = None
         self._turns = 0
-        self._next_reply = 0
+        self._next_reply = 1  # reply 0 is reserved for the greeting
         self._jobs: deque[Job] = deque()
         self._current: asyncio.Task[None] | None = None
         self._speaking: ReplyRecord | None = None
@@ -340,7 +340,7 @@ class Session:
             if job.kind == "turn":
                 await self._reply_to_turn(job)
             else:
-                await self._speak(job.text, job.heard_at, job.heard_at)
+                await self._speak(job.text, job.heard_at, job.heard_at, greeting=job.kind == "greeting")
                 if self._history:
                     await self._send("History", p.history_text("assistant", job.text))
         except ConnectionClosed:
@@ -377,9 +377,10 @@ class Session:
                 await self._send("History", history_call)
             await self._send("History", p.history_text("assistant", text))
 
-    async def _speak(self, text: str, heard_at: float, text_at: float) -> None:
-        reply = ReplyRecord(self._next_reply, text)
-        self._next_reply += 1
+    async def _speak(self, text: str, heard_at: float, text_at: float, *, greeting: bool = False) -> None:
+        reply = ReplyRecord(0 if greeting else self._next_reply, text)
+        if not greeting:
+            self._next_reply += 1
         self.record.replies.append(reply)
         await self._send("ConversationText", p.conversation_text("assistant", text))
         now = self._loop.time()
