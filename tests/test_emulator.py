@@ -56,7 +56,8 @@ def settings(**agent: Any) -> dict[str, Any]:
 
 
 def think(prompt: str, functions: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"provider": {"type": "anthropic", "model": "claude-3-5-haiku-latest"}, "prompt": prompt, "functions": functions}
+    provider = {"type": "anthropic", "model": "claude-3-5-haiku-latest"}
+    return {"provider": provider, "prompt": prompt, "functions": functions}
 
 
 GET_SLOTS = {
@@ -285,7 +286,8 @@ async def test_caller_utterance_gets_the_whole_turn_in_order() -> None:
         await client.expect("History")
     events = [t for t in client.types() if t not in ("AgentThinking", "Welcome", "SettingsApplied")]
     first_audio = events.index("audio")
-    assert events[:first_audio] == ["UserStartedSpeaking", "ConversationText", "ConversationText", "AgentStartedSpeaking"]
+    turn_start = ["UserStartedSpeaking", "ConversationText", "ConversationText", "AgentStartedSpeaking"]
+    assert events[:first_audio] == turn_start
     assert set(events[first_audio:-3]) == {"audio"}
     assert events[-3:] == ["AgentAudioDone", "History", "History"]
     user, assistant = [m for m in client.received if isinstance(m, dict) and m["type"] == "ConversationText"]
@@ -408,6 +410,17 @@ async def test_error_after_ms_sends_the_injected_error_code() -> None:
         async with agent(server) as client:
             assert (await client.expect("Error"))["code"] == "SERVER_GOING_AWAY"
             await client.expect_closed()
+
+
+async def test_a_stalled_emulator_neither_reads_nor_writes_until_resumed() -> None:
+    async with emulator() as server:
+        await admin(server, "faults", stall=1)
+        async with connect(server.url, additional_headers={"Authorization": f"Token {KEY}"}) as ws:
+            client = Agent(ws)
+            with pytest.raises(TimeoutError):
+                await client.next(timeout=0.3)
+            assert (await admin(server, "faults", stall=0))["stall"] is False
+            await client.expect("Welcome")
 
 
 async def test_sessions_show_settings_and_the_sha256_of_received_audio() -> None:

@@ -21,7 +21,9 @@ class EmulatorConfig(BaseSettings):
     think_ms: int = Field(150, ge=0, description="Pause between end of utterance and the reply")
     reply_ms: int = Field(1500, ge=20, description="Length of every agent reply's audio")
     chunk_ms: int = Field(20, ge=20, description="Agent audio per binary message (multiple of 20)")
-    idle_timeout: float = Field(10.0, gt=0, description="Seconds without audio or KeepAlive before CLIENT_MESSAGE_TIMEOUT")
+    idle_timeout: float = Field(
+        10.0, gt=0, description="Seconds without audio or KeepAlive before CLIENT_MESSAGE_TIMEOUT"
+    )
     # Faults active from startup; the admin endpoint changes them at run time.
     reject_next: int = Field(0, ge=0)
     reject_status: int = Field(429, ge=400, le=599)

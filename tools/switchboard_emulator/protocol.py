@@ -24,6 +24,7 @@ CLIENT_TYPES: Final = frozenset(
         "InjectUserMessage",
         "InjectAgentMessage",
         "FunctionCallResponse",
+        "ForceEndTurn",
     }
 )
 

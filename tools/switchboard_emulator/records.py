@@ -89,7 +89,12 @@ class ReplyRecord:
         self.interrupted = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"number": self.number, "text": self.text, "frames_sent": self.frames_sent, "interrupted": self.interrupted}
+        return {
+            "number": self.number,
+            "text": self.text,
+            "frames_sent": self.frames_sent,
+            "interrupted": self.interrupted,
+        }
 
 
 class SessionRecord:

@@ -19,11 +19,12 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from switchboard.testaudio import FRAME_BYTES, FRAME_MS, agent_frame
+from switchboard.testaudio import FRAME_BYTES
 
 from . import protocol as p
 from .config import EmulatorConfig
 from .faults import Faults
+from .playout import play_reply
 from .records import Registry, ReplyRecord, SessionRecord
 from .settings_check import check_listen, check_settings, check_speak, check_think, client_side_functions, think_prompt
 from .vad import ENDED, STARTED, Framer, VoiceActivity, detector_for
@@ -212,6 +213,11 @@ class Session:
         elif kind == "FunctionCallResponse":
             await self._function_response(msg)
             return
+        elif kind == "ForceEndTurn":
+            # Only Flux (listen v2) takes it; the emulator's VAD plays the part of Nova.
+            unsupported = p.warning("FORCE_END_TURN_UNSUPPORTED", "ForceEndTurn needs a Flux listen model")
+            await self._send("Warning", unsupported)
+            return
         await self._send(*p.ACKS[kind])
 
     async def _apply_settings(self, msg: dict[str, Any]) -> None:
@@ -359,7 +365,8 @@ class Session:
                 await self._fatal("NON_EXISTENT_FUNCTION_CALLED", f"function {call.name!r} is not declared")
                 return
             call_id = p.new_call_id()
-            await self._send("FunctionCallRequest", p.function_call_request(call_id, call.name, call.arguments, client_side))
+            request = p.function_call_request(call_id, call.name, call.arguments, client_side)
+            await self._send("FunctionCallRequest", request)
             if client_side:
                 future: asyncio.Future[str] = self._loop.create_future()
                 self._pending_calls[call_id] = future
@@ -388,36 +395,9 @@ class Session:
         latency = p.agent_started_speaking(round(total, 4), round(total - ttt, 4), round(ttt, 4))
         await self._send("AgentStartedSpeaking", latency)
         self._speaking = reply
-        await self._stream_audio(reply)
+        await play_reply(self.ws, reply, self.config, self.faults)
         self._speaking = None
         await self._send("AgentAudioDone", p.AGENT_AUDIO_DONE)
-
-    async def _stream_audio(self, reply: ReplyRecord) -> None:
-        """Real-time pacing on an absolute schedule: chunk k leaves at start + k * chunk, so no drift."""
-        total = self.config.reply_ms // FRAME_MS
-        per_chunk = self.config.chunk_ms // FRAME_MS
-        chunk_s = self.config.chunk_ms / 1000
-        start = self._loop.time()
-        sent = chunks = 0
-        while sent < total:
-            if self.faults.stalled:
-                paused_at = self._loop.time()
-                await self.faults.wait_running()
-                start += self._loop.time() - paused_at  # resume the schedule rather than burst to catch up
-            count = min(per_chunk, total - sent)
-            now_us = time.time_ns() // 1000
-            if count == 1:
-                data = agent_frame(reply.number, sent, now_us)
-            else:
-                data = b"".join([agent_frame(reply.number, sent + i, now_us) for i in range(count)])
-            await self.ws.send(data)
-            sent += count
-            chunks += 1
-            reply.frames_sent = sent
-            if sent < total:
-                delay = start + chunks * chunk_s - self._loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
 
     # --- injected faults
 
