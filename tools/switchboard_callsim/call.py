@@ -1,9 +1,10 @@
 """One simulated Twilio call over a real WebSocket: the I/O shell around the pure parts.
 
-Two tasks per call: the sender paces 20 ms media on an absolute schedule (no drift; it
-catches up after a stall, as a bunched network would) and echoes marks whose audio has
-played; the receiver validates what the edge sends, feeds the playback model, the audio
-checker and the conversation. No per-frame logging: everything ends up in `CallResult`.
+All calls of a process share one `Pacer`: a single 20 ms clock on an absolute schedule (no
+drift; after a stall it catches up, as a bunched network would) that asks each call for its
+next frame and writes it synchronously (`wsfast`). Per call, one task receives: it
+validates what the edge sends and feeds the playback model, the audio checker and the
+conversation. No per-frame logging: everything ends up in `CallResult`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .emucheck import caller_audio_verdict
 from .playback import US_PER_BYTE, Playback
 from .script import SILENT, CallScript, Conversation
 from .twiliomsg import SILENCE_B64, CallIdentity, OutboundStream, ProtocolWarning, parse_server
+from .wsfast import write_text
 
 log = logging.getLogger(__name__)
 FRAME_US = FRAME_BYTES * US_PER_BYTE
@@ -73,7 +75,6 @@ class CallResult:
     warning_reasons: list[str] = field(default_factory=list)
     marks_echoed: int = 0
     clears: int = 0
-    max_send_lag_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -82,6 +83,57 @@ class CallResult:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+MAX_WRITE_BUFFER = 1 << 20  # an edge that stops reading fails the call instead of eating memory
+
+
+class Pacer:
+    """The 20 ms clock of every call in this process (`async with Pacer() as pacer`)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[_Call, None] = {}  # insertion-ordered set
+        self._task: asyncio.Task[None] | None = None
+        self.max_lag_ms = 0.0
+
+    async def __aenter__(self) -> Pacer:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    def add(self, call: _Call) -> None:
+        self._calls[call] = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        tick = 0
+        calls = self._calls
+        while True:
+            now = _now_us()
+            for call in list(calls):
+                try:
+                    more = call.on_tick(now)
+                except Exception as exc:  # task boundary for this call, not for the others
+                    log.exception("call tick crashed", extra=call.log_ids)
+                    call.fail(f"simulator error: {type(exc).__name__}")
+                    more = False
+                if not more:
+                    del calls[call]
+                    call.ticking_done.set()
+            tick += 1
+            delay = t0 + tick * FRAME_MS / 1000 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay * 1000 > self.max_lag_ms:
+                self.max_lag_ms = -delay * 1000
 
 
 class _Call:
@@ -96,13 +148,17 @@ class _Call:
         self.ws: ClientConnection | None = None
         self.hung_up = False
         self.server_closed = False
+        self.ticking_done = asyncio.Event()
         self._reply_no: int | None = None
+        self._ticks = 0
+        self._dtmf = sorted(config.script.dtmf)
+        self.log_ids = {"call_sid": ident.call_sid, "stream_sid": ident.stream_sid}
 
     def fail(self, reason: str) -> None:
         if self.result.failure is None:
             self.result.failure = reason
 
-    async def run(self) -> None:
+    async def run(self, pacer: Pacer) -> None:
         cfg = self.config
         headers = {}
         if cfg.auth_token:
@@ -126,10 +182,11 @@ class _Call:
             self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
             receiver = asyncio.create_task(self._receive())
             try:
-                await self._send()
+                pacer.add(self)
+                await self.ticking_done.wait()
+                self._hang_up()
             finally:
-                if not self.hung_up:
-                    await self.ws.close()
+                await self.ws.close()
                 try:
                     await asyncio.wait_for(receiver, cfg.close_timeout_s + 1)
                 except TimeoutError:
@@ -139,49 +196,50 @@ class _Call:
         finally:
             await self.ws.close()
 
-    async def _send(self) -> None:
-        loop = asyncio.get_running_loop()
-        ws, out, conv, pb, res = self.ws, self.out, self.conv, self.playback, self.result
-        assert ws is not None and conv is not None
-        dtmf = sorted(self.config.script.dtmf)
-        t0 = loop.time()
-        tick = 0
-        sha_update = self.sha.update
-        while res.failure is None:
-            now = _now_us()
-            for name in pb.due_marks(now):
-                await self._echo_mark(name)
-            utterance = conv.tick(now)
-            if utterance is None:
-                break
-            if utterance == SILENT:
-                raw, b64 = SILENCE, SILENCE_B64
-            else:
-                raw = caller_frame(utterance, conv.seq, now)
-                b64 = base64.b64encode(raw)
-            sha_update(raw)
-            await ws.send(out.media(b64, tick * FRAME_MS), text=True)
-            res.sent_audio_bytes += FRAME_BYTES
-            while dtmf and dtmf[0][0] <= tick * FRAME_MS:
-                await ws.send(out.dtmf(dtmf.pop(0)[1]))
-            tick += 1
-            delay = t0 + tick * FRAME_MS / 1000 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay * 1000 > res.max_send_lag_ms:
-                res.max_send_lag_ms = -delay * 1000
+    def on_tick(self, now: int) -> bool:
+        """Send the next 20 ms; False once this call stops ticking (script over or failed)."""
+        conv, res = self.conv, self.result
+        assert conv is not None
+        if res.failure is not None or self.server_closed:
+            return False
+        for name in self.playback.due_marks(now):
+            self._echo_mark(name)
+        utterance = conv.tick(now)
+        if utterance is None:
+            return False
+        if utterance == SILENT:
+            raw, b64 = SILENCE, SILENCE_B64
+        else:
+            raw = caller_frame(utterance, conv.seq, now)
+            b64 = base64.b64encode(raw)
+        self.sha.update(raw)
+        at_ms = self._ticks * FRAME_MS
+        self._write(self.out.media(b64, at_ms))
+        res.sent_audio_bytes += FRAME_BYTES
+        while self._dtmf and self._dtmf[0][0] <= at_ms:
+            self._write(self.out.dtmf(self._dtmf.pop(0)[1]).encode())
+        self._ticks += 1
+        return True
+
+    def _write(self, data: bytes) -> None:
+        assert self.ws is not None
+        if write_text(self.ws, data) > MAX_WRITE_BUFFER:
+            self.fail("edge stopped reading (write buffer over 1 MiB)")
+
+    def _echo_mark(self, name: str) -> None:
+        self._write(self.out.mark(name).encode())
+        self.result.marks_echoed += 1
+
+    def _hang_up(self) -> None:
+        """The caller hangs up (also after a failed turn) unless the line is already dead."""
+        conv = self.conv
+        assert conv is not None
         conv.finish()
         if conv.failure:
             self.fail(conv.failure)
-        if not self.server_closed:  # the caller hangs up, even after a failed turn
+        if not self.server_closed:
             self.hung_up = True
-            await ws.send(out.stop())
-            await ws.close()
-
-    async def _echo_mark(self, name: str) -> None:
-        assert self.ws is not None
-        await self.ws.send(self.out.mark(name))
-        self.result.marks_echoed += 1
+            self._write(self.out.stop().encode())
 
     async def _receive(self) -> None:
         ws, pb, conv, checker, res = self.ws, self.playback, self.conv, self.checker, self.result
@@ -214,13 +272,13 @@ class _Call:
                     assert isinstance(value, str)
                     pb.push_mark(value, now)
                     for name in pb.due_marks(now):
-                        await self._echo_mark(name)
+                        self._echo_mark(name)
                 else:
                     res.clears += 1
                     checker.clear()
                     conv.on_clear(now)
                     for name in pb.clear(now):
-                        await self._echo_mark(name)
+                        self._echo_mark(name)
         except ConnectionClosed:
             pass
         self.server_closed = True
@@ -246,16 +304,22 @@ class _Call:
 
 
 async def run_call(
-    config: SimConfig, ident: CallIdentity | None = None, http: httpx.AsyncClient | None = None
+    config: SimConfig,
+    ident: CallIdentity | None = None,
+    http: httpx.AsyncClient | None = None,
+    pacer: Pacer | None = None,
 ) -> CallResult:
     """Place one call as Twilio would; never raises (failures are in the result)."""
+    if pacer is None:
+        async with Pacer() as own_pacer:
+            return await run_call(config, ident, http, own_pacer)
     call = _Call(config, ident or CallIdentity.random(dict(config.params)))
     try:
-        await call.run()
+        await call.run(pacer)
     except ConnectionClosed:
         call.fail("closed by the server before the script finished")
     except Exception as exc:  # task boundary: one broken call must not stop the load run
-        log.exception("call crashed", extra={"call_sid": call.result.call_sid, "stream_sid": call.result.stream_sid})
+        log.exception("call crashed", extra=call.log_ids)
         call.fail(f"simulator error: {type(exc).__name__}")
     result = call.finish()
     if config.emulator_url and call.ws is not None:
