@@ -441,6 +441,21 @@ async def test_sessions_show_settings_and_the_sha256_of_received_audio() -> None
     assert session["events"][:2] == ["Welcome", "SettingsApplied"]
 
 
+async def test_shutdown_closes_open_sessions_with_1001_and_records_them() -> None:
+    server = EmulatorServer(EmulatorConfig(port=0, api_key=KEY, reply_ms=5000, log_level="WARNING"))
+    await server.start()
+    try:
+        async with agent(server, settings(greeting="Still talking")) as client:
+            await client.expect("AgentStartedSpeaking")
+            await asyncio.wait_for(server.close(), TIMEOUT)
+            assert await client.expect_closed() == 1001
+    finally:
+        await server.close()
+    [session] = server.registry.find()
+    assert session.closed and session.close_code == 1001
+    assert session.replies[0].interrupted is False and session.replies[0].frames_sent < 250
+
+
 # --- pure VAD
 
 
