@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,11 +25,11 @@ class EmulatorConfig(BaseSettings):
         10.0, gt=0, description="Seconds without audio or KeepAlive before CLIENT_MESSAGE_TIMEOUT"
     )
     # Faults active from startup; the admin endpoint changes them at run time.
-    reject_next: int = Field(0, ge=0)
-    reject_status: int = Field(429, ge=400, le=599)
-    drop_after_ms: int = Field(0, ge=0)
-    error_after_ms: int = Field(0, ge=0)
-    error_code: str = Field("INTERNAL_SERVER_ERROR", min_length=1)
+    reject_next: int = Field(0, ge=0, description="Refuse this many handshakes with --reject-status")
+    reject_status: int = Field(429, ge=400, le=599, description="HTTP status of refused handshakes")
+    drop_after_ms: int = Field(0, ge=0, description="Close each new session with 1011 this long after Settings")
+    error_after_ms: int = Field(0, ge=0, description="Send Error --error-code and close this long after Settings")
+    error_code: str = Field("INTERNAL_SERVER_ERROR", min_length=1, description="Code of injected Errors")
 
     @field_validator("chunk_ms")
     @classmethod
@@ -53,4 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
             flag, type=kind, default=None, help=f"{field.description or ''} (env EMULATOR_{name.upper()})"
         )
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    return EmulatorConfig(**given)
+    try:
+        return EmulatorConfig(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.error(problems)

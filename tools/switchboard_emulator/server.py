@@ -57,6 +57,8 @@ class EmulatorServer:
         """Refuse new handshakes (503), close open sessions with 1001 and wait for their handlers."""
         if self._server is None:
             return
+        # Stalled sessions wait on the fault, not on their socket: release them or they never end.
+        self.faults.set_stall(False)
         self._server.close()
         await self._server.wait_closed()
         self._server = None

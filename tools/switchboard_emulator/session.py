@@ -94,6 +94,10 @@ class Session:
                     await self._on_audio(message)
         except ConnectionClosed:
             pass
+        except Exception:
+            log.exception("session failed", extra=self._log_extra)
+            self._close_reason = "emulator fault"
+            await self.ws.close(CLOSE_SERVER_ERROR, "emulator fault")
         finally:
             await self._cleanup()
 
@@ -104,16 +108,18 @@ class Session:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        # The tasks were cancelled on purpose; gathering collects their CancelledErrors, while a
-        # cancellation of this handler itself (server shutdown) still propagates out of gather.
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for future in self._pending_calls.values():
-            future.cancel()
-        code = self.ws.close_code
-        reason = self._close_reason or (f"closed: {code} {self.ws.close_reason or ''}".strip())
-        self.record.close(reason, code)
-        self.registry.finish(self.record)
-        log.info("session ended: %s", reason, extra=self._log_extra)
+        try:
+            # The tasks were cancelled on purpose; gathering collects their CancelledErrors, while a
+            # cancellation of this handler itself still propagates out of gather.
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for future in self._pending_calls.values():
+                future.cancel()
+            code = self.ws.close_code
+            reason = self._close_reason or (f"closed: {code} {self.ws.close_reason or ''}".strip())
+            self.record.close(reason, code)
+            self.registry.finish(self.record)
+            log.info("session ended: %s", reason, extra=self._log_extra)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
