@@ -111,6 +111,9 @@ class Pacer:
     def add(self, call: _Call) -> None:
         self._calls[call] = None
 
+    def discard(self, call: _Call) -> None:
+        self._calls.pop(call, None)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -181,11 +184,12 @@ class _Call:
             await self.ws.send(self.out.start())
             self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
             receiver = asyncio.create_task(self._receive())
+            pacer.add(self)
             try:
-                pacer.add(self)
                 await self.ticking_done.wait()
                 self._hang_up()
             finally:
+                pacer.discard(self)
                 await self.ws.close()
                 try:
                     await asyncio.wait_for(receiver, cfg.close_timeout_s + 1)
@@ -323,14 +327,12 @@ async def run_call(
         call.fail(f"simulator error: {type(exc).__name__}")
     result = call.finish()
     if config.emulator_url and call.ws is not None:
-        if http is None:
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                verdict = await caller_audio_verdict(
-                    client, config.emulator_url, result.call_sid, result.sent_audio_bytes, result.sent_audio_sha256
-                )
-        else:
-            verdict = await caller_audio_verdict(
-                http, config.emulator_url, result.call_sid, result.sent_audio_bytes, result.sent_audio_sha256
+        client = http or httpx.AsyncClient(timeout=5.0)
+        try:
+            result.byte_exact_in, result.in_reasons = await caller_audio_verdict(
+                client, config.emulator_url, result.call_sid, result.sent_audio_bytes, result.sent_audio_sha256
             )
-        result.byte_exact_in, result.in_reasons = verdict
+        finally:
+            if http is None:
+                await client.aclose()
     return result
