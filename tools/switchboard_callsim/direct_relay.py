@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Request, Response, Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from switchboard import deepgram, logs, signature, twilio
+from switchboard import deepgram, logs, runtime, signature, twilio
 from switchboard.agent_settings import AgentSettings
 
 log = logging.getLogger("switchboard.direct_relay")
@@ -207,12 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.auth_token,
         public_url=args.public_url,
     )
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve_forever(config))
-    else:
-        uvloop.run(_serve_forever(config))
+    runtime.install_event_loop()
+    asyncio.run(_serve_forever(config))
     return 0
 
 

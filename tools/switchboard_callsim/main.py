@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from switchboard import logs
+from switchboard import logs, runtime
 
 from .call import SimConfig
 from .load import run_load
@@ -93,18 +93,11 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     )
 
 
-def _run(coro):  # uvloop when present: the simulator must stay cheap beside the system under test
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.setup("callsim", args.log_level)
-    report = _run(run_load(build_config(args)))
+    runtime.install_event_loop()  # uvloop: the simulator must stay cheap beside the system under test
+    report = asyncio.run(run_load(build_config(args)))
     print(report.format_table())
     data = report.to_dict()
     if args.json:

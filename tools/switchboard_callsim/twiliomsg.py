@@ -41,14 +41,14 @@ class CallIdentity:
 class OutboundStream:
     """Messages of one stream, numbered as Twilio numbers them (all after `connected`)."""
 
-    __slots__ = ("ident", "_seq", "_chunk", "_media_tail", "_sid_tail")
+    __slots__ = ("ident", "_seq", "_chunk", "_media_tail", "_sid_field")
 
     def __init__(self, ident: CallIdentity) -> None:
         self.ident = ident
         self._seq = 0
         self._chunk = 0
         self._media_tail = b'"},"streamSid":"' + ident.stream_sid.encode() + b'"}'
-        self._sid_tail = ',"streamSid":"' + ident.stream_sid + '"}'
+        self._sid_field = ',"streamSid":"' + ident.stream_sid + '"'
 
     def _next(self) -> str:
         self._seq += 1
@@ -96,20 +96,20 @@ class OutboundStream:
 
     def mark(self, name: str) -> str:
         return (
-            '{"event":"mark","sequenceNumber":"' + self._next() + '"' + self._sid_tail[:-1]
+            '{"event":"mark","sequenceNumber":"' + self._next() + '"' + self._sid_field
             + ',"mark":' + orjson.dumps({"name": name}).decode() + "}"
         )
 
     def dtmf(self, digit: str) -> str:
         return (
-            '{"event":"dtmf","sequenceNumber":"' + self._next() + '"' + self._sid_tail[:-1]
+            '{"event":"dtmf","sequenceNumber":"' + self._next() + '"' + self._sid_field
             + ',"dtmf":{"track":"inbound_track","digit":"' + digit + '"}}'
         )
 
     def stop(self) -> str:
         i = self.ident
         return (
-            '{"event":"stop","sequenceNumber":"' + self._next() + '"' + self._sid_tail[:-1]
+            '{"event":"stop","sequenceNumber":"' + self._next() + '"' + self._sid_field
             + ',"stop":{"accountSid":"' + i.account_sid + '","callSid":"' + i.call_sid + '"}}'
         )
 
