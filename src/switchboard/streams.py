@@ -130,7 +130,7 @@ class StreamWriter:
             except RedisError as exc:
                 if self._on_error:
                     self._on_error(exc)
-                log.warning("redis write failed, will retry", extra={"error": repr(exc), "streams": len(batch)})
+                log.warning("redis write failed, will retry: %r", exc, extra={"streams": len(batch)})
                 self._requeue(batch)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 1.0)
@@ -268,7 +268,7 @@ class StreamReader:
                 self._blocked = False
                 if self._on_error:
                     self._on_error(exc)
-                log.warning("redis read failed, will retry", extra={"error": repr(exc)})
+                log.warning("redis read failed, will retry: %r", exc)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
                 continue

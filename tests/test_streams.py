@@ -1,0 +1,80 @@
+"""StreamWriter/StreamReader against a real redis-server."""
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from switchboard import entries
+from switchboard.streams import StreamReader, StreamWriter
+
+
+@pytest.fixture()
+async def client(redis_url):
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+async def test_writer_preserves_order_and_coalesces_audio_per_stream(client, key_prefix):
+    writer = StreamWriter(client)
+    task = asyncio.create_task(writer.run())
+    a, b = key_prefix + "a", key_prefix + "b"
+    for i in range(50):
+        writer.append(a, entries.audio(bytes([i]) * 160, i))
+        writer.append(b, entries.audio(bytes([255 - i]) * 160, i))
+        if i % 10 == 9:
+            writer.append(a, entries.mark(f"m{i}"))
+    writer.append(a, entries.stop("bye"))
+    await asyncio.wait_for(writer.flushed(), 5)
+    rows = await client.xrange(a)
+    audio = b"".join(f[b"p"] for _, f in rows if f[b"k"] == b"a")
+    assert audio == b"".join(bytes([i]) * 160 for i in range(50))
+    kinds = [f[b"k"] for _, f in rows]
+    assert kinds[-1] == b"s" and kinds.count(b"m") == 5
+    # Marks stay between the audio they were appended between.
+    first_mark = kinds.index(b"m")
+    before = b"".join(f[b"p"] for _, f in rows[:first_mark] if f[b"k"] == b"a")
+    assert before == b"".join(bytes([i]) * 160 for i in range(10))
+    assert len(rows) < 50  # coalesced: fewer entries than frames
+    assert await client.ttl(a) > 0  # every stream gets a TTL on creation
+    task.cancel()
+
+
+async def test_dropping_pending_audio_keeps_control_entries(client, key_prefix):
+    writer = StreamWriter(client)
+    key = key_prefix + "out"
+    writer.append(key, entries.audio(b"x" * 160, 1))
+    writer.append(key, entries.mark("keep"))
+    writer.append(key, entries.audio(b"y" * 160, 2))
+    assert writer.drop_pending_audio(key) == 320
+    writer.append(key, entries.clear())
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(writer.flushed(), 5)
+    assert [f[b"k"] for _, f in await client.xrange(key)] == [b"m", b"c"]
+    task.cancel()
+
+
+async def test_reader_follows_streams_added_while_it_is_blocked(redis_url, key_prefix):
+    client = aioredis.Redis.from_url(redis_url)
+    got: dict[str, list[bytes]] = {}
+    arrived = asyncio.Event()
+
+    def handler(key, batch):
+        got.setdefault(key, []).extend(f[b"p"] for _, f in batch)
+        arrived.set()
+
+    # socket_timeout=None as in production: redis-py stalls cancelling a blocked read otherwise.
+    blocking = aioredis.Redis.from_url(redis_url, socket_timeout=None)
+    reader = StreamReader(blocking, client, key_prefix + "wake", handler, block_ms=30_000)
+    task = asyncio.create_task(reader.run())
+    await asyncio.sleep(0.05)  # let it block with no streams at all
+    key = key_prefix + "late"
+    await client.xadd(key, {b"k": b"a", b"p": b"hello", b"t": b"0"})
+    reader.add(key)
+    await asyncio.wait_for(arrived.wait(), 5)  # would take 30 s without the wake-up
+    assert got[key] == [b"hello"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await blocking.aclose()
+    await client.aclose()
