@@ -370,6 +370,8 @@ class CallSession:
         elif kind == "ConversationText":
             role, content = str(msg.get("role", "")), str(msg.get("content", ""))
             self._event("transcript", role=role, content=content)
+            if role == "user":
+                self.worker.spawn_hincrby(self.call_key, "turns")
         elif kind == "AgentStartedSpeaking":
             self._reply_no += 1
             if isinstance(msg.get("total_latency"), (int, float)):

@@ -219,9 +219,18 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def spawn_hincrby(self, key: str, field: str) -> None:
+        task = asyncio.create_task(self._bookkeeping(self.redis.hincrby(key, field, 1)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _hset(self, key: str, mapping: dict[str, Any]) -> None:
+        await self._bookkeeping(self.redis.hset(key, mapping=mapping))
+
+    @staticmethod
+    async def _bookkeeping(command: Any) -> None:
         try:
-            await self.redis.hset(key, mapping=mapping)
+            await command
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
             log.warning("bookkeeping write failed: %r", exc)
