@@ -77,6 +77,7 @@ class CallSession:
         self._end_after_reply = False
         self._last_error: str | None = None
         self._reply_no = 0
+        self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
         self._in_pos: bytes | str = "0-0"
         self._skip_audio_before_us = 0
         self._last_audio_at = time.monotonic()
@@ -299,7 +300,10 @@ class CallSession:
             if kind == Kind.STOP.value:
                 self._on_stop(fields.get(b"p", b"").decode(errors="replace"))
             elif kind == Kind.MARK.value:
-                self._event("mark_played", name=fields.get(b"p", b"").decode(errors="replace"))
+                name = fields.get(b"p", b"").decode(errors="replace")
+                if name == f"reply-{self._playing_reply}":
+                    self._playing_reply = 0  # Twilio has played (or cleared) the whole reply
+                self._event("mark_played", name=name)
             elif kind == Kind.DTMF.value:
                 self._event("dtmf", digit=fields.get(b"p", b"").decode(errors="replace"))
         self._send_caller_audio(audio)
@@ -365,8 +369,12 @@ class CallSession:
             # Barge-in: nothing still queued may play; the clear overtakes it.
             self.worker.writer.drop_pending_audio(self.out_key)
             self.worker.writer.append(self.out_key, entries.clear())
-            metrics.BARGE_INS.inc()
-            self._event("barge_in")
+            if self._playing_reply:
+                metrics.BARGE_INS.inc()
+                self._event("barge_in", reply=self._playing_reply)
+                self._playing_reply = 0
+            else:
+                self._event("user_started_speaking")
         elif kind == "ConversationText":
             role, content = str(msg.get("role", "")), str(msg.get("content", ""))
             self._event("transcript", role=role, content=content)
@@ -374,6 +382,7 @@ class CallSession:
                 self.worker.spawn_hincrby(self.call_key, "turns")
         elif kind == "AgentStartedSpeaking":
             self._reply_no += 1
+            self._playing_reply = self._reply_no
             if isinstance(msg.get("total_latency"), (int, float)):
                 metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
             self._event("agent_started_speaking", **{k: v for k, v in msg.items() if k != "type"})

@@ -1,0 +1,122 @@
+"""A whole Switchboard on this machine for end-to-end tests: emulator, edge, workers.
+
+Real processes, real sockets, the test session's private redis-server; each system gets
+its own key prefix so that systems of different test modules never share calls.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import redis as redis_sync
+
+from switchboard import procs
+from switchboard.keys import Keys
+
+EMULATOR_KEY = "test-deepgram-key"
+FAST_EMULATOR = ("--eou-ms", "300", "--think-ms", "50", "--reply-ms", "600")
+
+
+@dataclass
+class System:
+    redis_url: str
+    prefix: str
+    log_dir: Path
+    workers: int = 2
+    capacity: int = 15
+    emulator_args: tuple[str, ...] = FAST_EMULATOR
+    edge_env: dict[str, str] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
+    auth_token: str | None = None
+    services: list[procs.Service] = field(default_factory=list)
+    worker_services: list[procs.Service] = field(default_factory=list)
+
+    def start(self) -> "System":
+        self.emulator_port = procs.free_port()
+        self.emulator = self._run(procs.emulator(self.emulator_port, *self.emulator_args, api_key=EMULATOR_KEY))
+        self.edge_port, self.edge_metrics = procs.free_port(), procs.free_port()
+        self.edge = self._run(procs.edge(self.redis_url, self.edge_port, self.edge_metrics, auth_token=self.auth_token,
+                                         KEY_PREFIX=self.prefix, **self.edge_env))
+        for n in range(self.workers):
+            self.add_worker(f"w{n + 1}")
+        return self
+
+    def add_worker(self, worker_id: str, **env: str) -> procs.Service:
+        service = procs.worker(self.redis_url, procs.free_port(), self.deepgram_url, EMULATOR_KEY,
+                               worker_id=f"{self.prefix}{worker_id}", capacity=self.capacity, KEY_PREFIX=self.prefix,
+                               LEASE_MS="1500", **{**self.worker_env, **env})
+        self.worker_services.append(self._run(service))
+        return service
+
+    def _run(self, service: procs.Service) -> procs.Service:
+        service.start(self.log_dir)
+        self.services.append(service)
+        return service
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop(timeout=15)
+
+    # --- addresses ---------------------------------------------------------------------------
+    @property
+    def deepgram_url(self) -> str:
+        return f"ws://127.0.0.1:{self.emulator_port}/v1/agent/converse"
+
+    @property
+    def emulator_http(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    @property
+    def edge_url(self) -> str:
+        return f"ws://127.0.0.1:{self.edge_port}/twilio"
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    # --- observing ---------------------------------------------------------------------------
+    def redis(self) -> redis_sync.Redis:
+        return redis_sync.Redis.from_url(self.redis_url)
+
+    def events(self, stream_sid: str) -> list[dict]:
+        with self.redis() as client:
+            return [orjson.loads(f[b"p"]) for _, f in client.xrange(self.keys.events(stream_sid))]
+
+    def call_record(self, stream_sid: str) -> dict[str, str]:
+        with self.redis() as client:
+            return {k.decode(): v.decode() for k, v in client.hgetall(self.keys.call(stream_sid)).items()}
+
+    def wait_call_ended(self, stream_sid: str, timeout: float = 15) -> dict[str, str]:
+        procs.wait_until(lambda: self.call_record(stream_sid).get("state") == "ended", timeout, f"call {stream_sid} to end")
+        return self.call_record(stream_sid)
+
+    def emulator_sessions(self, call_sid: str) -> list[dict]:
+        with urllib.request.urlopen(f"{self.emulator_http}/_emulator/sessions?tag=callsid:{call_sid}") as resp:
+            return orjson.loads(resp.read())
+
+    def emulator_faults(self, **faults: object) -> dict:
+        query = "&".join(f"{k}={v}" for k, v in faults.items())
+        with urllib.request.urlopen(f"{self.emulator_http}/_emulator/faults?{query}") as resp:
+            return orjson.loads(resp.read())
+
+    def metric(self, metrics_port: int, name: str, labels: str = "") -> float:
+        """Sum of a metric's samples whose label text contains `labels`."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    procs.wait_until(predicate, timeout, what)
+
+
+def now() -> float:
+    return time.monotonic()
