@@ -8,7 +8,8 @@ is ours, so it is never sent to Deepgram.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -59,6 +60,13 @@ class FunctionDef(BaseModel):
         examples=[{"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}],
     )
     webhook: WebhookEndpoint | None = None
+    destinations: list[Annotated[str, Field(pattern=r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>]{3,200})$")]] | None = Field(
+        None,
+        max_length=20,
+        description="transfer_call only: the numbers (E.164) or SIP URIs the agent may transfer to; "
+        "any other destination is refused (no toll fraud by prompt injection)",
+        examples=[["+14155550100"]],
+    )
 
     def to_deepgram(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "parameters": self.parameters}
@@ -136,3 +144,81 @@ class AgentSettings(BaseModel):
         if self.mip_opt_out:
             message["mip_opt_out"] = True
         return message
+
+
+# --- Secrets are write-only -------------------------------------------------------------------
+# Provider credentials and endpoint headers (API keys) are stored, sent to Deepgram, and never
+# shown again: reads replace them with MASK, and a write that sends MASK back keeps the stored
+# value, so a client can GET, edit and PUT a document without knowing its secrets.
+
+MASK = "***"
+# Whole words of a field name (api_key, x-api-key, secret_access_key), so that e.g. `keyterms` is not one.
+_SECRET_NAME = re.compile(
+    r"(?:^|[_\-])(?:key|apikey|secret|token|password|passwd|credentials?|authorization|auth)(?:$|[_\-])", re.IGNORECASE
+)
+# (block, member) pairs that may hold secrets; prompts and function schemas never do.
+_SECRET_CONTAINERS = (
+    ("listen", "provider"),
+    ("think", "provider"),
+    ("think", "endpoint"),
+    ("speak", "provider"),
+    ("speak", "endpoint"),
+)
+
+
+class MaskedSecretError(ValueError):
+    """A write sent MASK for a secret that has no stored value to keep."""
+
+
+def _walk(node: Any, path: str, under_headers: bool, visit: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for name, value in node.items():
+        here = f"{path}.{name}"
+        if under_headers or (_SECRET_NAME.search(name) and not isinstance(value, bool)):
+            out[name] = visit(here, value)
+        else:
+            out[name] = _walk(value, here, name.lower() == "headers", visit)
+    return out
+
+
+def _map_secrets(doc: dict[str, Any], visit: Any) -> dict[str, Any]:
+    out = dict(doc)
+    for block, member in _SECRET_CONTAINERS:
+        section = out.get(block)
+        if isinstance(section, dict) and isinstance(section.get(member), dict):
+            section = dict(section)
+            section[member] = _walk(section[member], f"{block}.{member}", False, visit)
+            out[block] = section
+    return out
+
+
+def masked(doc: dict[str, Any]) -> dict[str, Any]:
+    """A settings document (JSON dict) with every secret value replaced by MASK."""
+    return _map_secrets(doc, lambda _path, value: MASK if value not in (None, "") else value)
+
+
+def _lookup(doc: dict[str, Any] | None, path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise MaskedSecretError(path)
+        node = node[part]
+    return node
+
+
+def restore_secrets(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """`new` with each MASK replaced by the stored secret at the same place."""
+
+    def keep(path: str, value: Any) -> Any:
+        if value != MASK:
+            return value
+        try:
+            return _lookup(stored, path)
+        except MaskedSecretError:
+            raise MaskedSecretError(
+                f"{path} is {MASK!r} but no stored value exists to keep: send the real value"
+            ) from None
+
+    return _map_secrets(new, keep)

@@ -3,6 +3,9 @@
 Each document is a JSON object `{"version": n, "settings": {...}}`. The worker resolves a
 call's settings as: per-call (by callSid) → the profile the call names → the default →
 the built-in default (the seed's car seller).
+
+Writes go through one Lua script so that the version is read, checked (optimistic
+concurrency) and incremented atomically: two writers never both get version n+1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,42 @@ from pydantic import ValidationError
 
 from .agent_settings import AgentSettings
 from .keys import Keys
+
+
+class VersionConflict(Exception):
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the document is at version {current}")
+        self.current = current
+
+
+# KEYS[1] document; ARGV[1] settings JSON, ARGV[2] expected version ('' = any), ARGV[3] TTL s (0 = none).
+# Returns {new version, previous version}, or {-1, current version} when the expectation failed.
+_WRITE = """
+local version = 0
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if ok and type(doc) == 'table' and tonumber(doc['version']) then version = tonumber(doc['version']) end
+end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then return {-1, version} end
+local new = version + 1
+redis.call('SET', KEYS[1], '{"version":' .. new .. ',"settings":' .. ARGV[1] .. '}')
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return {new, version}
+"""
+
+# KEYS[1] document; ARGV[1] expected version ('' = any). Returns 1 deleted, 0 absent, -1 conflict.
+_DELETE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if ARGV[1] ~= '' then
+  local ok, doc = pcall(cjson.decode, current)
+  local version = (ok and type(doc) == 'table' and tonumber(doc['version'])) or 0
+  if tonumber(ARGV[1]) ~= version then return -1 end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +88,36 @@ async def resolve(client: redis.Redis, keys: Keys, call_sid: str, profile: str |
             continue  # a bad document must not keep calls from starting; control validates writes
         return Resolved(settings, source, version)
     return Resolved(AgentSettings(), "builtin", 0)
+
+
+async def read(client: redis.Redis, key: str) -> tuple[AgentSettings, int] | None:
+    """The stored document, or None if absent (or unreadable: control validated every write)."""
+    raw = await client.get(key)
+    if raw is None:
+        return None
+    try:
+        return decode(raw)
+    except (ValidationError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def write(
+    client: redis.Redis, key: str, settings: AgentSettings, *, expect_version: int | None = None, ttl_s: int = 0
+) -> int:
+    """Store `settings` as the next version; returns it. Raises VersionConflict if `expect_version` is stale."""
+    body = orjson.dumps(settings.model_dump(mode="json", exclude_none=True))
+    expected = "" if expect_version is None else str(expect_version)
+    new, previous = await client.eval(_WRITE, 1, key, body, expected, str(ttl_s))
+    if int(new) < 0:
+        raise VersionConflict(int(previous))
+    return int(new)
+
+
+async def delete(client: redis.Redis, key: str, *, expect_version: int | None = None) -> bool:
+    """True if a document was deleted, False if there was none."""
+    expected = "" if expect_version is None else str(expect_version)
+    result = int(await client.eval(_DELETE, 1, key, expected))
+    if result < 0:
+        current = await read(client, key)
+        raise VersionConflict(current[1] if current else 0)
+    return result == 1

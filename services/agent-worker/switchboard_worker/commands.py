@@ -1,24 +1,31 @@
 """Live commands from the control API, applied to the call's Deepgram session.
 
-Each command `{id, op, ...}` is answered in the call's events stream with
-`{"type": "command_result", "id", "op", "ok", "detail"}`; the control API waits for it.
+Each command `{id, op, expires_at?, ...}` is answered in the call's events stream with
+`{"type": "command_result", "id", "op", "ok", "detail", "worker"}`; the control API waits
+for it. A command found after its `expires_at` (the call had no owner yet, or changed owner)
+is refused unapplied: the control API has already told its client that it timed out.
 Accepted ops: update_prompt, update_speak, say, inject_user, hangup.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import ValidationError
 
 from switchboard import deepgram
+from switchboard.agent_settings import Speak
 from switchboard.entries import Kind
 
 if TYPE_CHECKING:
     from .session import CallSession
 
 log = logging.getLogger(__name__)
+
+SAY_BEHAVIORS = frozenset({"default", "queue", "interrupt"})
 
 
 def on_command_entries(session: "CallSession", batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -33,39 +40,59 @@ def on_command_entries(session: "CallSession", batch: list[tuple[bytes, dict[byt
             log.warning("ignoring malformed command: %s", exc, extra=session.extra)
             continue
         ok, detail = apply(session, command)
-        session.event("command_result", id=command.get("id"), op=command.get("op"), ok=ok, detail=detail)
+        log.info("command %s: %s", command.get("op"), detail, extra={**session.extra, "ok": ok})
+        session.event(
+            "command_result", id=command.get("id"), op=command.get("op"), ok=ok, detail=detail,
+            worker=session.worker.settings.worker_id,
+        )
         session.worker.spawn_write(session.call_key, {"cmd_pos": entry_id})
 
 
 def apply(session: "CallSession", command: dict[str, Any]) -> tuple[bool, str]:
+    expires_at = command.get("expires_at")
+    if isinstance(expires_at, (int, float)) and time.time() > expires_at:
+        return False, "expired before this worker got it; not applied"
     op = command.get("op")
     if op == "update_prompt":
-        prompt = str(command.get("prompt", ""))
+        prompt = command.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return False, "prompt must be a non-empty string"
         if not session.send_to_agent(deepgram.update_prompt(prompt)):
             return False, "agent not connected"
         session.settings.think.prompt = prompt
         session.remember_override("prompt", prompt)
         return True, "UpdatePrompt sent"
     if op == "update_speak":
-        speak = command.get("speak")
-        if not isinstance(speak, dict):
-            return False, "speak must be an object"
-        if not session.send_to_agent(deepgram.update_speak(speak)):
+        try:
+            speak = Speak.model_validate(command.get("speak"))
+        except ValidationError as exc:
+            return False, f"invalid speak: {exc.error_count()} error(s)"
+        payload = speak.model_dump(mode="json", exclude_none=True)
+        if not session.send_to_agent(deepgram.update_speak(payload)):
             return False, "agent not connected"
-        session.remember_override("speak", speak)
+        # Kept on the session too, so a reconnect's Settings carries the new voice.
+        session.settings.speak = speak
+        session.remember_override("speak", payload)
         return True, "UpdateSpeak sent"
     if op == "say":
-        text = str(command.get("text", ""))
+        text = command.get("text")
         behavior = command.get("behavior")
-        if not session.send_to_agent(deepgram.inject_agent_message(text, str(behavior) if behavior else None)):
+        if not isinstance(text, str) or not text:
+            return False, "text must be a non-empty string"
+        if behavior is not None and behavior not in SAY_BEHAVIORS:
+            return False, f"behavior must be one of {sorted(SAY_BEHAVIORS)}"
+        if not session.send_to_agent(deepgram.inject_agent_message(text, behavior)):
             return False, "agent not connected"
         return True, "InjectAgentMessage sent"
     if op == "inject_user":
-        if not session.send_to_agent(deepgram.inject_user_message(str(command.get("text", "")))):
+        text = command.get("text")
+        if not isinstance(text, str) or not text:
+            return False, "text must be a non-empty string"
+        if not session.send_to_agent(deepgram.inject_user_message(text)):
             return False, "agent not connected"
         return True, "InjectUserMessage sent"
     if op == "hangup":
-        if command.get("after_reply"):
+        if command.get("after_reply") and session.agent_speaking:
             session.end_after_reply()
             return True, "hanging up after the current reply"
         session.request_hangup("command")

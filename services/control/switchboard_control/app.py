@@ -1,0 +1,90 @@
+"""The FastAPI application: `create_app(settings)` wires routes, Redis clients, errors and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as redis
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from switchboard.config import redis_client
+from switchboard.keys import Keys
+
+from .deps import State
+from .metrics import MetricsMiddleware
+from .routes import calls, health, twiml
+from .routes import settings as settings_routes
+from .settings import ControlSettings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Run Switchboard's phone agents: agent settings (default, profiles, per call),
+live calls and their transcripts, live commands, and Twilio's TwiML webhook.
+
+Every endpoint except `/healthz`, `/readyz`, `/metrics` (unless `METRICS_PUBLIC=false`) and
+`/twiml` (Twilio's signature instead) needs `Authorization: Bearer <CONTROL_API_TOKEN>`.
+Secrets inside settings (provider API keys, endpoint headers) are write-only: they read as
+`"***"`, and sending `"***"` back keeps the stored value."""
+
+
+def _blocking_client(settings: ControlSettings) -> redis.Redis:
+    if settings.redis_cluster:
+        return redis_client(settings, blocking=True)
+    # Each SSE client and each command wait holds one connection while it blocks; when all are
+    # busy, a new waiter queues for a moment instead of failing at once.
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_blocking_connections, timeout=5,
+        socket_connect_timeout=3, socket_keepalive=True,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def create_app(settings: ControlSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = State(settings, Keys(settings.key_prefix), redis_client(settings), _blocking_client(settings))
+        app.state.control = state
+        try:
+            yield
+        finally:
+            await state.redis.aclose()
+            await state.redis_block.aclose()
+
+    app = FastAPI(
+        title="Switchboard control API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "settings", "description": "Agent settings: default, profiles, per call"},
+            {"name": "calls", "description": "Live calls, transcripts, events and commands"},
+            {"name": "twilio", "description": "Twilio's voice webhook"},
+            {"name": "health", "description": "Liveness, readiness, metrics"},
+        ],
+    )
+    app.add_middleware(MetricsMiddleware)
+    app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
+    app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
+    for module in (health, settings_routes, calls, twiml):
+        app.include_router(module.router)
+    return app
+
+
+async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default echoes the input back; in settings that may be an API key.
+    errors: list[dict[str, Any]] = [
+        {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "invalid")), "type": str(error.get("type", ""))}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+
+
+async def _redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+    log.warning("redis failed during %s %s: %r", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "redis is unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,181 @@
+"""Reading calls from Redis: the record hash, the live set and the events stream.
+
+A call is addressed by callSid; `callsid:<CallSid>` names its current stream (a call may
+get a new stream after edge loss), and every per-call key is keyed by that streamSid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import HTTPException, status
+
+from switchboard.agent_settings import Speak, masked
+
+from .deps import State
+from .models import CallDetail, CallSummary, FunctionCallRecord, TranscriptLine
+
+_PARAM_SECRET_HINTS = ("token", "secret", "key", "password", "bind")
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_sid: str
+    stream_sid: str
+    fields: dict[str, str]
+
+    @property
+    def state(self) -> str:
+        return self.fields.get("state", "waiting")
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+
+def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+async def find(state: State, call_sid: str) -> CallRecord | None:
+    stream_sid = await state.redis.get(state.keys.call_by_callsid(call_sid))
+    if stream_sid is None:
+        return None
+    raw = await state.redis.hgetall(state.keys.call(stream_sid.decode()))
+    if not raw:
+        return None
+    return CallRecord(call_sid, stream_sid.decode(), _text(raw))
+
+
+async def require(state: State, call_sid: str, *, live: bool = False) -> CallRecord:
+    """The call, or 404; with live=True an ended call is a 409."""
+    record = await find(state, call_sid)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_sid} not found")
+    if live and record.ended:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_sid} has ended")
+    return record
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def summary(fields: dict[str, str], call_sid: str | None = None) -> CallSummary:
+    return CallSummary(
+        call_sid=call_sid or fields.get("call_sid", ""),
+        stream_sid=fields.get("stream_sid", ""),
+        profile=fields.get("profile") or None,
+        worker=fields.get("worker") or None,
+        edge=fields.get("edge") or None,
+        state=fields.get("state", "waiting"),
+        started_at=_float(fields.get("started_at")),
+        turns=_int(fields.get("turns")) or 0,
+        settings_source=fields.get("settings_source") or None,
+        settings_version=_int(fields.get("settings_version")),
+    )
+
+
+async def live_calls(state: State, limit: int, offset: int) -> tuple[list[CallSummary], int]:
+    live_key = state.keys.live_calls()
+    total = await state.redis.zcard(live_key)
+    sids = await state.redis.zrange(live_key, offset, offset + limit - 1)
+    if not sids:
+        return [], total
+    # Call hashes live on different cluster slots: a non-transactional pipeline is fine.
+    pipe = state.redis.pipeline(transaction=False)
+    for sid in sids:
+        pipe.hgetall(state.keys.call(sid.decode()))
+    calls = [summary(_text(raw)) for raw in await pipe.execute() if raw]
+    return calls, total
+
+
+async def events(state: State, stream_sid: str) -> list[tuple[str, dict[str, Any]]]:
+    raw = await state.redis.xrange(state.keys.events(stream_sid))
+    return [(entry_id.decode(), event) for entry_id, fields in raw if (event := decode_event(fields)) is not None]
+
+
+def decode_event(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    try:
+        event = orjson.loads(fields.get(b"p", b""))
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and "type" in event else None
+
+
+def _overrides(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        overrides = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(overrides, dict):
+        return {}
+    if isinstance(overrides.get("speak"), dict):
+        # The voice may carry an endpoint with an API key: shown masked like stored settings.
+        overrides["speak"] = masked({"speak": overrides["speak"]})["speak"]
+    return overrides
+
+
+def _parameters(raw: str | None) -> dict[str, str]:
+    try:
+        params = orjson.loads(raw or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(params, dict):
+        return {}
+    # customParameters may carry one-time tokens: never shown.
+    return {
+        str(k): ("***" if any(h in str(k).lower() for h in _PARAM_SECRET_HINTS) else str(v)) for k, v in params.items()
+    }
+
+
+async def detail(state: State, record: CallRecord) -> CallDetail:
+    transcript: list[TranscriptLine] = []
+    functions: list[FunctionCallRecord] = []
+    errors: list[dict[str, Any]] = []
+    for _entry_id, event in await events(state, record.stream_sid):
+        kind = event["type"]
+        if kind == "transcript":
+            transcript.append(
+                TranscriptLine(role=str(event.get("role", "")), content=str(event.get("content", "")), ts=event.get("ts"))
+            )
+        elif kind == "function_call":
+            functions.append(
+                FunctionCallRecord(
+                    name=str(event.get("name", "")), arguments=str(event.get("arguments", "")),
+                    response=str(event.get("response", "")), outcome=str(event.get("outcome", "")),
+                    ms=event.get("ms"), ts=event.get("ts"),
+                )
+            )
+        elif kind == "error":
+            errors.append({k: v for k, v in event.items() if k != "type"})
+    fields = record.fields
+    return CallDetail(
+        **summary(fields, record.call_sid).model_dump(),
+        ended_at=_float(fields.get("ended_at")),
+        outcome=fields.get("outcome") or None,
+        end_reason=fields.get("end_reason") or None,
+        parameters=_parameters(fields.get("params")),
+        overrides=_overrides(fields.get("overrides")),
+        transcript=transcript,
+        function_calls=functions,
+        errors=errors,
+    )
+
+
+def speak_payload(speak: Speak) -> dict[str, Any]:
+    return speak.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,49 @@
+"""Request dependencies as `Annotated` aliases: the bearer check, Redis clients, keys, settings."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as redis
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from switchboard.keys import Keys
+
+from .settings import ControlSettings
+
+
+@dataclass(slots=True)
+class State:
+    settings: ControlSettings
+    keys: Keys
+    redis: redis.Redis  # short commands
+    redis_block: redis.Redis  # XREAD BLOCK waits (SSE, command acks): never starves short commands
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.control
+
+
+bearer = HTTPBearer(auto_error=False, description="CONTROL_API_TOKEN")
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    settings = get_state(request).settings
+    if settings.control_api_token is None:
+        return  # CONTROL_INSECURE_NO_AUTH: settings refused to start otherwise
+    expected = settings.control_api_token.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    # Constant time, and the same answer for missing and wrong tokens: nothing to probe.
+    if credentials is None or not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+StateDep = Annotated[State, Depends(get_state)]
+Auth = Depends(require_token)

@@ -1,0 +1,145 @@
+"""Request and response bodies of the REST API (the agent settings model itself is shared)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from switchboard.agent_settings import AgentSettings, Speak
+
+CALL_SID = r"^[A-Za-z0-9]{2,64}$"
+PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Problem(BaseModel):
+    detail: str = Field(..., examples=["call CA0123 not found"])
+
+
+class SettingsDocument(BaseModel):
+    """A stored settings document. Secrets (API keys, endpoint headers) read as "***"."""
+
+    version: int = Field(..., ge=0, description="Increments on every write; 0 = built-in default", examples=[3])
+    source: str = Field(..., description='"call", "profile:<name>", "default" or "builtin"', examples=["profile:sales"])
+    settings: AgentSettings
+
+
+class LiveChanges(BaseModel):
+    """What a settings write did to the running call, if the call is live."""
+
+    applied: dict[str, "CommandResult"] = Field(
+        default_factory=dict, description="update_prompt / update_speak sent to the call and their results"
+    )
+    next_connect: list[str] = Field(
+        default_factory=list, description="Changed fields Deepgram cannot change mid-call: used on reconnect"
+    )
+
+
+class CallSettingsDocument(SettingsDocument):
+    live: LiveChanges | None = Field(None, description="Set when the call is running")
+
+
+class ProfileSummary(BaseModel):
+    name: str = Field(..., examples=["sales"])
+    version: int = Field(..., examples=[2])
+
+
+class ProfileList(BaseModel):
+    profiles: list[ProfileSummary]
+
+
+class CommandResult(BaseModel):
+    applied: bool | None = Field(
+        ..., description="True: the owner applied it; false: it refused (see detail); null: not waited for"
+    )
+    detail: str = Field(..., examples=["UpdatePrompt sent"])
+    worker: str | None = Field(None, description="The worker that owns the call", examples=["worker-host-1a2b3c"])
+    command_id: str = Field(..., examples=["5f1c2e0b9a9f4a5e8d2b6b7c1f0e3d4a"])
+
+
+class SayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "One moment please.", "behavior": "queue"}]})
+    text: str = Field(..., min_length=1, max_length=2000)
+    behavior: Literal["default", "queue", "interrupt"] | None = Field(
+        None, description="default: refused while someone speaks; queue: after current speech; interrupt: now"
+    )
+
+
+class UserMessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "I would like to book a test drive."}]})
+    text: str = Field(..., min_length=1, max_length=2000)
+
+
+class HangupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"after_reply": True}]})
+    after_reply: bool = Field(False, description="Let the agent finish its current reply first")
+
+
+class PromptRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "You are a polite receptionist."}]})
+    prompt: str = Field(..., min_length=1, max_length=25_000)
+
+
+class VoiceRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"speak": {"provider": {"type": "deepgram", "model": "aura-2-luna-en"}}}]},
+    )
+    speak: Speak
+
+
+class CallSummary(BaseModel):
+    call_sid: str = Field(..., examples=["CA0123456789abcdef0123456789abcdef"])
+    stream_sid: str = Field(..., examples=["MZ0123456789abcdef0123456789abcdef"])
+    profile: str | None = Field(None, examples=["sales"])
+    worker: str | None = Field(None, description="Owner worker id")
+    edge: str | None = None
+    state: str = Field(..., examples=["active"], description="waiting | connecting | active | ended")
+    started_at: float | None = Field(None, description="Unix time")
+    turns: int = 0
+    settings_source: str | None = None
+    settings_version: int | None = None
+
+
+class CallList(BaseModel):
+    calls: list[CallSummary]
+    total: int = Field(..., description="Live calls in all (the list may be limited)")
+
+
+class TranscriptLine(BaseModel):
+    role: str = Field(..., examples=["user"])
+    content: str
+    ts: float | None = None
+
+
+class FunctionCallRecord(BaseModel):
+    name: str
+    arguments: str
+    response: str
+    outcome: str = Field(..., examples=["ok"])
+    ms: float | None = None
+    ts: float | None = None
+
+
+class CallDetail(CallSummary):
+    ended_at: float | None = None
+    outcome: str | None = None
+    end_reason: str | None = None
+    parameters: dict[str, str] = Field(default_factory=dict, description="Twilio customParameters")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Live prompt/voice changes")
+    transcript: list[TranscriptLine]
+    function_calls: list[FunctionCallRecord]
+    errors: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    status: str = Field(..., examples=["ok"])
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool
+
+
+LiveChanges.model_rebuild()
+CallSettingsDocument.model_rebuild()

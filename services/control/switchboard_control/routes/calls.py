@@ -1,0 +1,164 @@
+"""Calls: the live list, one call's detail and transcript, its live event stream, and commands.
+
+Commands go to whichever worker owns the call, through the call's command stream, and the
+answer says whether that worker applied it: 200 applied or refused (`applied` false, with the
+reason), 404 unknown call, 409 ended call, 504 no acknowledgement in time.
+`?wait=false` returns 202 at once without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from .. import callstate, commander
+from ..deps import Auth, State, StateDep
+from ..models import (
+    CALL_SID, CallDetail, CallList, CommandResult, HangupRequest, Problem, PromptRequest, SayRequest,
+    UserMessageRequest, VoiceRequest,
+)
+
+router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
+
+CallSid = Annotated[str, Path(pattern=CALL_SID, examples=["CA0123456789abcdef0123456789abcdef"])]
+Wait = Annotated[bool, Query(description="Wait for the owner's acknowledgement (false: 202 at once)")]
+COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": CommandResult, "description": "Sent, not waited for (?wait=false)"},
+    401: {"model": Problem},
+    404: {"model": Problem, "description": "Unknown call"},
+    409: {"model": Problem, "description": "The call has ended"},
+    504: {"model": Problem, "description": "No acknowledgement in time; the command expires unapplied"},
+}
+# The event types the live stream sends by default (a timeline, not every mark).
+SSE_EVENT_TYPES = "transcript,barge_in,function_call,error,warning,prompt_updated,speak_updated,injection_refused,"\
+    "agent_started_speaking,agent_audio_done,dtmf,hangup_requested,command_result,deepgram_connected,call_ended"
+
+
+@router.get("", response_model=CallList, responses={401: {"model": Problem}})
+async def list_calls(
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> CallList:
+    """Calls not yet ended, oldest first."""
+    calls, total = await callstate.live_calls(state, limit, offset)
+    return CallList(calls=calls, total=total)
+
+
+@router.get("/{call_sid}", response_model=CallDetail, responses={401: {"model": Problem}, 404: {"model": Problem}})
+async def get_call(call_sid: CallSid, state: StateDep) -> CallDetail:
+    """One call with its transcript; ended calls stay readable for CALL_RETENTION_S."""
+    return await callstate.detail(state, await callstate.require(state, call_sid))
+
+
+@router.get(
+    "/{call_sid}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "Server-sent events: `id` = stream entry id, `event` = type, `data` = JSON"},
+        401: {"model": Problem},
+        404: {"model": Problem},
+    },
+)
+async def call_events(
+    call_sid: CallSid,
+    request: Request,
+    state: StateDep,
+    types: Annotated[str, Query(pattern=r"^[a-z_,]{1,400}$", description="Comma-separated event types, or 'all'")] = SSE_EVENT_TYPES,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")] = None,
+) -> StreamingResponse:
+    """The call's events as they happen: history first (from `Last-Event-ID` if given), then live,
+    until `call_ended`."""
+    record = await callstate.require(state, call_sid)
+    wanted = None if types == "all" else frozenset(types.split(","))
+    stream = _sse(state, request, record.stream_sid, last_event_id or "0-0", wanted)
+    return StreamingResponse(
+        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+async def _sse(
+    state: State, request: Request, stream_sid: str, position: str, wanted: frozenset[str] | None
+) -> AsyncIterator[bytes]:
+    key = state.keys.events(stream_sid)
+    block_ms = int(state.settings.sse_keepalive_s * 1000)
+    yield b"retry: 2000\n\n"
+    while True:
+        # One client here and one connection for it from the blocking pool; XREAD from 0-0 replays
+        # the history in pages before it starts to block.
+        response = await state.redis_block.xread({key: position}, count=500, block=block_ms)
+        if not response:
+            if await request.is_disconnected():
+                return
+            if not await state.redis.exists(key):
+                return  # retention is over: nothing more will come
+            yield b": keepalive\n\n"
+            continue
+        for _key, items in response:
+            for entry_id, fields in items:
+                position = entry_id.decode()
+                event = callstate.decode_event(fields)
+                if event is None or (wanted is not None and event["type"] not in wanted and event["type"] != "call_ended"):
+                    continue
+                yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                    entry_id, event["type"].encode(), orjson.dumps(event)
+                )
+                if event["type"] == "call_ended":
+                    return
+        await asyncio.sleep(0)  # a long history must not hog the loop
+
+
+async def _run(state: State, call_sid: str, op: str, wait: bool, response: Response, **args: Any) -> CommandResult:
+    record = await callstate.require(state, call_sid, live=True)
+    try:
+        result = await commander.send(state, record, op, wait=wait, **args)
+    except commander.CommandTimeout as exc:
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, commander.timeout_response_detail(state, exc.command_id))
+    if not wait:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return result
+
+
+@router.post("/{call_sid}/say", response_model=CommandResult, responses=COMMAND_RESPONSES)
+async def say(call_sid: CallSid, body: SayRequest, state: StateDep, response: Response, wait: Wait = True) -> CommandResult:
+    """The agent says this text (Deepgram `InjectAgentMessage`)."""
+    return await _run(state, call_sid, "say", wait, response, text=body.text, behavior=body.behavior)
+
+
+@router.post("/{call_sid}/user-message", response_model=CommandResult, responses=COMMAND_RESPONSES)
+async def user_message(
+    call_sid: CallSid, body: UserMessageRequest, state: StateDep, response: Response, wait: Wait = True
+) -> CommandResult:
+    """The agent hears this text as if the caller had said it (Deepgram `InjectUserMessage`)."""
+    return await _run(state, call_sid, "inject_user", wait, response, text=body.text)
+
+
+@router.post("/{call_sid}/hangup", response_model=CommandResult, responses=COMMAND_RESPONSES)
+async def hangup(
+    call_sid: CallSid, state: StateDep, response: Response, body: HangupRequest | None = None, wait: Wait = True
+) -> CommandResult:
+    """End the call, at once or after the agent's current reply (`after_reply`)."""
+    after_reply = body.after_reply if body is not None else False
+    return await _run(state, call_sid, "hangup", wait, response, after_reply=after_reply)
+
+
+@router.post("/{call_sid}/prompt", response_model=CommandResult, responses=COMMAND_RESPONSES)
+async def update_prompt(
+    call_sid: CallSid, body: PromptRequest, state: StateDep, response: Response, wait: Wait = True
+) -> CommandResult:
+    """Change the running call's prompt (Deepgram `UpdatePrompt`); the call's stored settings stay."""
+    return await _run(state, call_sid, "update_prompt", wait, response, prompt=body.prompt)
+
+
+@router.post("/{call_sid}/voice", response_model=CommandResult, responses=COMMAND_RESPONSES)
+async def update_voice(
+    call_sid: CallSid, body: VoiceRequest, state: StateDep, response: Response, wait: Wait = True
+) -> CommandResult:
+    """Change the running call's voice (Deepgram `UpdateSpeak`)."""
+    return await _run(state, call_sid, "update_speak", wait, response, speak=callstate.speak_payload(body.speak))

@@ -1,0 +1,49 @@
+"""Control API settings (environment variables, see README)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, model_validator
+
+from switchboard.config import CommonSettings
+
+
+class ControlSettings(CommonSettings):
+    control_host: str = Field("0.0.0.0", description="Bind address of the REST API")
+    control_port: int = Field(8000, ge=0, le=65535)
+    control_api_token: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry")
+    control_insecure_no_auth: bool = Field(
+        False, description="Development only: no bearer token, and the TwiML webhook accepts unsigned requests"
+    )
+    control_public_url: str | None = Field(
+        None, description="https:// base URL Twilio calls the webhook on (what it signs), e.g. https://control.example.com"
+    )
+    edge_public_url: str = Field(
+        "ws://127.0.0.1:8080/twilio", description="wss:// stream URL put into the TwiML (no query string)"
+    )
+    twilio_auth_token: SecretStr | None = Field(None, description="Validates X-Twilio-Signature on /twiml")
+    metrics_public: bool = Field(True, description="Serve /metrics without a bearer token")
+    command_ack_timeout_s: float = Field(3.0, gt=0, le=60, description="How long a command waits for its owner")
+    call_settings_ttl_s: int = Field(
+        6 * 3600, ge=60, description="Per-call settings expire this long after their last write"
+    )
+    sse_keepalive_s: float = Field(15.0, gt=0, le=300, description="Comment line on an idle event stream")
+    redis_blocking_connections: int = Field(
+        256, ge=4, description="Connections for waits (SSE, command acks); more waiters queue briefly"
+    )
+    fallback_say: str = Field(
+        "Sorry, we cannot take your call right now. Please try again later.",
+        max_length=1000,
+        description="What Twilio says when the media stream cannot be opened or ends unexpectedly",
+    )
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> "ControlSettings":
+        if self.control_api_token is None and not self.control_insecure_no_auth:
+            raise ValueError(
+                "CONTROL_API_TOKEN is not set: set it, or set CONTROL_INSECURE_NO_AUTH=true for local development"
+            )
+        if self.control_api_token is not None and len(self.control_api_token.get_secret_value()) < 16:
+            raise ValueError("CONTROL_API_TOKEN must be at least 16 characters")
+        if not self.edge_public_url.startswith(("wss://", "ws://")) or "?" in self.edge_public_url:
+            raise ValueError("EDGE_PUBLIC_URL must be a wss:// URL without a query string")
+        return self
