@@ -77,6 +77,7 @@ class CallSession:
         self._end_after_reply = False
         self._last_error: str | None = None
         self._reply_no = 0
+        self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
         self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
         self._in_pos: bytes | str = "0-0"
         self._skip_audio_before_us = 0
@@ -382,11 +383,13 @@ class CallSession:
                 self.worker.spawn_hincrby(self.call_key, "turns")
         elif kind == "AgentStartedSpeaking":
             self._reply_no += 1
+            self.agent_speaking = True
             self._playing_reply = self._reply_no
             if isinstance(msg.get("total_latency"), (int, float)):
                 metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
             self._event("agent_started_speaking", **{k: v for k, v in msg.items() if k != "type"})
         elif kind == "AgentAudioDone":
+            self.agent_speaking = False
             self.worker.writer.append(self.out_key, entries.mark(f"reply-{self._reply_no}"))
             self._event("agent_audio_done", reply=self._reply_no)
             if self._end_after_reply:
