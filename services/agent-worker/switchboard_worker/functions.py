@@ -1,9 +1,14 @@
 """Client-side function calls: Deepgram asks, this worker runs the function and answers.
 
 A function with a `webhook` is POSTed there (timeout, retries, HMAC-signed so the receiver
-can verify it came from Switchboard). `end_call` and `transfer_call` are built in. Every
-request gets an answer: a failure answers with an error content rather than leaving the
-agent silent.
+can verify it came from Switchboard). `end_call` and `transfer_call` are built in (declare
+them in the profile's functions without a webhook). Every request gets an answer: a failure
+answers with an error content rather than leaving the agent silent.
+
+transfer_call redirects the live Twilio call to `<Dial>` TwiML through Twilio's REST API
+(TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN on the worker), and only to a destination the
+function's `destinations` list allows: the arguments come from an LLM, which a caller can talk
+into anything, so an open transfer would be a toll-fraud hole.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree as ET
 
 import httpx
 import orjson
@@ -34,6 +40,18 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     """`t=<unix>,v1=<hex hmac-sha256 of "t.body">`: the timestamp lets receivers refuse replays."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
+
+
+def verify(secret: str, header: str | None, body: bytes, *, tolerance_s: float = 300, now: float | None = None) -> bool:
+    """What a webhook receiver does: recompute the HMAC in constant time and refuse stale timestamps."""
+    if not header:
+        return False
+    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+    timestamp, given = parts.get("t", ""), parts.get("v1", "")
+    if not timestamp.isdigit() or abs((now or time.time()) - int(timestamp)) > tolerance_s:
+        return False
+    expected = sign(secret, timestamp, body).rsplit("v1=", 1)[1]
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 class FunctionRunner:
@@ -62,7 +80,7 @@ class FunctionRunner:
             content, outcome = await self._run(name, arguments)
         except Exception as exc:  # task boundary: the agent must get an answer whatever happened
             log.exception("function %s failed", name, extra=self._session.extra)
-            content, outcome = orjson.dumps({"error": f"function failed: {type(exc).__name__}"}).decode(), "error"
+            content, outcome = _error(f"function failed: {type(exc).__name__}"), "error"
         metrics.FUNCTION_CALLS.labels(outcome).inc()
         self._session.send_to_agent(deepgram.function_call_response(call_id, name, content))
         self._session.event(
@@ -80,17 +98,15 @@ class FunctionRunner:
         if name == "end_call":
             session.end_after_reply()
             return orjson.dumps({"ok": True, "note": "the call ends after your goodbye"}).decode(), "ok"
-        if name == "transfer_call":
-            return orjson.dumps(
-                {"error": "transfer_call is not available: Twilio REST credentials are not configured"}
-            ).decode(), "error"
-        definition = session.settings.function(name)
-        if definition is None or definition.webhook is None:
-            return orjson.dumps({"error": f"function {name!r} is not available"}).decode(), "unknown"
         try:
             parsed = orjson.loads(arguments)
         except orjson.JSONDecodeError:
             parsed = arguments
+        definition = session.settings.function(name)
+        if name == "transfer_call" and (definition is None or definition.webhook is None):
+            return await self._transfer(parsed)
+        if definition is None or definition.webhook is None:
+            return _error(f"function {name!r} is not available"), "unknown"
         body = orjson.dumps(
             {"call_sid": session.call_sid, "stream_sid": session.stream_sid, "name": name, "arguments": parsed}
         )
@@ -116,7 +132,59 @@ class FunctionRunner:
             if attempt < hook.retries:
                 await asyncio.sleep(0.2 * (attempt + 1))
         log.warning("function webhook %s failed: %s", name, last_error, extra=session.extra)
-        return orjson.dumps({"error": f"function {name} failed: {last_error}"}).decode(), "error"
+        return _error(f"function {name} failed: {last_error}"), "error"
+
+    async def _transfer(self, arguments: Any) -> tuple[str, str]:
+        session = self._session
+        config = session.worker.settings
+        if not config.twilio_account_sid or config.twilio_auth_token is None:
+            return _error(
+                "transfer_call is not available: the worker has no Twilio REST credentials "
+                "(TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)"
+            ), "error"
+        definition = session.settings.function("transfer_call")
+        allowed = (definition.destinations if definition else None) or []
+        if not allowed:
+            return _error("transfer_call has no allowed destinations configured"), "error"
+        to = arguments.get("to") if isinstance(arguments, dict) else None
+        if to is None and len(allowed) == 1:
+            to = allowed[0]
+        if to not in allowed:
+            return _error(f"transfer to {str(to)[:40]!r} is not allowed; allowed: {', '.join(allowed)}"), "error"
+        url = (
+            f"{config.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/{config.twilio_account_sid}"
+            f"/Calls/{session.call_sid}.json"
+        )
+        try:
+            response = await session.worker.http.post(
+                url,
+                data={"Twiml": dial_twiml(str(to))},
+                auth=(config.twilio_account_sid, config.twilio_auth_token.get_secret_value()),
+                timeout=10,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("transfer failed: %r", exc, extra=session.extra)
+            return _error(f"transfer failed: {type(exc).__name__}"), "error"
+        if response.status_code >= 300:
+            log.warning("Twilio refused the transfer: HTTP %d", response.status_code, extra=session.extra)
+            return _error(f"transfer failed: Twilio answered HTTP {response.status_code}"), "error"
+        log.info("call transferred", extra=session.extra)
+        return orjson.dumps({"ok": True, "note": f"the caller is being transferred to {to}"}).decode(), "ok"
+
+
+def dial_twiml(destination: str) -> str:
+    """`<Response><Dial>number</Dial></Response>` (or `<Dial><Sip>uri</Sip></Dial>` for SIP)."""
+    response = ET.Element("Response")
+    dial = ET.SubElement(response, "Dial")
+    if destination.startswith(("sip:", "sips:")):
+        ET.SubElement(dial, "Sip").text = destination
+    else:
+        dial.text = destination
+    return ET.tostring(response, encoding="unicode")
+
+
+def _error(message: str) -> str:
+    return orjson.dumps({"error": message}).decode()
 
 
 def _as_content(response: httpx.Response) -> str:

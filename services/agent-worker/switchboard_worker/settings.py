@@ -23,3 +23,6 @@ class WorkerSettings(CommonSettings):
     worker_stall_timeout_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(25.0, gt=0, description="SIGTERM: hand over calls before this deadline")
     function_secret: SecretStr | None = Field(None, description="HMAC key that signs function-call webhooks")
+    twilio_account_sid: str | None = Field(None, description="With TWILIO_AUTH_TOKEN: enables transfer_call")
+    twilio_auth_token: SecretStr | None = Field(None, description="Twilio REST credentials for transfer_call")
+    twilio_api_base_url: str = Field("https://api.twilio.com", description="Twilio REST base URL (tests: a fake)")
