@@ -104,14 +104,18 @@ class System:
             return orjson.loads(resp.read())
 
     def metric(self, metrics_port: int, name: str, labels: str = "") -> float:
-        """Sum of a metric's samples whose label text contains `labels`."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
-            text = resp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return scrape(metrics_port, name, labels)
+
+
+def scrape(metrics_port: int, name: str, labels: str = "") -> float:
+    """Sum of a metric's samples whose label text contains `labels`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001

@@ -103,6 +103,7 @@ class CallSession:
                 outcome = f"deepgram_{exc.code}"
                 self._record_error(exc.code, str(exc))
                 self._ask_edge_to_hang_up("deepgram_unavailable")
+                self.worker.reader.add(self.in_key, self._in_pos)  # to see the edge's stop
             else:
                 self.worker.reader.add(self.in_key, self._in_pos)
                 self.worker.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))

@@ -40,7 +40,7 @@ def _blocking_client(settings: ControlSettings) -> redis.Redis:
     # busy, a new waiter queues for a moment instead of failing at once.
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=settings.redis_blocking_connections, timeout=5,
-        socket_connect_timeout=3, socket_keepalive=True,
+        socket_connect_timeout=3, socket_keepalive=True, socket_timeout=None,  # XREAD BLOCK sets its own limit
     )
     return redis.Redis(connection_pool=pool)
 
@@ -82,7 +82,7 @@ async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSON
         {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "invalid")), "type": str(error.get("type", ""))}
         for error in exc.errors()
     ]
-    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def _redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:

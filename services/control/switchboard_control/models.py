@@ -60,8 +60,10 @@ class CommandResult(BaseModel):
 class SayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "One moment please.", "behavior": "queue"}]})
     text: str = Field(..., min_length=1, max_length=2000)
-    behavior: Literal["default", "queue", "interrupt"] | None = Field(
-        None, description="default: refused while someone speaks; queue: after current speech; interrupt: now"
+    behavior: Literal["default", "queue", "interrupt"] = Field(
+        "queue",
+        description="queue: after the current speech (the API's default); interrupt: now, cutting the agent off; "
+        "default (Deepgram's): refused while anyone speaks, reported as an `injection_refused` event",
     )
 
 

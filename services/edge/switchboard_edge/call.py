@@ -49,6 +49,7 @@ class EdgeCall:
         self._hangup_timer: asyncio.TimerHandle | None = None
         self._errors = 0
         self._stopped = False
+        self._closing: asyncio.Task[None] | None = None
 
     @property
     def _ids(self) -> dict[str, str]:
@@ -59,6 +60,12 @@ class EdgeCall:
         reason = "twilio_closed"
         try:
             async for frame in self._ws:
+                if self._closing is not None:
+                    continue  # keep reading so that the close handshake can complete
+                if self._errors > self._settings.edge_max_protocol_errors:
+                    reason = "too_many_protocol_errors"
+                    self._close(1008, "too many invalid messages")
+                    continue
                 if isinstance(frame, bytes):
                     self._protocol_error("binary_frame", "Twilio sends text frames only")
                     continue
@@ -76,10 +83,6 @@ class EdgeCall:
                     break
                 else:
                     self._on_other(event)
-                if self._errors > self._settings.edge_max_protocol_errors:
-                    reason = "too_many_protocol_errors"
-                    await self._ws.close(1008, "too many invalid messages")
-                    break
         except ConnectionClosed:
             pass
         finally:
@@ -102,11 +105,11 @@ class EdgeCall:
             return
         if not (_SID.match(start.stream_sid) and _SID.match(start.call_sid)):
             self._protocol_error("invalid_sid", "streamSid/callSid must be alphanumeric")
-            await self._ws.close(1008, "invalid start")
+            self._close(1008, "invalid start")
             return
         if (start.encoding, start.sample_rate, start.channels) != twilio.MEDIA_FORMAT_SUPPORTED:
             self._protocol_error("unsupported_media_format", f"{start.encoding}/{start.sample_rate}/{start.channels}")
-            await self._ws.close(1003, "unsupported media format")
+            self._close(1003, "unsupported media format")
             return
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
         keys = self._server.keys
@@ -129,11 +132,17 @@ class EdgeCall:
         if isinstance(event, twilio.Mark):
             if event.name == HANGUP_MARK:
                 # Twilio has played everything we sent before the goodbye mark.
-                asyncio.create_task(self._ws.close(1000, "call ended"))
+                self._close(1000, "call ended")
                 return
             self._server.writer.append(self._in_key, entries.mark(event.name))
         elif isinstance(event, twilio.Dtmf):
             self._server.writer.append(self._in_key, entries.dtmf(event.digit))
+
+    def _close(self, code: int, reason: str) -> None:
+        # Never await the close inside the read loop: websockets stops reading from a peer
+        # whose unread frames fill its queue, and the peer's close frame would sit behind them.
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._ws.close(code, reason))
 
     def _protocol_error(self, reason: str, description: str) -> None:
         self._errors += 1
@@ -148,6 +157,8 @@ class EdgeCall:
         self._stopped = True
         if self._hangup_timer:
             self._hangup_timer.cancel()
+        if self._closing is not None:
+            await asyncio.gather(self._closing, return_exceptions=True)
         if not self._in_key:
             metrics.CALLS.labels("no_start").inc()
             return
@@ -200,9 +211,7 @@ class EdgeCall:
         self._outbox.put(twilio.mark_message(self.stream_sid, HANGUP_MARK))
         if self._hangup_timer is None:
             loop = asyncio.get_running_loop()
-            self._hangup_timer = loop.call_later(
-                self._settings.edge_hangup_grace_s, lambda: asyncio.create_task(self._ws.close(1000, "call ended"))
-            )
+            self._hangup_timer = loop.call_later(self._settings.edge_hangup_grace_s, self._close, 1000, "call ended")
 
     async def _send_loop(self) -> None:
         try:
@@ -211,7 +220,7 @@ class EdgeCall:
             metrics.STALLED.inc()
             log.warning("Twilio socket stalled, closing: %s", exc, extra=self._ids)
             self._outbox.clear()
-            await self._ws.close(1011, "peer not reading")
+            self._ws.transport.abort()  # a peer that does not read will not read a close frame either
         except ConnectionClosed:
             pass
 

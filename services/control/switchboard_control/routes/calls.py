@@ -9,12 +9,14 @@ reason), 404 unknown call, 409 ended call, 504 no acknowledgement in time.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
 
 from .. import callstate, commander
 from ..deps import Auth, State, StateDep
@@ -23,6 +25,7 @@ from ..models import (
     UserMessageRequest, VoiceRequest,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
 
 CallSid = Annotated[str, Path(pattern=CALL_SID, examples=["CA0123456789abcdef0123456789abcdef"])]
@@ -86,9 +89,21 @@ async def call_events(
 async def _sse(
     state: State, request: Request, stream_sid: str, position: str, wanted: frozenset[str] | None
 ) -> AsyncIterator[bytes]:
+    yield b"retry: 2000\n\n"
+    try:
+        async for chunk in _follow(state, request, stream_sid, position, wanted):
+            yield chunk
+    except RedisError as exc:
+        # The response has started: no status to change any more. End the stream; the client
+        # reconnects with Last-Event-ID and continues where it was.
+        log.warning("event stream of %s stopped: %r", stream_sid, exc)
+
+
+async def _follow(
+    state: State, request: Request, stream_sid: str, position: str, wanted: frozenset[str] | None
+) -> AsyncIterator[bytes]:
     key = state.keys.events(stream_sid)
     block_ms = int(state.settings.sse_keepalive_s * 1000)
-    yield b"retry: 2000\n\n"
     while True:
         # One client here and one connection for it from the blocking pool; XREAD from 0-0 replays
         # the history in pages before it starts to block.
@@ -96,7 +111,7 @@ async def _sse(
         if not response:
             if await request.is_disconnected():
                 return
-            if not await state.redis.exists(key):
+            if not await state.redis.exists(state.keys.call(stream_sid)):
                 return  # retention is over: nothing more will come
             yield b": keepalive\n\n"
             continue
