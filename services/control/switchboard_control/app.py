@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import redis.asyncio as redis
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -71,6 +72,7 @@ def create_app(settings: ControlSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
+    app.add_exception_handler(orjson.JSONEncodeError, _unencodable)  # type: ignore[arg-type]
     for module in (health, settings_routes, calls, twiml):
         app.include_router(module.router)
     return app
@@ -83,6 +85,12 @@ async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSON
         for error in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _unencodable(_request: Request, exc: orjson.JSONEncodeError) -> JSONResponse:
+    # Valid JSON in, but not storable: integers beyond 64 bits, lone UTF-16 surrogates ("\\ud800").
+    message = f"the request holds a value that cannot be stored: {exc}"
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "unencodable"}]}, status_code=422)
 
 
 async def _redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
