@@ -222,3 +222,11 @@ def test_fixed_ports_match_what_prometheus_and_the_images_expect(services):
     assert services["edge"]["environment"]["METRICS_PORT"] == "9101"
     assert services["agent-worker"]["environment"]["METRICS_PORT"] == "9102"
     assert services["control"]["environment"]["CONTROL_PORT"] == "8000"
+
+
+@pytest.mark.parametrize("service", sorted(SWITCHBOARD))
+def test_deployment_guide_documents_every_setting(service):
+    settings_cls = load_settings_class(SWITCHBOARD[service][1])
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    missing = sorted(name.upper() for name in settings_cls.model_fields if f"`{name.upper()}`" not in guide)
+    assert missing == [], f"docs/deployment.md does not describe {missing}"
