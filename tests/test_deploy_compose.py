@@ -230,3 +230,40 @@ def test_deployment_guide_documents_every_setting(service):
     guide = (ROOT / "docs" / "deployment.md").read_text()
     missing = sorted(name.upper() for name in settings_cls.model_fields if f"`{name.upper()}`" not in guide)
     assert missing == [], f"docs/deployment.md does not describe {missing}"
+    stale = {}
+    for name, field in settings_cls.model_fields.items():
+        if field.default is None or field.default_factory is not None or field.is_required():
+            continue
+        shown = re.findall(rf"^\| `{name.upper()}` \| `([^`]*)` \|", guide, re.M)
+        if str(field.default) not in shown:
+            stale[name.upper()] = (shown, field.default)
+    assert stale == {}, f"docs/deployment.md shows other defaults (shown, actual): {stale}"
+
+
+def test_defaults_shown_in_env_example_are_the_services_defaults():
+    # Names whose example value is meant to differ: compose's own Redis, a sample public URL.
+    examples_only = {"REDIS_URL", "EDGE_PUBLIC_URL"}
+    defaults: dict[str, object] = {}
+    for _, spec in SWITCHBOARD.values():
+        for name, field in load_settings_class(spec).model_fields.items():
+            if field.default is not None and field.default_factory is None and field.is_required() is False:
+                defaults.setdefault(name.upper(), field.default)
+    shown = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.match(r"^#\s?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            shown[match.group(1)] = match.group(2)
+    wrong = {}
+    for name, value in shown.items():
+        if name in examples_only or name not in defaults:
+            continue
+        default = defaults[name]
+        if isinstance(default, bool):
+            same = value.lower() == str(default).lower()
+        elif isinstance(default, (int, float)):
+            same = float(value) == float(default)
+        else:
+            same = value == str(default)
+        if not same:
+            wrong[name] = (value, default)
+    assert wrong == {}, f".env.example shows stale defaults (shown, actual): {wrong}"
