@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
@@ -54,8 +54,10 @@ class StreamWriter:
         key_ttl_s: int = 6 * 3600,
         on_flush: Callable[[int, float], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = client
+        self._gate = gate
         self._window = batch_window_s
         self._key_ttl_s = key_ttl_s
         self._pending: dict[str, _StreamQueue] = {}
@@ -99,6 +101,10 @@ class StreamWriter:
         queue.audio_bytes = 0
         return dropped
 
+    def discard(self, key: str) -> None:
+        """Drop everything pending for `key` (its call now belongs to someone else)."""
+        self._pending.pop(key, None)
+
     def forget(self, key: str) -> None:
         """The stream's call is over: stop tracking its TTL bookkeeping."""
         self._expiring.discard(key)
@@ -122,6 +128,8 @@ class StreamWriter:
             else:
                 # Let every callback that is already runnable append first: one pipeline per tick.
                 await asyncio.sleep(0)
+            if self._gate is not None:
+                await self._gate()
             batch, self._pending = self._pending, {}
             self._wakeup.clear()
             target = self._generation + 1

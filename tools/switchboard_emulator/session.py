@@ -241,6 +241,7 @@ class Session:
             self._prompt = think_prompt(think)
             self._functions = client_side_functions(think)
         self._history = (msg.get("flags") or {}).get("history", True) is not False
+        self._continue_numbering((agent.get("context") or {}).get("messages") or [])
         audio_in = msg["audio"].get("input") or {"encoding": "linear16", "sample_rate": 24000}
         frame_bytes, loudness = detector_for(audio_in["encoding"], audio_in["sample_rate"])
         self._framer = Framer(frame_bytes)
@@ -257,6 +258,13 @@ class Session:
         greeting = agent.get("greeting")
         if greeting:
             self._enqueue(Job("greeting", greeting, heard_at=self._loop.time()))
+
+    def _continue_numbering(self, history: list[Any]) -> None:
+        # A resumed conversation (agent.context) goes on where it was: reply and turn numbers
+        # keep rising across reconnects, so a caller's view of the agent audio stays ordered.
+        items = [m for m in history if isinstance(m, dict)]
+        self._next_reply += sum(1 for m in items if m.get("role") == "assistant")
+        self._turns += sum(1 for m in items if m.get("role") == "user")
 
     async def _on_audio(self, data: bytes) -> None:
         if not self._applied:

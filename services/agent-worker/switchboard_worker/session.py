@@ -39,13 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_ITEMS = 60
-RESUME_AUDIO_MAX_AGE_US = 300_000  # on takeover, older caller audio is stale: skip it
 BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
 END_WAIT_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
-
-
-class LeaseLost(Exception):
-    pass
 
 
 class CallSession:
@@ -80,7 +75,6 @@ class CallSession:
         self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
         self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
         self._in_pos: bytes | str = "0-0"
-        self._skip_audio_before_us = 0
         self._last_audio_at = time.monotonic()
         self._last_keepalive_at = 0.0
         self._functions = FunctionRunner(self)
@@ -111,10 +105,6 @@ class CallSession:
                 outcome = await self._pump()
             if outcome != "completed" or self._hangup_requested:
                 await self._wait_for_stop()
-        except LeaseLost:
-            outcome = "lease_lost"
-            metrics.LEASES_LOST.inc()
-            log.warning("lost the call's lease to another worker; letting go", extra=self.extra)
         except RedisError as exc:
             outcome = "redis_error"
             metrics.REDIS_ERRORS.inc()
@@ -131,8 +121,9 @@ class CallSession:
             self._live_overrides = orjson.loads(raw_overrides)
             self._apply_overrides()
         if self.takeover:
+            # Resume from the last position the previous owner recorded (at most one heartbeat
+            # old): what the caller said during the gap still reaches the new Deepgram session.
             self._in_pos = meta.get(b"in_pos", b"0-0")
-            self._skip_audio_before_us = now_us() - RESUME_AUDIO_MAX_AGE_US
         await self.worker.redis.hset(
             self.call_key,
             mapping={
@@ -293,8 +284,6 @@ class CallSession:
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
                 t_us = int(fields.get(b"t", 0))
-                if t_us < self._skip_audio_before_us:
-                    continue
                 audio.append(fields[b"p"])
                 metrics.CALLER_TRANSIT.observe(max(0, now - t_us) / 1e6)
                 continue

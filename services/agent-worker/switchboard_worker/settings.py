@@ -17,7 +17,7 @@ class WorkerSettings(CommonSettings):
     deepgram_max_reconnects: int = Field(3, ge=0, le=10, description="Per call, after a mid-call drop")
     keepalive_after_s: float = Field(1.0, gt=0, description="Caller audio pause that triggers a KeepAlive")
     keepalive_every_s: float = Field(4.0, gt=0, le=8, description="KeepAlive period while audio is paused")
-    lease_ms: int = Field(3000, ge=500, description="A dead worker's calls are taken over after this")
+    lease_ms: int = Field(1500, ge=300, description="A dead worker's calls are taken over after this")
     worker_batch_window_ms: float = Field(0.0, ge=0, le=100)
     worker_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
     worker_stall_timeout_s: float = Field(10.0, gt=0)

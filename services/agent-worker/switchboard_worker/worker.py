@@ -49,6 +49,7 @@ class Worker:
             self.redis,
             batch_window_s=settings.worker_batch_window_ms / 1000,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+            gate=self._confirm_leases,
         )
         self.reader = StreamReader(
             self._redis_block, self.redis, self.keys.wake(settings.worker_id), self._on_entries,
@@ -60,6 +61,8 @@ class Worker:
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self._free = asyncio.Event()
         self._draining = False
+        self._leases_confirmed_at = time.monotonic()
+        self._heartbeat_lock = asyncio.Lock()
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -127,7 +130,7 @@ class Worker:
 
     async def _takeover_loop(self) -> None:
         """Adopt calls whose owner stopped refreshing them (dead or partitioned worker)."""
-        period = self.settings.lease_ms / 2000
+        period = self.settings.lease_ms / 4000
         while not self._draining:
             await asyncio.sleep(period * (0.75 + self.random.random() / 2))
             if self.free_slots <= 0:
@@ -135,7 +138,8 @@ class Worker:
             try:
                 _next, claimed, deleted = await self.redis.xautoclaim(
                     self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id,
-                    min_idle_time=self.settings.lease_ms, start_id="0-0", count=self.free_slots,
+                    # The margin lets the owner's lease key (renewed just after the idle reset) expire first.
+                    min_idle_time=self.settings.lease_ms + 100, start_id="0-0", count=self.free_slots,
                 )
             except RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
@@ -246,7 +250,28 @@ class Worker:
                 log.warning("heartbeat failed: %r", exc)
             await asyncio.sleep(period)
 
+    async def _confirm_leases(self) -> None:
+        """Writer gate (fencing): nothing is written for calls this worker may have lost.
+
+        A process that was paused (SIGSTOP, a long GC, a VM freeze) past its lease must not
+        speak on a call another worker has taken over: before writing, if the leases were
+        not confirmed recently, confirm them now; lost calls are released and their pending
+        entries dropped.
+        """
+        if time.monotonic() - self._leases_confirmed_at < self.settings.lease_ms / 2000:
+            return
+        try:
+            await self._heartbeat()
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("could not confirm leases before writing: %r", exc)
+
     async def _heartbeat(self) -> None:
+        async with self._heartbeat_lock:
+            await self._heartbeat_locked()
+
+    async def _heartbeat_locked(self) -> None:
+        started = time.monotonic()
         sessions = list(self.sessions.values())
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.worker(self.settings.worker_id), mapping={
@@ -267,7 +292,10 @@ class Worker:
                 metrics.LEASES_LOST.inc()
                 log.warning("lease lost; stopping the call here", extra=session.extra)
                 session.release("lease_lost")
+                for key in self.keys.per_call(session.stream_sid):
+                    self.writer.discard(key)
                 self._session_tasks[session.stream_sid].cancel()
+        self._leases_confirmed_at = started
 
     async def _tick_loop(self) -> None:
         while True:

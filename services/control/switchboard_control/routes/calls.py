@@ -15,8 +15,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
+
+from switchboard import settings_store
+from switchboard.agent_settings import MASK, MaskedSecretError, restore_secrets
 
 from .. import callstate, commander
 from ..deps import Auth, State, StateDep
@@ -175,5 +179,14 @@ async def update_prompt(
 async def update_voice(
     call_sid: CallSid, body: VoiceRequest, state: StateDep, response: Response, wait: Wait = True
 ) -> CommandResult:
-    """Change the running call's voice (Deepgram `UpdateSpeak`)."""
-    return await _run(state, call_sid, "update_speak", wait, response, speak=callstate.speak_payload(body.speak))
+    """Change the running call's voice (Deepgram `UpdateSpeak`); "***" keeps the call's stored secrets."""
+    speak = callstate.speak_payload(body.speak)
+    if MASK in orjson.dumps(speak).decode():
+        record = await callstate.require(state, call_sid, live=True)
+        profile = record.fields.get("profile") or None
+        current = await settings_store.resolve(state.redis, state.keys, call_sid, profile)
+        try:
+            speak = restore_secrets({"speak": speak}, {"speak": callstate.speak_payload(current.settings.speak)})["speak"]
+        except MaskedSecretError as exc:
+            raise RequestValidationError([{"loc": ("body", "speak"), "msg": str(exc), "type": "masked_secret"}]) from None
+    return await _run(state, call_sid, "update_speak", wait, response, speak=speak)
