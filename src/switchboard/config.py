@@ -20,7 +20,8 @@ def default_instance_id(kind: str) -> str:
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # An empty variable means "not set" (compose passes unset ones through as empty strings).
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or Redis Cluster) URL")
     redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster node")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -133,6 +134,7 @@ class StreamWriter:
             batch, self._pending = self._pending, {}
             self._wakeup.clear()
             target = self._generation + 1
+            started = time.perf_counter()
             try:
                 count = await self._write(batch)
             except RedisError as exc:
@@ -145,8 +147,8 @@ class StreamWriter:
                 continue
             backoff = 0.05
             self._generation = target
-            if self._on_flush:
-                self._on_flush(count, 0.0)
+            if self._on_flush and count:
+                self._on_flush(count, time.perf_counter() - started)
             self._release_waiters()
 
     async def _write(self, batch: dict[str, _StreamQueue]) -> int:

@@ -31,3 +31,7 @@ KEEPALIVES = Counter("switchboard_worker_keepalives_total", "KeepAlive messages 
 REDIS_ERRORS = Counter("switchboard_worker_redis_errors_total", "Failed Redis operations")
 LEASES_LOST = Counter("switchboard_worker_leases_lost_total", "Calls dropped because another worker took the lease")
 DRAINS = Counter("switchboard_worker_drains_total", "SIGTERM drains started")
+REDIS_WRITE = Histogram(
+    "switchboard_worker_redis_write_seconds", "One Redis write pipeline (all calls' pending entries)",
+    buckets=LATENCY_BUCKETS,
+)

@@ -49,6 +49,7 @@ class Worker:
             self.redis,
             batch_window_s=settings.worker_batch_window_ms / 1000,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+            on_flush=lambda count, seconds: metrics.REDIS_WRITE.observe(seconds),
             gate=self._confirm_leases,
         )
         self.reader = StreamReader(

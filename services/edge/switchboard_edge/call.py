@@ -189,6 +189,7 @@ class EdgeCall:
                 self._outbox.clear()
                 self._outbox.put(twilio.clear_message(self.stream_sid))
                 metrics.CLEARS.inc()
+                metrics.BARGE_IN.observe(max(0, now - int(fields.get(b"t", now))) / 1e6)
                 continue
             self._send_audio(audio)
             if kind == Kind.MARK.value:

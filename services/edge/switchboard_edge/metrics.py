@@ -22,3 +22,12 @@ AGENT_TRANSIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 STALLED = Counter("switchboard_edge_stalled_peers_total", "Twilio sockets cut for not reading")
+REDIS_WRITE = Histogram(
+    "switchboard_edge_redis_write_seconds", "One Redis write pipeline (all calls' pending entries)",
+    buckets=LATENCY_BUCKETS,
+)
+BARGE_IN = Histogram(
+    "switchboard_edge_barge_in_latency_seconds",
+    "Barge-in through Switchboard: the worker receiving UserStartedSpeaking → the edge sending clear",
+    buckets=LATENCY_BUCKETS,
+)

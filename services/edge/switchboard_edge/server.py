@@ -38,7 +38,7 @@ class EdgeServer:
             self.redis,
             batch_window_s=settings.edge_batch_window_ms / 1000,
             key_ttl_s=MAX_CALL_TTL_S,
-            on_flush=lambda count, _: metrics.REDIS_BATCH.observe(count) if count else None,
+            on_flush=self._on_flush,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
         )
         self.reader = StreamReader(
@@ -172,6 +172,11 @@ class EdgeServer:
             metrics.REDIS_ERRORS.inc()
             log.exception("could not register call", extra={"stream_sid": sid, "call_sid": start.call_sid})
             raise
+
+    @staticmethod
+    def _on_flush(count: int, seconds: float) -> None:
+        metrics.REDIS_BATCH.observe(count)
+        metrics.REDIS_WRITE.observe(seconds)
 
     def _on_agent_entries(self, key: str, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         call = self._calls.get(key)
