@@ -21,6 +21,9 @@ class ControlSettings(CommonSettings):
         "ws://127.0.0.1:8080/twilio", description="wss:// stream URL put into the TwiML (no query string)"
     )
     twilio_auth_token: SecretStr | None = Field(None, description="Validates X-Twilio-Signature on /twiml")
+    control_insecure_twiml: bool = Field(
+        False, description="Development only: /twiml answers unsigned requests (the API keeps its token)"
+    )
     metrics_public: bool = Field(True, description="Serve /metrics without a bearer token")
     command_ack_timeout_s: float = Field(3.0, gt=0, le=60, description="How long a command waits for its owner")
     call_settings_ttl_s: int = Field(

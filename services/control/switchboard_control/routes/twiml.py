@@ -59,7 +59,7 @@ async def twiml(
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "request body too large")
     form = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
     if settings.twilio_auth_token is None:
-        if not settings.control_insecure_no_auth:
+        if not (settings.control_insecure_no_auth or settings.control_insecure_twiml):
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "TWILIO_AUTH_TOKEN is not configured")
     elif not signature.is_valid(
         settings.twilio_auth_token.get_secret_value(),
