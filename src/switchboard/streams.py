@@ -67,11 +67,14 @@ class StreamWriter:
         self._appended_generation = 0  # batch number the latest append will belong to
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._expiring: set[str] = set()
+        self._fenced: set[str] = set()
         self._on_flush = on_flush
         self._on_error = on_error
 
     # --- producers (never block) ----------------------------------------------------------
     def append(self, key: str, entry: Entry, maxlen: int = keyspace.AUDIO_STREAM_MAXLEN) -> None:
+        if key in self._fenced:
+            return
         queue = self._pending.get(key)
         if queue is None:
             queue = self._pending[key] = _StreamQueue(maxlen=maxlen)
@@ -102,9 +105,13 @@ class StreamWriter:
         queue.audio_bytes = 0
         return dropped
 
-    def discard(self, key: str) -> None:
-        """Drop everything pending for `key` (its call now belongs to someone else)."""
+    def fence(self, key: str) -> None:
+        """Never write to `key` again (its call now belongs to another instance)."""
+        self._fenced.add(key)
         self._pending.pop(key, None)
+
+    def unfence(self, key: str) -> None:
+        self._fenced.discard(key)
 
     def forget(self, key: str) -> None:
         """The stream's call is over: stop tracking its TTL bookkeeping."""

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_ITEMS = 60
 BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
-END_WAIT_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
+END_WAIT_S = 30.0
+STABLE_SESSION_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
 
 
 class CallSession:
@@ -74,6 +75,7 @@ class CallSession:
         self._reply_no = 0
         self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
         self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
+        self._unanswered: str | None = None
         self._in_pos: bytes | str = "0-0"
         self._last_audio_at = time.monotonic()
         self._last_keepalive_at = 0.0
@@ -122,8 +124,9 @@ class CallSession:
             self._apply_overrides()
         if self.takeover:
             # Resume from the last position the previous owner recorded (at most one heartbeat
-            # old): what the caller said during the gap still reaches the new Deepgram session.
-            self._in_pos = meta.get(b"in_pos", b"0-0")
+            # old), or from the start of an utterance the old session heard but never
+            # transcribed: what the caller said around the gap reaches the new session.
+            self._in_pos = meta.get(b"utt_pos") or meta.get(b"in_pos", b"0-0")
         await self.worker.redis.hset(
             self.call_key,
             mapping={
@@ -187,6 +190,9 @@ class CallSession:
         self._ready = True
         self._closing_dg = False
         self._last_audio_at = time.monotonic()
+        if self._unanswered:
+            self._outbox.put(deepgram.inject_user_message(self._unanswered))
+            self._unanswered = None
         if self._buffer:
             self._outbox.put(b"".join(self._buffer))
             self._buffer.clear()
@@ -207,6 +213,7 @@ class CallSession:
         while True:
             ws = self._dg
             assert ws is not None
+            connected_at = time.monotonic()
             try:
                 async for frame in ws:
                     if isinstance(frame, bytes):
@@ -222,6 +229,8 @@ class CallSession:
             if code not in deepgram.RECONNECTABLE_ERRORS and code != "closed":
                 self._ask_edge_to_hang_up(f"deepgram_error_{code}")
                 return f"deepgram_{code}"
+            if time.monotonic() - connected_at > STABLE_SESSION_S:
+                reconnects = 0  # the retry budget is for a flapping service, not for a long call
             reconnects += 1
             if reconnects > self.worker.settings.deepgram_max_reconnects:
                 self._ask_edge_to_hang_up("deepgram_gone")
@@ -360,6 +369,9 @@ class CallSession:
             # Barge-in: nothing still queued may play; the clear overtakes it.
             self.worker.writer.drop_pending_audio(self.out_key)
             self.worker.writer.append(self.out_key, entries.clear())
+            # Stream ids are Redis' clock in ms: remember where this utterance began (VAD needs
+            # a few hundred ms to fire) so a takeover can replay it if it is never transcribed.
+            self.worker.spawn_write(self.call_key, {"utt_pos": f"{time.time_ns() // 1_000_000 - 700}-0"})
             if self._playing_reply:
                 metrics.BARGE_INS.inc()
                 self._event("barge_in", reply=self._playing_reply)
@@ -371,6 +383,7 @@ class CallSession:
             self._event("transcript", role=role, content=content)
             if role == "user":
                 self.worker.spawn_hincrby(self.call_key, "turns")
+                self.worker.spawn_write(self.call_key, {"utt_pos": ""})
         elif kind == "AgentStartedSpeaking":
             self._reply_no += 1
             self.agent_speaking = True
@@ -443,6 +456,7 @@ class CallSession:
         return self._in_pos
 
     async def _load_context(self) -> list[dict[str, Any]]:
+        await self.worker.writer.flushed()  # our own latest transcript lines first
         raw = await self.worker.redis.xrange(self.events_key, count=keyspace.EVENTS_STREAM_MAXLEN)
         history: list[dict[str, Any]] = []
         for _entry_id, fields in raw:
@@ -458,4 +472,8 @@ class CallSession:
                         event["id"], event["name"], event.get("arguments", "{}"), str(event.get("response", ""))
                     )
                 )
+        if history and history[-1].get("role") == "user":
+            # The caller's last words were heard but never answered (the old session died
+            # while thinking): ask again on the new session instead of leaving the caller hanging.
+            self._unanswered = history.pop()["content"]
         return history[-MAX_CONTEXT_ITEMS:]

@@ -33,8 +33,14 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 # Renew the lease only if it is still ours: a worker that was paused past its lease must
-# not extend another worker's.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# not extend another worker's. A missing key (Redis restarted and lost it, or it lapsed
+# with nobody taking over) is taken back; only another worker's token means "lost".
+_RENEW = """
+local owner = redis.call('get', KEYS[1])
+if owner == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not owner then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
 
 
 class Worker:
@@ -168,6 +174,8 @@ class Worker:
             metrics.REDIS_ERRORS.inc()
             log.warning("could not take lease: %r", exc, extra={"stream_sid": stream_sid})
             return
+        for key in self.keys.per_call(stream_sid):
+            self.writer.unfence(key)  # the call is ours (again)
         session = CallSession(self, stream_sid, call_sid, entry_id, takeover)
         session.lease_token = token
         self.sessions[stream_sid] = session
@@ -294,7 +302,7 @@ class Worker:
                 log.warning("lease lost; stopping the call here", extra=session.extra)
                 session.release("lease_lost")
                 for key in self.keys.per_call(session.stream_sid):
-                    self.writer.discard(key)
+                    self.writer.fence(key)
                 self._session_tasks[session.stream_sid].cancel()
         self._leases_confirmed_at = started
 
