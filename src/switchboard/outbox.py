@@ -27,8 +27,10 @@ class Outbox:
         *,
         max_bytes: int = 512 * 1024,
         stall_timeout_s: float = 10.0,
+        transport_buffered: Callable[[], int] | None = None,
     ) -> None:
         self._send = send
+        self._transport_buffered = transport_buffered
         self._queue: deque[Message] = deque()
         self._bytes = 0
         self._max_bytes = max_bytes
@@ -96,3 +98,7 @@ class Outbox:
                 self._queue.clear()
                 self._idle.set()
                 raise
+            # Bytes the socket accepted but the peer has not read count against the cap too:
+            # a peer with a tiny receive window would otherwise hide behind the kernel buffers.
+            if self._transport_buffered is not None and self._transport_buffered() > self._max_bytes:
+                raise PeerStalled(f"peer is not reading: {self._transport_buffered()} bytes unsent in the transport")

@@ -268,7 +268,10 @@ class StreamReader:
 
     async def _send_wake(self) -> None:
         try:
-            await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
+            pipe = self._waker.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
+            pipe.expire(self._wake_key, keyspace.WAKE_TTL_S)  # instances come and go; their wake keys too
+            await pipe.execute()
         except RedisError as exc:
             log.warning("could not wake stream reader", extra={"error": repr(exc)})
         finally:

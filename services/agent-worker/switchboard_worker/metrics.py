@@ -35,3 +35,4 @@ REDIS_WRITE = Histogram(
     "switchboard_worker_redis_write_seconds", "One Redis write pipeline (all calls' pending entries)",
     buckets=LATENCY_BUCKETS,
 )
+TASKS = Gauge("switchboard_worker_asyncio_tasks", "Live asyncio tasks (a leak shows as growth)")

@@ -85,6 +85,7 @@ class Worker:
 
     async def __aenter__(self) -> "Worker":
         await self._ensure_group()
+        metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
         self._tasks = [
             asyncio.create_task(coro, name=name)

@@ -43,7 +43,10 @@ class EdgeCall:
         self._in_key = ""
         self._out_key = ""
         self._outbox = Outbox(
-            ws.send, max_bytes=self._settings.edge_outbox_max_bytes, stall_timeout_s=self._settings.edge_stall_timeout_s
+            ws.send,
+            max_bytes=self._settings.edge_outbox_max_bytes,
+            stall_timeout_s=self._settings.edge_stall_timeout_s,
+            transport_buffered=ws.transport.get_write_buffer_size,
         )
         self._sender: asyncio.Task[None] | None = None
         self._hangup_timer: asyncio.TimerHandle | None = None

@@ -31,3 +31,4 @@ BARGE_IN = Histogram(
     "Barge-in through Switchboard: the worker receiving UserStartedSpeaking → the edge sending clear",
     buckets=LATENCY_BUCKETS,
 )
+TASKS = Gauge("switchboard_edge_asyncio_tasks", "Live asyncio tasks (a leak shows as growth)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from http import HTTPStatus
 
@@ -68,6 +69,7 @@ class EdgeServer:
             asyncio.create_task(self.writer.run(), name="edge-writer"),
             asyncio.create_task(self.reader.run(), name="edge-reader"),
         ]
+        metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
         self._ws_server = await serve(
             self._handle,
@@ -140,6 +142,12 @@ class EdgeServer:
         return f"wss://{request.headers.get('Host', '')}{path}"
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self.settings.edge_socket_sndbuf:
+            # Bound what the kernel holds for a Twilio socket that stops reading, so that the
+            # outbox, not an invisible multi-megabyte kernel buffer, decides when it is stalled.
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.edge_socket_sndbuf)
         await EdgeCall(self, ws).run()
 
     # --- calls ---------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ class EdgeSettings(CommonSettings):
     edge_max_frame_bytes: int = Field(64 * 1024, ge=1024)
     edge_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
     edge_stall_timeout_s: float = Field(10.0, gt=0)
+    edge_socket_sndbuf: int = Field(
+        256 * 1024, ge=0, description="Kernel send buffer per Twilio socket (0 = kernel autotuning, up to MBs each)"
+    )
     edge_hangup_grace_s: float = Field(20.0, gt=0, description="Longest wait for the goodbye to play")
     edge_max_protocol_errors: int = Field(50, ge=1, description="Per call, before the stream is closed")
 
