@@ -27,7 +27,7 @@ import psutil
 from . import report
 from .compare import compare
 from .runner import Plan, run_level
-from .stack import SwitchboardStack
+from .profile import Profiler
 
 QUICK = {"levels": "2", "barge_in_share": 0.5, "duration_s": 3.0, "ramp_s": 0.5, "settle_s": 1.5, "workers": 1,
          "utterance_ms": 400, "lead_ms": 300, "eou_ms": 200, "think_ms": 50, "reply_ms": 800,
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--barge-in-share", type=float, default=0.25, help="share of calls that interrupt every reply but the last")
     a("--no-relay", action="store_true", help="skip the direct-relay baseline")
     a("--quick", action="store_true", help="smoke preset: 2 calls, 3 s window, short turns, 1 worker")
-    a("--profile-level", type=int, help="py-spy the edge and the first worker during this level's window")
+    a("--profile-level", type=int, help="py-spy the edge, first worker and relay during this level's window")
     a("--json", type=Path, default=Path("bench-results/bench.json"))
     a("--markdown", type=Path, help="also write the table as Markdown here")
     a("--svg", type=Path, help="also write a latency-vs-concurrency plot here")
@@ -81,26 +81,8 @@ def machine() -> dict[str, Any]:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "git_commit": commit, "git_dirty": dirty}
 
 
-def _profiler(args: argparse.Namespace, level: int, duration: float):  # noqa: ANN202
-    """on_window hook: py-spy record the edge and first worker for the window (non-blocking sampling)."""
-    if args.profile_level != level:
-        return None
-    pyspy = Path(sys.executable).with_name("py-spy")
-
-    def start(stack: Any) -> dict[str, str]:
-        if not isinstance(stack, SwitchboardStack):
-            return {}
-        out = {}
-        targets = [p for p in stack.procs if p.role == "edge"] + [p for p in stack.procs if p.role == "worker"][:1]
-        for proc in targets:
-            path = args.json.parent / f"profile-{level}-{proc.role}.svg"
-            subprocess.Popen([str(pyspy), "record", "--nonblocking", "--pid", str(proc.pid), "--duration",
-                              str(int(duration)), "--rate", "100", "-o", str(path)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            out[proc.role] = str(path)
-        return out
-
-    return start
+def _profiler(args: argparse.Namespace, level: int, plan: Plan) -> Profiler | None:
+    return Profiler(args.json.parent, level, plan.duration_s) if args.profile_level == level else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,11 +97,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for level in args.level_list:
         print(f"• {level} calls: switchboard …", file=sys.stderr, flush=True)
         sb = run_level("switchboard", level, plan, workers=args.workers, log_dir=args.log_dir / f"{level}-switchboard",
-                       worker_env=worker_env, on_window=_profiler(args, level, plan.duration_s))
+                       worker_env=worker_env, profiler=_profiler(args, level, plan))
         relay = None
         if not args.no_relay:
             print(f"• {level} calls: direct relay …", file=sys.stderr, flush=True)
-            relay = run_level("relay", level, plan, workers=args.workers, log_dir=args.log_dir / f"{level}-relay")
+            relay = run_level("relay", level, plan, workers=args.workers, log_dir=args.log_dir / f"{level}-relay",
+                              profiler=_profiler(args, level, plan))
         result["levels"].append(compare(sb, relay))
         _write(args, result)  # after every level: a long run that dies still leaves its numbers
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

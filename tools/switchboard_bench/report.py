@@ -68,7 +68,7 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
 HEADER = ["calls", "system", "ok/failed", "live", "byte-exact", "caller→DG ms p50/95/99/max",
           "DG→caller ms p50/95/99/max", "added p95 ms ↑/↓", "turn p95", "barge p95",
           "CPU s/call-min (×relay)", "KB/call", "redis ops/s", "sim CPU", "emu CPU", "machine busy (other)",
-          "saturated (≥85% core)"]
+          "saturated (process ≥85% core, machine ≥90%)"]
 
 
 def table(result: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import orjson
 import psutil
 
 from . import latency
+from .profile import Profiler
 from .sampler import Window, rss_by_proc
 from .stack import Proc, RelayStack, SwitchboardStack, worker_capacity
 
@@ -80,7 +81,7 @@ def _wait_until(t: float) -> None:
 
 
 def run_level(system: str, level: int, plan: Plan, *, workers: int, log_dir: Path,
-              worker_env: dict[str, str] | None = None, on_window=None) -> dict[str, Any]:  # noqa: ANN001
+              worker_env: dict[str, str] | None = None, profiler: Profiler | None = None) -> dict[str, Any]:
     """Start `system` ('switchboard' or 'relay'), load it with `level` calls, measure, stop it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if system == "switchboard":
@@ -107,12 +108,14 @@ def run_level(system: str, level: int, plan: Plan, *, workers: int, log_dir: Pat
         begin = t0 + plan.ramp(level) + plan.settle_s
         _wait_until(begin)
         window.begin()
-        profile = on_window(stack) if on_window else None
+        if profiler is not None:
+            profiler.start(stack)
         while time.monotonic() < begin + plan.duration_s:
             window.sample()
             _wait_until(min(begin + plan.duration_s, time.monotonic() + SAMPLE_EVERY_S))
         window.end()
         measured = window.result()
+        profile = profiler.finish() if profiler is not None else None
         try:
             sim.wait(timeout=plan.call_s(level) + 120)
         except subprocess.TimeoutExpired:

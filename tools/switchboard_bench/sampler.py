@@ -21,6 +21,7 @@ import redis as redis_sync
 from .stack import SYSTEM_ROLES, Proc
 
 SATURATED_CORE_PCT = 85.0  # a single-threaded process above this is the bottleneck
+SATURATED_MACHINE_PCT = 90.0  # every core busy: run-queue delay lands in every latency figure
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -137,7 +138,8 @@ class Window:
                 # CPU the machine spent on anything but this benchmark's processes: other people's work.
                 "other_pct": round(100 * max(0.0, busy - ours) / (span * ncpu), 1),
             },
-            "saturated": sorted(name for name, row in per_proc.items() if row["core_pct"] >= SATURATED_CORE_PCT),
+            "saturated": sorted(name for name, row in per_proc.items() if row["core_pct"] >= SATURATED_CORE_PCT)
+            + (["machine"] if 100 * busy / (span * ncpu) >= SATURATED_MACHINE_PCT else []),
             "redis": None if self.redis_url is None else {
                 "ops_per_s": round((self._cmds1 - self._cmds0) / span, 1),
                 "instantaneous_ops_per_s": {
