@@ -124,3 +124,46 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
 
 def now() -> float:
     return time.monotonic()
+
+
+class TcpBalancer:
+    """A load balancer in front of several edges: each new connection goes to the first
+    backend that accepts it, and lives and dies with that backend's socket."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = 0
+        self._server = None
+
+    async def __aenter__(self) -> "TcpBalancer":
+        import asyncio
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader, writer) -> None:  # noqa: ANN001
+        import asyncio
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+
+        async def pipe(src, dst) -> None:  # noqa: ANN001
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -399,13 +399,50 @@ async def test_twiml_webhook_checks_twilios_signature_and_connects_the_stream(st
     assert ok.status_code == 200 and ok.headers["content-type"].startswith("application/xml")
     assert bad.status_code == tampered.status_code == unsigned.status_code == 403
     root = ET.fromstring(ok.content)
-    assert [child.tag for child in root] == ["Connect", "Say", "Hangup"]
+    assert [child.tag for child in root] == ["Connect", "Redirect"]
     stream = root.find("Connect/Stream")
     assert stream.get("url") == EDGE_PUBLIC_URL
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
     assert params == {"profile": "booking", "CallSid": form["CallSid"], "From": form["From"], "To": form["To"],
                       "Direction": "inbound"}
-    assert root.find("Say").text
+    assert root.find("Redirect").text == f"{PUBLIC_URL}/twiml/continue?profile=booking&attempt=1"
+    assert root.find("Redirect").get("method") == "POST"
+
+
+async def _continue(stack, form: dict[str, str], query: str) -> ET.Element:
+    from twilio.request_validator import RequestValidator
+
+    signed = RequestValidator(TWILIO_TOKEN).compute_signature(f"{PUBLIC_URL}/twiml/continue?{query}", form)
+    async with httpx.AsyncClient(base_url=stack.control_url, timeout=5) as twilio:
+        response = await twilio.post(f"/twiml/continue?{query}", data=form, headers={"X-Twilio-Signature": signed})
+    assert response.status_code == 200, response.text
+    return ET.fromstring(response.content)
+
+
+async def test_after_a_dropped_stream_twilio_is_sent_back_to_an_edge_with_the_old_stream_named(stack):
+    call_sid, old_stream = "CA" + "2" * 32, "MZ" + "2" * 32
+    with redis_sync.Redis.from_url(stack.redis_url) as client:
+        client.hset(f"{PREFIX}call:{{{old_stream}}}", mapping={"call_sid": call_sid, "state": "active", "profile": "booking"})
+        client.set(f"{PREFIX}callsid:{call_sid}", old_stream, ex=60)
+    root = await _continue(stack, {"CallSid": call_sid, "AccountSid": TWILIO_SID}, "attempt=1")
+    assert [child.tag for child in root] == ["Connect", "Redirect"]
+    params = {p.get("name"): p.get("value") for p in root.findall("Connect/Stream/Parameter")}
+    assert params["sb_resume_of"] == old_stream and params["profile"] == "booking"
+    assert root.find("Redirect").text.endswith("attempt=2")
+    # A stream that keeps failing is not retried for ever.
+    root = await _continue(stack, {"CallSid": call_sid, "AccountSid": TWILIO_SID}, "attempt=4")
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+
+
+async def test_a_call_switchboard_ended_on_purpose_hangs_up_instead_of_reconnecting(stack):
+    for reason, tags in (("end_call", ["Hangup"]), ("deepgram_gone", ["Say", "Hangup"])):
+        call_sid, stream = "CA" + reason[:8].encode().hex().ljust(32, "0")[:32], "MZ" + "3" * 32
+        with redis_sync.Redis.from_url(stack.redis_url) as client:
+            client.hset(f"{PREFIX}call:{{{stream}}}", mapping={"call_sid": call_sid, "state": "active",
+                                                                "hangup_requested": reason})
+            client.set(f"{PREFIX}callsid:{call_sid}", stream, ex=60)
+        root = await _continue(stack, {"CallSid": call_sid, "AccountSid": TWILIO_SID}, "attempt=1")
+        assert [child.tag for child in root] == tags, reason
 
 
 async def test_metrics_count_requests_by_route_template_commands_and_twiml(stack, api):

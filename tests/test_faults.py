@@ -18,7 +18,7 @@ from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 
-from system import System, wait_for
+from system import System, TcpBalancer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +186,38 @@ async def test_a_paused_worker_stops_writing_to_calls_it_lost(fleet):
     port = int(paused.health_url.split(":")[2].split("/")[0])
     assert scrape(port, "switchboard_worker_leases_lost_total") >= 3
     assert standby.alive()
+
+
+async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conversation(redis_url, tmp_path, key_prefix):
+    sb = System(redis_url, key_prefix, tmp_path, workers=2).start()
+    spare_port, spare_metrics = procs.free_port(), procs.free_port()
+    sb._run(procs.edge(redis_url, spare_port, spare_metrics, KEY_PREFIX=key_prefix))
+    try:
+        async with TcpBalancer([sb.edge_port, spare_port]) as balancer:
+            control_port = procs.free_port()
+            sb._run(procs.Service("control", procs.console("switchboard-control"), {
+                "REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "CONTROL_HOST": "127.0.0.1",
+                "CONTROL_PORT": str(control_port), "CONTROL_API_TOKEN": "t" * 24, "CONTROL_INSECURE_TWIML": "true",
+                "EDGE_PUBLIC_URL": f"ws://127.0.0.1:{balancer.port}/twilio"},
+                health_url=f"http://127.0.0.1:{control_port}/healthz"))
+            config = SimConfig(url="unused", twiml_url=f"http://127.0.0.1:{control_port}/twiml", calls=5,
+                               ramp_ms=200, script=CallScript(turns=6, lead_ms=300, utterance_ms=800))
+            load = asyncio.create_task(run_load(config))
+            sids = await asyncio.to_thread(_live_stream_sids, sb, 5)
+            await asyncio.sleep(1.0)
+            sb.edge.kill()  # every Twilio socket on it drops at once
+            report = (await load).to_dict()
+        print(f"\nedge kill: {report['calls']}")
+        assert report["calls"]["completed"] == 5, report["calls"]
+        for detail in report["calls_detail"]:
+            new_stream = detail["stream_sid"]
+            assert new_stream not in sids  # the call went on as a new stream of the same callSid
+            events = sb.events(new_stream)
+            resumed = next(e for e in events if e["type"] == "resumed_from_stream")
+            assert resumed["stream_sid"] in sids
+            assert [e for e in events if e["type"] == "transcript"][0]["role"] == "user"  # carried over
+            assert sb.wait_call_ended(resumed["stream_sid"])["end_reason"] == "moved_to_new_stream"
+            sessions = sb.emulator_sessions(detail["call_sid"])
+            assert "greeting" not in sessions[-1]["settings"]["agent"]
+    finally:
+        sb.stop()

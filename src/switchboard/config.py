@@ -46,4 +46,9 @@ def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.R
     )
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(settings.redis_url, **kwargs)  # type: ignore[return-value]
-    return redis.Redis.from_url(settings.redis_url, max_connections=4 if blocking else 64, **kwargs)
+    # A blocking pool: a burst of bookkeeping writes queues for a connection instead of failing
+    # with MaxConnectionsError once the pool is full (seen at 500 calls).
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=4 if blocking else 64, timeout=10, **kwargs
+    )
+    return redis.Redis(connection_pool=pool)

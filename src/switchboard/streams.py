@@ -246,6 +246,7 @@ class StreamReader:
         self._blocked = False
         self._on_error = on_error
         self._wake_pending = False
+        self._last_failure: float | None = None
 
     @property
     def streams(self) -> Iterable[str]:
@@ -257,6 +258,11 @@ class StreamReader:
 
     def remove(self, key: str) -> None:
         self._streams.pop(key, None)
+
+    def healthy_for(self, seconds: float) -> bool:
+        """True if reads have not failed within the last `seconds`."""
+        failed_at = self._last_failure
+        return failed_at is None or time.monotonic() - failed_at > seconds
 
     def position(self, key: str) -> bytes | str | None:
         return self._streams.get(key)
@@ -286,6 +292,7 @@ class StreamReader:
                 response = await self._redis.xread(request, count=self._count, block=self._block_ms)
             except RedisError as exc:
                 self._blocked = False
+                self._last_failure = time.monotonic()
                 if self._on_error:
                     self._on_error(exc)
                 log.warning("redis read failed, will retry: %r", exc)

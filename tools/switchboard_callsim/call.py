@@ -29,7 +29,9 @@ from .audiocheck import AgentAudioChecker
 from .emucheck import caller_audio_verdict
 from .playback import US_PER_BYTE, Playback
 from .script import SILENT, CallScript, Conversation
-from .twiliomsg import SILENCE_B64, CallIdentity, OutboundStream, ProtocolWarning, parse_server
+from .twiliomsg import SILENCE_B64, CallIdentity, OutboundStream, ProtocolWarning, new_sid, parse_server
+from .twiml import Twiml, TwimlError
+from .twiml import parse as parse_twiml
 from .wsfast import write_text
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class SimConfig:
     connect_timeout_s: float = 10.0
     close_timeout_s: float = 5.0
     identities: tuple[CallIdentity, ...] = ()  # fixed sids/parameters per call (tests)
+    # Start like Twilio's voice webhook: POST here, open the <Stream> it names, and when the
+    # stream drops follow the <Redirect> after </Connect> (a new stream of the same call).
+    twiml_url: str | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +80,9 @@ class CallResult:
     warning_reasons: list[str] = field(default_factory=list)
     marks_echoed: int = 0
     clears: int = 0
+    streams: list[str] = field(default_factory=list)  # streamSid of every stream the call had
+    redirects: int = 0
+    says: list[str] = field(default_factory=list)  # <Say> texts Twilio would have spoken
 
     @property
     def ok(self) -> bool:
@@ -161,14 +169,76 @@ class _Call:
         if self.result.failure is None:
             self.result.failure = reason
 
-    async def run(self, pacer: Pacer) -> None:
+    async def run(self, pacer: Pacer, http: httpx.AsyncClient | None = None) -> None:
+        cfg = self.config
+        url, redirect = cfg.url, None
+        if cfg.twiml_url:
+            doc = await self._fetch_twiml(http, cfg.twiml_url)
+            if doc is None:
+                return
+            url, redirect = doc.stream_url, doc.redirect
+            self._new_stream(doc.parameters)
+        self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
+        while url:
+            self.result.streams.append(self.out.ident.stream_sid)
+            await self._stream(pacer, url)
+            if self.hung_up or self.result.failure or not self.server_closed or redirect is None:
+                break
+            # The stream dropped before the caller hung up: Twilio runs the TwiML after </Connect>.
+            self.result.redirects += 1
+            doc = await self._fetch_twiml(http, redirect)
+            if doc is None:
+                return
+            if doc.stream_url is None:
+                break  # <Say>/<Hangup/>: the far end ended the call
+            url, redirect = doc.stream_url, doc.redirect
+            self._new_stream(doc.parameters)
+        if not self.hung_up and self.result.failure is None:
+            self.fail("closed by the server before the script finished")
+
+    def _new_stream(self, parameters: dict[str, str]) -> None:
+        old = self.out.ident
+        ident = CallIdentity(old.account_sid, old.call_sid, new_sid("MZ"), dict(parameters))
+        self.out = OutboundStream(ident)
+        self.result.stream_sid = ident.stream_sid
+        self.log_ids["stream_sid"] = ident.stream_sid
+        self.playback = Playback()  # Twilio's buffer belonged to the old stream
+        if self.conv is not None:
+            self.conv.playback = self.playback
+        self.server_closed = False
+        self.ticking_done = asyncio.Event()
+        self._ticks = 0
+
+    async def _fetch_twiml(self, http: httpx.AsyncClient | None, url: str) -> Twiml | None:
+        ident = self.out.ident
+        form = {"AccountSid": ident.account_sid, "CallSid": ident.call_sid, "From": "+14155550100",
+                "To": "+14155550199", "CallStatus": "in-progress", "Direction": "inbound"}
+        headers = {}
+        if self.config.auth_token:
+            headers["X-Twilio-Signature"] = signature.compute(self.config.auth_token, url, form)
+        client = http or httpx.AsyncClient(timeout=5.0)
+        try:
+            response = await client.post(url, data=form, headers=headers)
+            response.raise_for_status()
+            doc = parse_twiml(response.content)
+        except (httpx.HTTPError, TwimlError) as exc:
+            self.fail(f"TwiML request failed: {exc}")
+            return None
+        finally:
+            if http is None:
+                await client.aclose()
+        self.result.says.extend(doc.says)
+        return doc
+
+    async def _stream(self, pacer: Pacer, url: str) -> None:
         cfg = self.config
         headers = {}
         if cfg.auth_token:
-            headers["X-Twilio-Signature"] = signature.compute(cfg.auth_token, cfg.public_url or cfg.url)
+            signed = url if cfg.twiml_url else (cfg.public_url or cfg.url)
+            headers["X-Twilio-Signature"] = signature.compute(cfg.auth_token, signed)
         try:
             self.ws = await connect(
-                cfg.url,
+                url,
                 additional_headers=headers,
                 open_timeout=cfg.connect_timeout_s,
                 close_timeout=cfg.close_timeout_s,
@@ -182,12 +252,12 @@ class _Call:
         try:
             await self.ws.send(self.out.connected())
             await self.ws.send(self.out.start())
-            self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
             receiver = asyncio.create_task(self._receive())
             pacer.add(self)
             try:
                 await self.ticking_done.wait()
-                self._hang_up()
+                if not self.server_closed:
+                    self._hang_up()
             finally:
                 pacer.discard(self)
                 await self.ws.close()
@@ -196,7 +266,7 @@ class _Call:
                 except TimeoutError:
                     self.fail("receiver did not stop")
         except ConnectionClosed:
-            self.fail("closed by the server before the script finished")
+            self.server_closed = True
         finally:
             await self.ws.close()
 
@@ -286,8 +356,6 @@ class _Call:
         except ConnectionClosed:
             pass
         self.server_closed = True
-        if not self.hung_up:
-            self.fail("closed by the server before the script finished")
 
     def finish(self) -> CallResult:
         res = self.result
@@ -319,7 +387,7 @@ async def run_call(
             return await run_call(config, ident, http, own_pacer)
     call = _Call(config, ident or CallIdentity.random(dict(config.params)))
     try:
-        await call.run(pacer)
+        await call.run(pacer, http)
     except ConnectionClosed:
         call.fail("closed by the server before the script finished")
     except Exception as exc:  # task boundary: one broken call must not stop the load run

@@ -88,6 +88,8 @@ class LoadReport:
                 {
                     "call_sid": r.call_sid,
                     "stream_sid": r.stream_sid,
+                    "streams": r.streams,
+                    "redirects": r.redirects,
                     "failure": r.failure,
                     "turns_completed": r.turns_completed,
                     "byte_exact_out": r.byte_exact_out,

@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 MAX_CONTEXT_ITEMS = 60
 BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
 END_WAIT_S = 30.0
-STABLE_SESSION_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
+STABLE_SESSION_S = 30.0
+RESUME_PARAMETER = "sb_resume_of"  # <Parameter> naming the stream this one replaces
+CARRIED_EVENTS = frozenset({"transcript", "function_call"})  # after asking the edge to hang up, how long to wait for its stop
 
 
 class CallSession:
@@ -76,6 +78,8 @@ class CallSession:
         self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
         self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
         self._unanswered: str | None = None
+        self._resumed_from = ""
+        self._last_caller_entry = time.monotonic()
         self._in_pos: bytes | str = "0-0"
         self._last_audio_at = time.monotonic()
         self._last_keepalive_at = 0.0
@@ -122,7 +126,11 @@ class CallSession:
         if raw_overrides:
             self._live_overrides = orjson.loads(raw_overrides)
             self._apply_overrides()
-        if self.takeover:
+        params = orjson.loads(meta.get(b"params") or b"{}")
+        resume_of = str(params.get(RESUME_PARAMETER) or "")
+        if resume_of and resume_of != self.stream_sid:
+            await self._adopt_conversation(resume_of)
+        if self.takeover and not self._resumed_from:
             # Resume from the last position the previous owner recorded (at most one heartbeat
             # old), or from the start of an utterance the old session heard but never
             # transcribed: what the caller said around the gap reaches the new session.
@@ -140,6 +148,39 @@ class CallSession:
             "call claimed",
             extra={**self.extra, "takeover": self.takeover, "settings_source": resolved.source},
         )
+
+    async def _adopt_conversation(self, old_stream_sid: str) -> None:
+        """This stream replaces one that dropped (edge lost): carry the conversation over.
+
+        The transcript moves to this stream's events (context for Deepgram and the call's
+        history), live changes carry over, and the old stream's session, if a worker still
+        holds it, is told to stop.
+        """
+        keys, redis = self.worker.keys, self.worker.redis
+        old_events = await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN)
+        old_overrides, utterance_at = await redis.hmget(keys.call(old_stream_sid), ["overrides", "utt_pos"])
+        if utterance_at:
+            # The caller was mid-utterance when the stream dropped: the new session hears it first.
+            for _entry_id, fields in await redis.xrange(keys.caller_audio(old_stream_sid), min=utterance_at):
+                if fields.get(b"k") == Kind.AUDIO.value and self._buffered < BUFFER_WHILE_CONNECTING_BYTES:
+                    self._buffer.append(fields[b"p"])
+                    self._buffered += len(fields[b"p"])
+        pipe = redis.pipeline(transaction=False)
+        for _entry_id, fields in old_events:
+            event = orjson.loads(fields.get(b"p", b"{}"))
+            if event.get("type") in CARRIED_EVENTS:
+                pipe.xadd(self.events_key, fields, maxlen=keyspace.EVENTS_STREAM_MAXLEN, approximate=True)
+        pipe.xadd(keys.caller_audio(old_stream_sid), entries.stop("moved_to_new_stream").fields(),
+                  maxlen=keyspace.AUDIO_STREAM_MAXLEN, approximate=True)
+        await pipe.execute()
+        if old_overrides:
+            self._live_overrides = orjson.loads(old_overrides)
+            self._apply_overrides()
+            self.worker.spawn_write(self.call_key, {"overrides": old_overrides})
+        self.takeover = True  # resume: context, no second greeting
+        self._in_pos = "0-0"  # ...but this stream is new: all of its audio
+        self._resumed_from = old_stream_sid
+        self._event("resumed_from_stream", stream_sid=old_stream_sid)
 
     def _apply_overrides(self) -> None:
         if "prompt" in self._live_overrides:
@@ -287,6 +328,7 @@ class CallSession:
 
     # --- caller → Deepgram ---------------------------------------------------------------------
     def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        self._last_caller_entry = time.monotonic()
         audio: list[bytes] = []
         now = now_us()
         for _entry_id, fields in batch:
@@ -340,7 +382,18 @@ class CallSession:
             await self._dg.close()
 
     def tick(self, now: float) -> None:
-        """Called about once a second: KeepAlive while the caller's audio is paused."""
+        """Called twice a second: notice a lost caller stream; KeepAlive while audio pauses."""
+        silent_for = now - self._last_caller_entry
+        if (
+            silent_for > self.worker.settings.caller_timeout_s
+            and self.worker.reader.healthy_for(silent_for)
+            and not self._stopped.is_set()
+        ):
+            # Twilio sends media every 20 ms, silence included: a stream this quiet while Redis
+            # is fine means its edge is gone. Twilio reconnects the call as a new stream.
+            log.warning("caller stream silent for %.1fs: its edge is gone", silent_for, extra=self.extra)
+            self._on_stop("caller_stream_lost")
+            return
         if not self._ready or self._outbox is None:
             return
         settings = self.worker.settings
@@ -432,6 +485,8 @@ class CallSession:
             return
         self._hangup_requested = True
         self.worker.writer.append(self.out_key, entries.hangup(reason))
+        # Twilio will ask the control API what to do after the stream closes: hang up, not reconnect.
+        self.worker.spawn_write(self.call_key, {"hangup_requested": reason})
         self._event("hangup_requested", reason=reason)
 
     def request_hangup(self, reason: str) -> None:

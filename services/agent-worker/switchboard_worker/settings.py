@@ -21,6 +21,9 @@ class WorkerSettings(CommonSettings):
     worker_batch_window_ms: float = Field(0.0, ge=0, le=100)
     worker_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
     worker_stall_timeout_s: float = Field(10.0, gt=0)
+    caller_timeout_s: float = Field(
+        5.0, gt=0, description="A call whose caller stream is silent this long (Redis healthy) lost its edge"
+    )
     drain_timeout_s: float = Field(25.0, gt=0, description="SIGTERM: hand over calls before this deadline")
     function_secret: SecretStr | None = Field(None, description="HMAC key that signs function-call webhooks")
     twilio_account_sid: str | None = Field(None, description="With TWILIO_AUTH_TOKEN: enables transfer_call")

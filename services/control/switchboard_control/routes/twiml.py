@@ -1,25 +1,28 @@
 """Twilio's voice webhook: a signed form POST answered with `<Connect><Stream>` to the edge.
 
 The stream gets the profile and the caller's data as `<Parameter>`s (Twilio does not put
-From/To into the stream's `start` message). After `</Connect>` comes the fallback: Twilio
-runs it when the stream cannot be opened or is closed by us.
+From/To into the stream's `start` message). After `</Connect>` comes a `<Redirect>` to
+`/twiml/continue`: Twilio runs it when the stream cannot be opened or closes.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from switchboard import signature
 
-from .. import metrics
+from .. import callstate, metrics
 from ..deps import StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
+
+# The <Parameter> that tells the worker which dropped stream a new one replaces.
+RESUME_PARAMETER = "sb_resume_of"
 
 router = APIRouter(tags=["twilio"])
 log = logging.getLogger(__name__)
@@ -36,24 +39,60 @@ _FORM_SCHEMA = {
 }
 
 
-@router.post(
-    "/twiml",
-    response_class=Response,
-    openapi_extra={"requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}}}},
-    responses={
-        200: {"content": {"application/xml": {"schema": {"type": "string"}}}, "description": "TwiML"},
-        403: {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"},
-        413: {"model": Problem},
-        503: {"model": Problem, "description": "TWILIO_AUTH_TOKEN is not configured"},
-    },
-)
-async def twiml(
+_RESPONSES = {
+    200: {"content": {"application/xml": {"schema": {"type": "string"}}}, "description": "TwiML"},
+    403: {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"},
+    413: {"model": Problem},
+    503: {"model": Problem, "description": "TWILIO_AUTH_TOKEN is not configured"},
+}
+_FORM_BODY = {"requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}}}}
+ProfileQuery = Annotated[str | None, Query(pattern=PROFILE_NAME, description="Agent profile of this number")]
+MAX_RECONNECTS = 3  # per call, after its stream dropped
+
+
+@router.post("/twiml", response_class=Response, openapi_extra=_FORM_BODY, responses=_RESPONSES)
+async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None) -> Response:
+    """Twilio voice webhook (POST, form-encoded, signed by Twilio; no bearer token)."""
+    form = await _verified_form(request, state.settings)
+    parameters = _caller_parameters(form, profile)
+    return _xml(render(state.settings, parameters, _continue_url(state.settings, request, profile, 1)))
+
+
+@router.post("/twiml/continue", response_class=Response, openapi_extra=_FORM_BODY, responses=_RESPONSES)
+async def twiml_continue(
     request: Request,
     state: StateDep,
-    profile: Annotated[str | None, Query(pattern=PROFILE_NAME, description="Agent profile of this number")] = None,
+    profile: ProfileQuery = None,
+    attempt: Annotated[int, Query(ge=1, le=100, description="Reconnects so far")] = 1,
 ) -> Response:
-    """Twilio voice webhook (POST, form-encoded, signed by Twilio; no bearer token)."""
+    """Where Twilio goes when a call's stream has closed (the `<Redirect>` after `</Connect>`).
+
+    A call Switchboard ended on purpose hangs up (with an apology if the agent failed); a
+    stream that dropped (its edge died or was restarted) is reconnected to a healthy edge as a
+    new stream of the same call, and the worker carries the conversation over.
+    """
     settings = state.settings
+    form = await _verified_form(request, settings)
+    call_sid = _first(form, "CallSid")
+    record = await callstate.find(state, call_sid) if call_sid else None
+    if record is not None and record.fields.get("hangup_requested"):
+        reason = record.fields["hangup_requested"]
+        metrics.TWIML.labels("hangup").inc()
+        return _xml(goodbye(settings, apologise=reason.startswith("deepgram")))
+    if attempt > MAX_RECONNECTS:
+        metrics.TWIML.labels("gave_up").inc()
+        log.warning("stream kept failing; ending the call", extra={"call_sid": call_sid[:64]})
+        return _xml(goodbye(settings, apologise=True))
+    parameters = _caller_parameters(form, profile or (record.fields.get("profile") if record else None))
+    if record is not None:
+        parameters[RESUME_PARAMETER] = record.stream_sid
+    metrics.TWIML.labels("reconnect").inc()
+    log.info("reconnecting a dropped stream", extra={"call_sid": call_sid[:64], "attempt": attempt,
+                                                      "stream_sid": record.stream_sid if record else ""})
+    return _xml(render(settings, parameters, _continue_url(settings, request, profile, attempt + 1)))
+
+
+async def _verified_form(request: Request, settings: ControlSettings) -> dict[str, list[str]]:
     body = await request.body()
     if len(body) > MAX_BODY:
         raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "request body too large")
@@ -71,11 +110,25 @@ async def twiml(
         log.warning("TwiML request with a bad signature", extra={"call_sid": _first(form, "CallSid")[:64]})
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
     metrics.TWIML.labels("ok").inc()
+    return form
+
+
+def _caller_parameters(form: dict[str, list[str]], profile: str | None) -> dict[str, str]:
     parameters = {"profile": profile} if profile else {}
     for name in CALLER_FIELDS:
         if value := _first(form, name):
             parameters[name] = value[: MAX_PARAMETER_CHARS - len(name)]
-    return Response(render(settings, parameters), media_type="application/xml")
+    return parameters
+
+
+def _continue_url(settings: ControlSettings, request: Request, profile: str | None, attempt: int) -> str:
+    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
+    query = urlencode({**({"profile": profile} if profile else {}), "attempt": attempt})
+    return f"{base}/twiml/continue?{query}"
+
+
+def _xml(document: bytes) -> Response:
+    return Response(document, media_type="application/xml")
 
 
 def _first(form: dict[str, list[str]], name: str) -> str:
@@ -90,19 +143,21 @@ def _signed_url(settings: ControlSettings, request: Request) -> str:
     return f"{base}{request.url.path}" + (f"?{query}" if query else "")
 
 
-def render(settings: ControlSettings, parameters: dict[str, str]) -> bytes:
+def render(settings: ControlSettings, parameters: dict[str, str], continue_url: str) -> bytes:
     response = ET.Element("Response")
     connect = ET.SubElement(response, "Connect")
     stream = ET.SubElement(connect, "Stream", url=settings.edge_public_url)
     for name, value in parameters.items():
         ET.SubElement(stream, "Parameter", name=name, value=value)
-    response.extend(fallback(settings))
+    # Runs when the stream closes or cannot be opened: /twiml/continue decides between
+    # hanging up (Switchboard ended the call) and reconnecting (the stream dropped).
+    ET.SubElement(response, "Redirect", method="POST").text = continue_url
     return ET.tostring(response, encoding="utf-8", xml_declaration=True)
 
 
-def fallback(settings: ControlSettings) -> list[ET.Element]:
-    """Verbs after `</Connect>`: run when the stream fails or ends. (Edge failover will put its
-    `<Redirect>` back to this endpoint first.)"""
-    say = ET.Element("Say")
-    say.text = settings.fallback_say
-    return [say, ET.Element("Hangup")]
+def goodbye(settings: ControlSettings, *, apologise: bool) -> bytes:
+    response = ET.Element("Response")
+    if apologise:
+        ET.SubElement(response, "Say").text = settings.fallback_say
+    ET.SubElement(response, "Hangup")
+    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
