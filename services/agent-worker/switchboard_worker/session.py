@@ -396,6 +396,10 @@ class CallSession:
             return
         if not self._ready or self._outbox is None:
             return
+        if self._outbox.stalled(now) and self._dg is not None:
+            log.warning("deepgram socket stalled (a send hung); dropping it to reconnect", extra=self.extra)
+            self._dg.transport.abort()
+            return
         settings = self.worker.settings
         since_audio = now - self._last_audio_at
         if since_audio < settings.keepalive_after_s:

@@ -209,6 +209,13 @@ class EdgeCall:
         metrics.AUDIO_BYTES_OUT.inc(len(payload))
         self._outbox.put(twilio.media_message(self.stream_sid, payload))
 
+    def check_stalled(self, now: float) -> None:
+        if self._outbox.stalled(now):
+            metrics.STALLED.inc()
+            log.warning("Twilio socket stalled (a send hung), closing", extra=self._ids)
+            self._outbox.clear()
+            self._ws.transport.abort()
+
     def _begin_hangup(self, reason: str) -> None:
         # Close only after Twilio has played the goodbye: its echo of this mark says so.
         log.info("hangup requested", extra={**self._ids, "reason": reason})

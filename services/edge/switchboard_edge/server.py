@@ -68,6 +68,7 @@ class EdgeServer:
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="edge-writer"),
             asyncio.create_task(self.reader.run(), name="edge-reader"),
+            asyncio.create_task(self._watch_stalls(), name="edge-stalls"),
         ]
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
@@ -190,6 +191,13 @@ class EdgeServer:
         call = self._calls.get(key)
         if call is not None:
             call.deliver(batch)
+
+    async def _watch_stalls(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for call in list(self._calls.values()):
+                call.check_stalled(now)
 
     async def _readiness(self) -> tuple[bool, dict]:
         try:
