@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from switchboard_bench import latency, report
+from switchboard_bench import latency
 
 
 def test_pooled_histogram_percentiles_are_nearest_rank_over_every_frame():

@@ -124,3 +124,23 @@ async def _until_claimed(system: System, stream_sid: str) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"call {stream_sid} was never claimed: {system.call_record(stream_sid)}")
+
+
+async def test_a_worker_never_holds_more_calls_than_its_capacity(redis_url, tmp_path_factory):
+    small = System(redis_url, "e2ecap:", tmp_path_factory.mktemp("e2e-cap"), workers=1, capacity=2).start()
+    try:
+        load = asyncio.create_task(run_load(SimConfig(url=small.edge_url, calls=3, ramp_ms=300,
+                                                      script=CallScript(turns=1, lead_ms=300, hold_ms=500))))
+        most, waited = 0, False
+        while not load.done():
+            with small.redis() as client:
+                states = [small.call_record(s.decode()).get("state") for s in client.zrange(small.keys.live_calls(), 0, -1)]
+            held = sum(state in ("connecting", "active") for state in states)
+            most = max(most, held)
+            waited |= held == 2 and "waiting" in states
+            await asyncio.sleep(0.05)
+        report = (await load).to_dict()
+        assert report["calls"]["completed"] == 3, report["calls"]  # the third was served once a slot freed
+        assert most == 2 and waited
+    finally:
+        small.stop()

@@ -6,11 +6,13 @@ variables (names = field names upper-cased) or a `.env` file, built once in `mai
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 
 import redis.asyncio as redis
 from pydantic import Field
+from redis.exceptions import RedisError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,3 +54,13 @@ def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.R
         settings.redis_url, max_connections=4 if blocking else 64, timeout=10, **kwargs
     )
     return redis.Redis(connection_pool=pool)
+
+
+async def redis_reachable(client: redis.Redis, timeout_s: float = 1.0) -> bool:
+    """Readiness probe: does Redis answer a PING in time?"""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.ping()
+    except (RedisError, TimeoutError, OSError):
+        return False
+    return True

@@ -126,6 +126,16 @@ class StreamWriter:
         self._waiters.append((target, future))
         await future
 
+    async def drain(self, timeout_s: float = 5.0) -> bool:
+        """Shutdown: wait (bounded) until everything appended so far is in Redis."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.flushed()
+        except TimeoutError:
+            log.warning("could not flush pending Redis writes before exiting")
+            return False
+        return True
+
     # --- the single writer ------------------------------------------------------------------
     async def run(self) -> None:
         backoff = 0.05

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 
 from . import latency
 from .profile import Profiler

@@ -21,7 +21,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from switchboard import keys as keyspace
-from switchboard.config import redis_client
+from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter
@@ -332,11 +332,7 @@ class Worker:
         await asyncio.gather(*self._session_tasks.values(), return_exceptions=True)
         if sessions:
             await self._hand_over(sessions)
-        try:
-            async with asyncio.timeout(5):
-                await self.writer.flushed()
-        except TimeoutError:
-            log.warning("could not flush pending writes while draining")
+        await self.writer.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
@@ -361,12 +357,7 @@ class Worker:
             log.warning("hand-over bookkeeping failed: %r", exc)
 
     async def _readiness(self) -> tuple[bool, dict]:
-        try:
-            async with asyncio.timeout(1):
-                await self.redis.ping()
-            redis_ok = True
-        except (RedisError, TimeoutError, OSError):
-            redis_ok = False
+        redis_ok = await redis_reachable(self.redis)
         ready = redis_ok and not self._draining
         return ready, {"redis": redis_ok, "draining": self._draining, "live_calls": len(self.sessions),
                        "capacity": self.settings.worker_capacity}

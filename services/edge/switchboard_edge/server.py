@@ -14,7 +14,7 @@ from websockets.http11 import Request, Response
 
 from switchboard import keys as keyspace
 from switchboard import signature, twilio
-from switchboard.config import redis_client
+from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter
@@ -101,11 +101,7 @@ class EdgeServer:
                     await self._ws_server.wait_closed()
             except TimeoutError:
                 log.warning("some Twilio sockets did not close in time")
-        try:
-            async with asyncio.timeout(5):
-                await self.writer.flushed()
-        except TimeoutError:
-            log.warning("could not flush pending Redis writes on shutdown")
+        await self.writer.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,12 +196,7 @@ class EdgeServer:
                 call.check_stalled(now)
 
     async def _readiness(self) -> tuple[bool, dict]:
-        try:
-            async with asyncio.timeout(1):
-                await self.redis.ping()
-            redis_ok = True
-        except (RedisError, TimeoutError, OSError):
-            redis_ok = False
+        redis_ok = await redis_reachable(self.redis)
         return (redis_ok and not self._draining), {
             "redis": redis_ok,
             "draining": self._draining,

@@ -11,6 +11,8 @@ from redis.exceptions import RedisError
 
 from .. import metrics
 from ..deps import StateDep, bearer, require_token
+from switchboard.config import redis_reachable
+
 from ..models import Health, Problem, Readiness
 
 router = APIRouter(tags=["health"])
@@ -23,12 +25,7 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(state: StateDep) -> Response:
-    try:
-        async with asyncio.timeout(1):
-            await state.redis.ping()
-        redis_ok = True
-    except (RedisError, TimeoutError, OSError):
-        redis_ok = False
+    redis_ok = await redis_reachable(state.redis)
     return JSONResponse(Readiness(ready=redis_ok, redis=redis_ok).model_dump(), status_code=200 if redis_ok else 503)
 
 
