@@ -17,6 +17,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from switchboard import deepgram
 
 
+WELCOME_WAIT_S = 1.0
+
+
 class DeepgramUnavailable(Exception):
     def __init__(self, code: str, description: str, retryable: bool) -> None:
         super().__init__(f"{code}: {description}")
@@ -39,7 +42,13 @@ async def open_agent(url: str, api_key: str, settings_message: dict[str, Any], t
                 open_timeout=timeout_s,
             )
             try:
-                request_id = await _until(ws, "Welcome")
+                # The docs say to wait for Welcome; Deepgram's own Twilio sample sends Settings at
+                # once. Wait briefly, then send anyway, so either kind of server works.
+                try:
+                    async with asyncio.timeout(WELCOME_WAIT_S):
+                        request_id = await _until(ws, "Welcome")
+                except TimeoutError:
+                    request_id = ""
                 await ws.send(deepgram.settings(settings_message))
                 await _until(ws, "SettingsApplied")
             except BaseException:
