@@ -20,7 +20,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import resp
 
 from . import keys as keyspace
 from .entries import Entry, Kind
@@ -30,6 +34,42 @@ log = logging.getLogger(__name__)
 # Redis is unreachable: how much unsent caller/agent audio a stream may hold before the
 # oldest is dropped (8 kHz mu-law: 8000 B/s). Control entries are never dropped.
 MAX_PENDING_AUDIO_BYTES = 8000 * 4
+
+
+WRITE_TIMEOUT_S = 5.0
+
+
+class DirectConnection:
+    """A connection of our own to one Redis node, for the hand-packed hot-path commands.
+
+    No per-command timeout task (redis-py wraps every send in `wait_for` when a socket timeout
+    is set); the caller bounds a whole batch instead. Any failure drops the connection, so
+    unread replies can never be mistaken for the next batch's; the next use reconnects.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._conn = client.connection_pool.make_connection()
+        self._conn.socket_timeout = None
+
+    async def execute(self, parts: list[bytes], replies: int, timeout_s: float | None) -> list:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._conn.send_packed_command(parts, check_health=False)
+                return [await self._conn.read_response() for _ in range(replies)]
+        except BaseException as exc:
+            await self._conn.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"no reply from Redis within {timeout_s}s") from None
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+    async def close(self) -> None:
+        await self._conn.disconnect()
+
+
+def _single_node(client: redis.Redis) -> bool:
+    return not isinstance(client, redis.RedisCluster)
 
 
 @dataclass(slots=True)
@@ -70,6 +110,9 @@ class StreamWriter:
         self._fenced: set[str] = set()
         self._on_flush = on_flush
         self._on_error = on_error
+        # Redis Cluster routes each key to its node: only a single node takes the fast path.
+        self._direct = DirectConnection(client) if _single_node(client) else None
+        self._xadd = resp.XaddPacker()
 
     # --- producers (never block) ----------------------------------------------------------
     def append(self, key: str, entry: Entry, maxlen: int = keyspace.AUDIO_STREAM_MAXLEN) -> None:
@@ -116,6 +159,7 @@ class StreamWriter:
     def forget(self, key: str) -> None:
         """The stream's call is over: stop tracking its TTL bookkeeping."""
         self._expiring.discard(key)
+        self._xadd.forget(key)
 
     async def flushed(self) -> None:
         """Return once everything appended before this call has been written to Redis."""
@@ -171,6 +215,8 @@ class StreamWriter:
     async def _write(self, batch: dict[str, _StreamQueue]) -> int:
         if not batch:
             return 0
+        if self._direct is not None:
+            return await self._write_direct(batch)
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         new_keys = []
@@ -192,6 +238,27 @@ class StreamWriter:
             await pipe.execute()
         self._expiring.update(new_keys)
         return count
+
+    async def _write_direct(self, batch: dict[str, _StreamQueue]) -> int:
+        parts: list[bytes] = []
+        pack = self._xadd.pack
+        count = 0
+        new_keys = []
+        for key, queue in batch.items():
+            for item in queue.items:
+                pack(key, queue.maxlen, item.kind.value, bytes(item.payload), item.t_us, parts)
+                count += 1
+            if key not in self._expiring and queue.items:
+                parts.append(resp.command(b"EXPIRE", key.encode(), b"%d" % self._key_ttl_s))
+                new_keys.append(key)
+        if count:
+            await self._direct.execute(parts, count + len(new_keys), WRITE_TIMEOUT_S)  # type: ignore[union-attr]
+        self._expiring.update(new_keys)
+        return count
+
+    async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
 
     def _requeue(self, batch: dict[str, _StreamQueue]) -> None:
         # Older entries go back in front of anything appended while the write was failing.
@@ -257,6 +324,8 @@ class StreamReader:
         self._on_error = on_error
         self._wake_pending = False
         self._last_failure: float | None = None
+        self._direct = DirectConnection(client) if _single_node(client) else None
+        self._xread = resp.XreadPacker(count, block_ms)
 
     @property
     def streams(self) -> Iterable[str]:
@@ -268,6 +337,19 @@ class StreamReader:
 
     def remove(self, key: str) -> None:
         self._streams.pop(key, None)
+        self._xread.forget(key)
+
+    async def _read(self, request: dict[str, bytes | str]) -> list:
+        if self._direct is None:
+            return await self._redis.xread(request, count=self._count, block=self._block_ms)
+        # The server answers within BLOCK; a silent network is noticed a little after that.
+        timeout_s = self._block_ms / 1000 + WRITE_TIMEOUT_S
+        (raw,) = await self._direct.execute(self._xread.pack(request.items()), 1, timeout_s)
+        return resp.entries_from_xread(raw)
+
+    async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
 
     def healthy_for(self, seconds: float) -> bool:
         """True if reads have not failed within the last `seconds`."""
@@ -299,7 +381,7 @@ class StreamReader:
             request = {self._wake_key: self._wake_last, **self._streams}
             self._blocked = True
             try:
-                response = await self._redis.xread(request, count=self._count, block=self._block_ms)
+                response = await self._read(request)
             except RedisError as exc:
                 self._blocked = False
                 self._last_failure = time.monotonic()

@@ -338,6 +338,8 @@ class Worker:
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         await self._health.close()
         await self.http.aclose()
+        await self.writer.close()
+        await self.reader.close()
         for client in (self.redis, self._redis_block, self._redis_claim):
             await client.aclose()
 

@@ -106,6 +106,8 @@ class EdgeServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._health.close()
+        await self.writer.close()
+        await self.reader.close()
         await self.redis.aclose()
         await self._redis_block.aclose()
 
