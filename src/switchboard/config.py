@@ -12,7 +12,11 @@ import uuid
 
 import redis.asyncio as redis
 from pydantic import Field
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +44,10 @@ def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.R
     hold a pooled connection that latency-sensitive writes are waiting for.
     """
     kwargs = dict(
+        # Pooled connections die with a Redis restart; the first command on one must not fail
+        # the caller: reconnect and retry a few times with a short backoff.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
         health_check_interval=0 if blocking else 15,
         socket_keepalive=True,

@@ -201,7 +201,7 @@ class StreamWriter:
             except RedisError as exc:
                 if self._on_error:
                     self._on_error(exc)
-                log.warning("redis write failed, will retry: %r", exc, extra={"streams": len(batch)})
+                log.warning("redis write failed, will retry: %s", exc, extra={"streams": len(batch)})
                 self._requeue(batch)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 1.0)
@@ -387,7 +387,7 @@ class StreamReader:
                 self._last_failure = time.monotonic()
                 if self._on_error:
                     self._on_error(exc)
-                log.warning("redis read failed, will retry: %r", exc)
+                log.warning("redis read failed, will retry: %s", exc)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
                 continue

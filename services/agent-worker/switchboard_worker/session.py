@@ -114,7 +114,7 @@ class CallSession:
         except RedisError as exc:
             outcome = "redis_error"
             metrics.REDIS_ERRORS.inc()
-            log.error("redis failed during call setup: %r", exc, extra=self.extra)
+            log.error("redis failed during call setup: %s", exc, extra=self.extra)
         finally:
             await self._finish(self.released or outcome)
 
@@ -318,7 +318,7 @@ class CallSession:
             await self.worker.end_call_records(self, outcome)
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
-            log.error("could not record the end of the call: %r", exc, extra=self.extra)
+            log.error("could not record the end of the call: %s", exc, extra=self.extra)
         log.info("call finished", extra={**self.extra, "outcome": outcome, "reason": self._stop_reason})
 
     def release(self, reason: str) -> None:

@@ -105,6 +105,13 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.drain()
 
+    async def _recreate_group(self) -> None:
+        try:
+            await self._ensure_group()
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("could not recreate the dispatch group yet: %s", exc)
+
     async def _ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(self.keys.dispatch(), keyspace.DISPATCH_GROUP, id="0", mkstream=True)
@@ -127,10 +134,10 @@ class Worker:
                 )
             except RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
-                log.warning("claim failed: %r", exc)
+                log.warning("claim failed: %s", exc)
                 await asyncio.sleep(0.5 + self.random.random())
-                if "NOGROUP" in str(exc):
-                    await self._ensure_group()
+                if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
+                    await self._recreate_group()
                 continue
             for _key, items in response or ():
                 for entry_id, fields in items:
@@ -151,7 +158,9 @@ class Worker:
                 )
             except RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
-                log.warning("takeover scan failed: %r", exc)
+                log.warning("takeover scan failed: %s", exc)
+                if "NOGROUP" in str(exc):
+                    await self._recreate_group()
                 continue
             for entry_id, fields in claimed:
                 if fields:
@@ -173,7 +182,7 @@ class Worker:
                 await self.redis.set(lease_key, token, px=self.settings.lease_ms)
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
-            log.warning("could not take lease: %r", exc, extra={"stream_sid": stream_sid})
+            log.warning("could not take lease: %s", exc, extra={"stream_sid": stream_sid})
             return
         for key in self.keys.per_call(stream_sid):
             self.writer.unfence(key)  # the call is ours (again)
@@ -247,7 +256,7 @@ class Worker:
             await command
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
-            log.warning("bookkeeping write failed: %r", exc)
+            log.warning("bookkeeping write failed: %s", exc)
 
     # --- heartbeat ---------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -257,7 +266,7 @@ class Worker:
                 await self._heartbeat()
             except RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
-                log.warning("heartbeat failed: %r", exc)
+                log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(period)
 
     async def _confirm_leases(self) -> None:
@@ -274,7 +283,7 @@ class Worker:
             await self._heartbeat()
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
-            log.warning("could not confirm leases before writing: %r", exc)
+            log.warning("could not confirm leases before writing: %s", exc)
 
     async def _heartbeat(self) -> None:
         async with self._heartbeat_lock:
@@ -356,7 +365,7 @@ class Worker:
             await pipe.execute()
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
-            log.warning("hand-over bookkeeping failed: %r", exc)
+            log.warning("hand-over bookkeeping failed: %s", exc)
 
     async def _readiness(self) -> tuple[bool, dict]:
         redis_ok = await redis_reachable(self.redis)

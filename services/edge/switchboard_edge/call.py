@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 from websockets.asyncio.server import ServerConnection
+from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from switchboard import entries, twilio
@@ -80,7 +81,14 @@ class EdgeCall:
                 if type(event) is twilio.Media:
                     self._on_media(event)
                 elif isinstance(event, twilio.Start):
-                    await self._on_start(event)
+                    try:
+                        await self._on_start(event)
+                    except RedisError:
+                        # Nobody can serve a call we could not announce: close, and Twilio's
+                        # <Redirect> brings it back (to this or another edge) for another try.
+                        reason = "redis_unavailable"
+                        self._close(1011, "try again")
+                        continue
                 elif isinstance(event, twilio.Stop):
                     reason = "twilio_stop"
                     break
@@ -119,8 +127,8 @@ class EdgeCall:
         self._in_key, self._out_key = keys.caller_audio(self.stream_sid), keys.agent_output(self.stream_sid)
         self._sender = asyncio.create_task(self._send_loop(), name=f"edge-send-{self.stream_sid}")
         self._server.attach(self._out_key, self)
+        metrics.LIVE_CALLS.inc()  # before the await: _finish decrements even if registering fails
         await self._server.register_call(start)
-        metrics.LIVE_CALLS.inc()
         log.info("stream started", extra={**self._ids, "params": sorted(start.custom_parameters)})
 
     def _on_other(self, event: twilio.TwilioEvent) -> None:
