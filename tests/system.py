@@ -80,6 +80,9 @@ class System:
 
     # --- observing ---------------------------------------------------------------------------
     def redis(self) -> redis_sync.Redis:
+        if self.edge_env.get("REDIS_CLUSTER") == "true":
+            from redis.cluster import RedisCluster
+            return RedisCluster.from_url(self.redis_url)  # type: ignore[return-value]
         return redis_sync.Redis.from_url(self.redis_url)
 
     def events(self, stream_sid: str) -> list[dict]:

@@ -23,6 +23,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import random
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -171,3 +186,36 @@ def emulator(port: int, *args: str, api_key: str | None = None) -> Service:
     if api_key:
         argv += ["--api-key", api_key]
     return Service(f"emulator-{port}", argv, {}, health_url=f"http://127.0.0.1:{port}/_emulator/healthz")
+
+
+@dataclass
+class RedisClusterServers:
+    """A throwaway Redis Cluster: `masters` redis-servers in cluster mode, no replicas."""
+
+    masters: int = 3
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> "RedisClusterServers":
+        for _ in range(self.masters):
+            node = RedisServer(port=_cluster_port())
+            node.extra_args = ("--cluster-enabled", "yes", "--cluster-config-file", f"{node.workdir}/nodes.conf",
+                               "--cluster-node-timeout", "2000")
+            self.nodes.append(node.start())
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create", *addresses,
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+
+        def ready() -> bool:
+            out = subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(self.nodes[0].port),
+                                  "cluster", "info"], capture_output=True, text=True, timeout=5).stdout
+            return "cluster_state:ok" in out
+        wait_until(ready, 20, "the Redis Cluster to be ready")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

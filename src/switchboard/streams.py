@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,6 +38,7 @@ MAX_PENDING_AUDIO_BYTES = 8000 * 4
 
 
 WRITE_TIMEOUT_S = 5.0
+CLUSTER_BLOCK_MS = 250
 
 
 class DirectConnection:
@@ -326,6 +328,8 @@ class StreamReader:
         self._last_failure: float | None = None
         self._direct = DirectConnection(client) if _single_node(client) else None
         self._xread = resp.XreadPacker(count, block_ms)
+        self._slots: dict[int, set[str]] | None = None if _single_node(client) else {}
+        self._slots_changed = asyncio.Event()
 
     @property
     def streams(self) -> Iterable[str]:
@@ -333,11 +337,17 @@ class StreamReader:
 
     def add(self, key: str, last_id: bytes | str = "0-0") -> None:
         self._streams[key] = last_id
+        if self._slots is not None:
+            self._slots.setdefault(key_slot(key.encode()), set()).add(key)
+            self._slots_changed.set()
+            return
         self._wake()
 
     def remove(self, key: str) -> None:
         self._streams.pop(key, None)
         self._xread.forget(key)
+        if self._slots is not None:
+            self._slots.get(key_slot(key.encode()), set()).discard(key)
 
     async def _read(self, request: dict[str, bytes | str]) -> list:
         if self._direct is None:
@@ -376,6 +386,9 @@ class StreamReader:
             self._wake_pending = False
 
     async def run(self) -> None:
+        if self._slots is not None:
+            await self._run_per_slot()
+            return
         backoff = 0.05
         while True:
             request = {self._wake_key: self._wake_last, **self._streams}
@@ -384,26 +397,70 @@ class StreamReader:
                 response = await self._read(request)
             except RedisError as exc:
                 self._blocked = False
-                self._last_failure = time.monotonic()
-                if self._on_error:
-                    self._on_error(exc)
-                log.warning("redis read failed, will retry: %s", exc)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await self._failed(exc, backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             self._blocked = False
             backoff = 0.05
-            for raw_key, entries in response or ():
-                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-                if not entries:
-                    continue
-                if key == self._wake_key:
-                    self._wake_last = entries[-1][0]
-                    continue
-                if key not in self._streams:
-                    continue  # removed while the read was in flight
-                self._streams[key] = entries[-1][0]
-                try:
-                    self._handler(key, entries)
-                except Exception:
-                    log.exception("stream handler failed", extra={"stream": key})
+            self._dispatch(response)
+
+    async def _failed(self, exc: RedisError, backoff: float) -> None:
+        self._last_failure = time.monotonic()
+        if self._on_error:
+            self._on_error(exc)
+        log.warning("redis read failed, will retry: %s", exc)
+        await asyncio.sleep(backoff * (0.5 + random.random()))
+
+    def _dispatch(self, response: list) -> None:
+        for raw_key, entries in response or ():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            if not entries:
+                continue
+            if key == self._wake_key:
+                self._wake_last = entries[-1][0]
+                continue
+            if key not in self._streams:
+                continue  # removed while the read was in flight
+            self._streams[key] = entries[-1][0]
+            try:
+                self._handler(key, entries)
+            except Exception:
+                log.exception("stream handler failed", extra={"stream": key})
+
+    # --- Redis Cluster ----------------------------------------------------------------------
+    # XREAD cannot span hash slots, and every call has its own slot: on a cluster there is one
+    # reader per slot in use (in practice one per call), each blocking briefly so that a key
+    # added to a slot already being read is picked up within CLUSTER_BLOCK_MS.
+
+    async def _run_per_slot(self) -> None:
+        assert self._slots is not None
+        tasks: dict[int, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await self._slots_changed.wait()
+                self._slots_changed.clear()
+                for slot, keys in list(self._slots.items()):
+                    if keys and (slot not in tasks or tasks[slot].done()):
+                        tasks[slot] = asyncio.create_task(self._read_slot(slot))
+                for slot in [s for s, task in tasks.items() if task.done()]:
+                    del tasks[slot]
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _read_slot(self, slot: int) -> None:
+        assert self._slots is not None
+        backoff = 0.05
+        while keys := self._slots.get(slot):
+            request = {key: self._streams[key] for key in keys if key in self._streams}
+            try:
+                response = await self._redis.xread(request, count=self._count, block=CLUSTER_BLOCK_MS)
+            except RedisError as exc:
+                await self._failed(exc, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._dispatch(response)
+        self._slots.pop(slot, None)
+        self._slots_changed.set()
