@@ -6,7 +6,6 @@ its own key prefix so that systems of different test modules never share calls.
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +123,6 @@ def scrape(metrics_port: int, name: str, labels: str = "") -> float:
 def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
     procs.wait_until(predicate, timeout, what)
 
-
-def now() -> float:
-    return time.monotonic()
 
 
 class TcpBalancer:

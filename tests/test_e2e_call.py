@@ -16,7 +16,7 @@ from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 
 from deepgram_spec import SPEC_AVAILABLE, validate_client_message
-from system import System
+from system import System, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,6 @@ async def test_a_vanished_twilio_socket_ends_the_deepgram_session(system):
         ws.transport.abort()  # no stop, no close frame: the network just went away
     record = system.wait_call_ended(ident.stream_sid)
     assert record["end_reason"] == "twilio_closed"
-    await asyncio.sleep(0)  # noqa: the emulator closes on our close; poll its record below
-    from system import wait_for
     wait_for(lambda: all(s["closed"] for s in system.emulator_sessions(ident.call_sid)), 5, "deepgram session closed")
 
 

@@ -67,10 +67,6 @@ class Keys:
         """Hash + TTL: a worker's heartbeat, capacity and load."""
         return f"{self.prefix}worker:{worker_id}"
 
-    def workers(self) -> str:
-        """Set of worker ids that have announced themselves (entries expire with their hash)."""
-        return f"{self.prefix}workers"
-
     def wake(self, instance_id: str) -> str:
         """Stream an instance writes to itself to interrupt its own blocking XREAD."""
         return f"{self.prefix}wake:{{{instance_id}}}"

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
@@ -331,10 +331,6 @@ class StreamReader:
         self._slots: dict[int, set[str]] | None = None if _single_node(client) else {}
         self._slots_changed = asyncio.Event()
 
-    @property
-    def streams(self) -> Iterable[str]:
-        return self._streams.keys()
-
     def add(self, key: str, last_id: bytes | str = "0-0") -> None:
         self._streams[key] = last_id
         if self._slots is not None:
@@ -365,9 +361,6 @@ class StreamReader:
         """True if reads have not failed within the last `seconds`."""
         failed_at = self._last_failure
         return failed_at is None or time.monotonic() - failed_at > seconds
-
-    def position(self, key: str) -> bytes | str | None:
-        return self._streams.get(key)
 
     def _wake(self) -> None:
         if self._blocked and not self._wake_pending:

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from switchboard import keys as keyspace
@@ -373,6 +372,3 @@ class Worker:
         return ready, {"redis": redis_ok, "draining": self._draining, "live_calls": len(self.sessions),
                        "capacity": self.settings.worker_capacity}
 
-
-def json_fields(**values: Any) -> bytes:
-    return orjson.dumps(values)
