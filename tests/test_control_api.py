@@ -403,8 +403,12 @@ async def test_twiml_webhook_checks_twilios_signature_and_connects_the_stream(st
     stream = root.find("Connect/Stream")
     assert stream.get("url") == EDGE_PUBLIC_URL
     params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    token = params.pop("sb_token")  # one-time, for the edge to check (replay protection)
     assert params == {"profile": "booking", "CallSid": form["CallSid"], "From": form["From"], "To": form["To"],
                       "Direction": "inbound"}
+    with redis_sync.Redis.from_url(stack.redis_url) as client:
+        assert client.get(f"{PREFIX}streamtoken:{form['CallSid']}").decode() == token
+        assert 0 < client.ttl(f"{PREFIX}streamtoken:{form['CallSid']}") <= 120
     assert root.find("Redirect").text == f"{PUBLIC_URL}/twiml/continue?profile=booking&attempt=1"
     assert root.find("Redirect").get("method") == "POST"
 

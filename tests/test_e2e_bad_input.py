@@ -185,3 +185,27 @@ async def test_unknown_paths_get_404(system):
             pass
     assert refused.value.response.status_code == 404
 
+
+
+# --- replay-proof streams ------------------------------------------------------------------------
+
+async def test_a_stream_needs_a_fresh_one_time_token_when_the_edge_requires_it(redis_url, tmp_path_factory):
+    guarded = System(redis_url, "e2etok:", tmp_path_factory.mktemp("e2e-token"), workers=1,
+                     edge_env={"EDGE_REQUIRE_STREAM_TOKEN": "true"}).start()
+    try:
+        ident = CallIdentity.random({"sb_token": "good-token-123"})
+        with guarded.redis() as client:
+            client.set(guarded.keys.stream_token(ident.call_sid), "good-token-123", ex=60)
+        ok = await run_call(SimConfig(url=guarded.edge_url, script=CallScript(turns=1, lead_ms=300)), ident=ident)
+        assert ok.ok, ok.failure
+        # The same start again (a captured handshake replayed): the token was used up.
+        for replay in (ident, CallIdentity.random({"sb_token": "made-up"}), CallIdentity.random()):
+            async with websockets.connect(guarded.edge_url) as ws:
+                await ws.send(CONNECTED)
+                await ws.send(_start(replay))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd.code == 1008
+        assert scrape(guarded.edge_metrics, "switchboard_edge_rejected_handshakes_total", 'reason="stream_token"') == 3
+    finally:
+        guarded.stop()

@@ -187,9 +187,11 @@ async def test_a_paused_worker_stops_writing_to_calls_it_lost(fleet):
 
 
 async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conversation(redis_url, tmp_path, key_prefix):
-    sb = System(redis_url, key_prefix, tmp_path, workers=2).start()
+    # Both edges demand the one-time stream token the TwiML carries, as in production.
+    tokens = {"EDGE_REQUIRE_STREAM_TOKEN": "true"}
+    sb = System(redis_url, key_prefix, tmp_path, workers=2, edge_env=tokens).start()
     spare_port, spare_metrics = procs.free_port(), procs.free_port()
-    sb._run(procs.edge(redis_url, spare_port, spare_metrics, KEY_PREFIX=key_prefix))
+    sb._run(procs.edge(redis_url, spare_port, spare_metrics, KEY_PREFIX=key_prefix, **tokens))
     try:
         async with TcpBalancer([sb.edge_port, spare_port]) as balancer:
             control_port = procs.free_port()

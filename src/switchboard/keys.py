@@ -50,6 +50,10 @@ class Keys:
             self.commands(stream_sid),
         )
 
+    def stream_token(self, call_sid: str) -> str:
+        """String: the one-time token the TwiML endpoint issued for this call's next stream."""
+        return f"{self.prefix}streamtoken:{call_sid}"
+
     def call_by_callsid(self, call_sid: str) -> str:
         """String: callSid → current streamSid (a call may get a new stream after edge loss)."""
         return f"{self.prefix}callsid:{call_sid}"
@@ -92,3 +96,5 @@ COMMANDS_STREAM_MAXLEN = 200
 DISPATCH_STREAM_MAXLEN = 100_000
 WAKE_STREAM_MAXLEN = 16
 WAKE_TTL_S = 3600
+STREAM_TOKEN_TTL_S = 120  # Twilio opens the stream within seconds of fetching the TwiML
+STREAM_TOKEN_PARAMETER = "sb_token"

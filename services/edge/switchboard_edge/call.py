@@ -122,6 +122,11 @@ class EdgeCall:
             self._protocol_error("unsupported_media_format", f"{start.encoding}/{start.sample_rate}/{start.channels}")
             self._close(1003, "unsupported media format")
             return
+        if self._settings.edge_require_stream_token and not await self._server.consume_stream_token(start):
+            self._protocol_error("bad_stream_token", "start without a valid one-time stream token")
+            metrics.REJECTED.labels("stream_token").inc()
+            self._close(1008, "invalid stream token")
+            return
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
         keys = self._server.keys
         self._in_key, self._out_key = keys.caller_audio(self.stream_sid), keys.agent_output(self.stream_sid)

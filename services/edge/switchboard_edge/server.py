@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import socket
 import time
@@ -158,6 +159,14 @@ class EdgeServer:
         self._calls.pop(out_key, None)
         self.reader.remove(out_key)
         self.writer.forget(out_key)
+
+    async def consume_stream_token(self, start: twilio.Start) -> bool:
+        """True once per issued token: GETDEL makes a replayed start fail."""
+        offered = start.custom_parameters.get(keyspace.STREAM_TOKEN_PARAMETER, "")
+        if not offered:
+            return False
+        issued = await self.redis.getdel(self.keys.stream_token(start.call_sid))
+        return issued is not None and hmac.compare_digest(issued, offered.encode())
 
     async def register_call(self, start: twilio.Start) -> None:
         """Write the call record and announce it to the workers, in one round trip."""

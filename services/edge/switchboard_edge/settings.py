@@ -19,6 +19,10 @@ class EdgeSettings(CommonSettings):
     edge_insecure_no_signature: bool = Field(
         False, description="Development only: accept streams without checking X-Twilio-Signature"
     )
+    edge_require_stream_token: bool = Field(
+        False,
+        description="Accept a stream only with the one-time token the control API's TwiML issued for its callSid",
+    )
     trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
     edge_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
     edge_max_frame_bytes: int = Field(64 * 1024, ge=1024)

@@ -8,16 +8,18 @@ From/To into the stream's `start` message). After `</Connect>` comes a `<Redirec
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Annotated
 from urllib.parse import parse_qs, urlencode
 from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
+from switchboard import keys as keyspace
 from switchboard import signature
 
 from .. import callstate, metrics
-from ..deps import StateDep
+from ..deps import State, StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
 
@@ -55,6 +57,7 @@ async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None)
     """Twilio voice webhook (POST, form-encoded, signed by Twilio; no bearer token)."""
     form = await _verified_form(request, state.settings)
     parameters = _caller_parameters(form, profile)
+    await _issue_stream_token(state, form, parameters)
     return _xml(render(state.settings, parameters, _continue_url(state.settings, request, profile, 1)))
 
 
@@ -86,6 +89,7 @@ async def twiml_continue(
     parameters = _caller_parameters(form, profile or (record.fields.get("profile") if record else None))
     if record is not None:
         parameters[RESUME_PARAMETER] = record.stream_sid
+    await _issue_stream_token(state, form, parameters)
     metrics.TWIML.labels("reconnect").inc()
     log.info("reconnecting a dropped stream", extra={"call_sid": call_sid[:64], "attempt": attempt,
                                                       "stream_sid": record.stream_sid if record else ""})
@@ -111,6 +115,21 @@ async def _verified_form(request: Request, settings: ControlSettings) -> dict[st
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
     metrics.TWIML.labels("ok").inc()
     return form
+
+
+async def _issue_stream_token(state: State, form: dict[str, list[str]], parameters: dict[str, str]) -> None:
+    """A one-time token for this call's next stream (the edge may require and consume it).
+
+    Twilio's signature on the stream upgrade is the same for every call on one URL, so a
+    captured handshake could be replayed; a token that works once, for one callSid, shortly
+    after Twilio fetched this TwiML, cannot.
+    """
+    call_sid = _first(form, "CallSid")
+    if not call_sid:
+        return
+    token = secrets.token_urlsafe(24)
+    await state.redis.set(state.keys.stream_token(call_sid), token, ex=keyspace.STREAM_TOKEN_TTL_S)
+    parameters[keyspace.STREAM_TOKEN_PARAMETER] = token
 
 
 def _caller_parameters(form: dict[str, list[str]], profile: str | None) -> dict[str, str]:
