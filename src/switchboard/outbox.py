@@ -67,11 +67,14 @@ class Outbox:
         started = self._sending_since
         return started is not None and now - started > self._stall_timeout_s
 
-    def clear(self) -> int:
-        """Drop everything not yet handed to the socket; returns how many messages."""
-        dropped = len(self._queue)
+    def clear(self, keep: Callable[[Message], bool] | None = None) -> int:
+        """Drop what is not yet handed to the socket (except messages `keep` accepts)."""
+        kept = [m for m in self._queue if keep(m)] if keep is not None else []
+        dropped = len(self._queue) - len(kept)
         self._queue.clear()
-        self._bytes = 0
+        self._queue.extend(kept)
+        self._bytes = sum(len(m) for m in kept)
+        self.overflowed = False
         return dropped
 
     def close(self) -> None:

@@ -105,7 +105,10 @@ class StreamWriter:
         self._key_ttl_s = key_ttl_s
         self._pending: dict[str, _StreamQueue] = {}
         self._wakeup = asyncio.Event()
-        self._generation = 0  # number of batches handed to Redis successfully
+        # Batches are numbered when they are taken from `_pending`; an append belongs to the
+        # next batch to be taken (not to one already in flight).
+        self._taken = 0
+        self._generation = 0  # highest batch number written to Redis successfully
         self._appended_generation = 0  # batch number the latest append will belong to
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._expiring: set[str] = set()
@@ -137,7 +140,7 @@ class StreamWriter:
                 self._shed_audio(queue)
         else:
             items.append(_Pending(entry.kind, entry.payload, entry.t_us))
-        self._appended_generation = self._generation + 1
+        self._appended_generation = self._taken + 1
         self._wakeup.set()
 
     def drop_pending_audio(self, key: str) -> int:
@@ -178,7 +181,7 @@ class StreamWriter:
             async with asyncio.timeout(timeout_s):
                 await self.flushed()
         except TimeoutError:
-            log.warning("could not flush pending Redis writes before exiting")
+            log.warning("pending Redis writes not flushed within %ss", timeout_s)
             return False
         return True
 
@@ -196,7 +199,11 @@ class StreamWriter:
                 await self._gate()
             batch, self._pending = self._pending, {}
             self._wakeup.clear()
-            target = self._generation + 1
+            if self._fenced:
+                for key in self._fenced.intersection(batch):
+                    del batch[key]  # fenced while this batch waited at the gate
+            self._taken += 1
+            target = self._taken
             started = time.perf_counter()
             try:
                 count = await self._write(batch)
@@ -209,7 +216,7 @@ class StreamWriter:
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            self._generation = target
+            self._generation = max(self._generation, target)
             if self._on_flush and count:
                 self._on_flush(count, time.perf_counter() - started)
             self._release_waiters()
@@ -265,6 +272,8 @@ class StreamWriter:
     def _requeue(self, batch: dict[str, _StreamQueue]) -> None:
         # Older entries go back in front of anything appended while the write was failing.
         for key, queue in batch.items():
+            if key in self._fenced:
+                continue  # the call moved to another instance while the write was failing
             newer = self._pending.get(key)
             if newer is not None:
                 queue.items.extend(newer.items)
@@ -325,6 +334,8 @@ class StreamReader:
         self._blocked = False
         self._on_error = on_error
         self._wake_pending = False
+        self._rewake = False
+        self._wake_task: asyncio.Task[None] | None = None
         self._last_failure: float | None = None
         self._direct = DirectConnection(client) if _single_node(client) else None
         self._xread = resp.XreadPacker(count, block_ms)
@@ -363,9 +374,13 @@ class StreamReader:
         return failed_at is None or time.monotonic() - failed_at > seconds
 
     def _wake(self) -> None:
-        if self._blocked and not self._wake_pending:
-            self._wake_pending = True
-            asyncio.get_running_loop().create_task(self._send_wake())
+        if not self._blocked:
+            return  # the next XREAD includes the new stream anyway
+        if self._wake_pending:
+            self._rewake = True  # that wake may already have been read: send another after it
+            return
+        self._wake_pending = True
+        self._wake_task = asyncio.get_running_loop().create_task(self._send_wake())
 
     async def _send_wake(self) -> None:
         try:
@@ -374,9 +389,12 @@ class StreamReader:
             pipe.expire(self._wake_key, keyspace.WAKE_TTL_S)  # instances come and go; their wake keys too
             await pipe.execute()
         except RedisError as exc:
-            log.warning("could not wake stream reader", extra={"error": repr(exc)})
+            log.warning("could not wake stream reader: %s", exc)
         finally:
             self._wake_pending = False
+            if self._rewake:
+                self._rewake = False
+                self._wake()
 
     async def run(self) -> None:
         if self._slots is not None:

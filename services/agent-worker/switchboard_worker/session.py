@@ -69,7 +69,7 @@ class CallSession:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._stopped = asyncio.Event()  # the edge said the call is over
-        self._stop_reason = ""
+        self.stop_reason = ""
         self._hangup_requested = False
         self._closing_dg = False
         self._end_after_reply = False
@@ -80,6 +80,8 @@ class CallSession:
         self._unanswered: str | None = None
         self._resumed_from = ""
         self._last_caller_entry = time.monotonic()
+        self._following = False
+        self._closer: asyncio.Task[None] | None = None
         self._in_pos: bytes | str = "0-0"
         self._last_audio_at = time.monotonic()
         self._last_keepalive_at = 0.0
@@ -103,20 +105,31 @@ class CallSession:
                 outcome = f"deepgram_{exc.code}"
                 self._record_error(exc.code, str(exc))
                 self._ask_edge_to_hang_up("deepgram_unavailable")
-                self.worker.reader.add(self.in_key, self._in_pos)  # to see the edge's stop
+                self._follow_caller()  # to see the edge's stop
             else:
-                self.worker.reader.add(self.in_key, self._in_pos)
+                self._follow_caller()
                 self.worker.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
                 await self.worker.redis.hset(self.call_key, mapping={"state": "active"})
                 outcome = await self._pump()
             if outcome != "completed" or self._hangup_requested:
                 await self._wait_for_stop()
         except RedisError as exc:
-            outcome = "redis_error"
+            # Let go without ending the call: its lease lapses and a takeover (here or on
+            # another worker) resumes it once Redis answers again.
             metrics.REDIS_ERRORS.inc()
-            log.error("redis failed during call setup: %s", exc, extra=self.extra)
+            log.error("redis failed mid-call; releasing the call for a takeover: %s", exc, extra=self.extra)
+            self.released = "redis_error"
+        except Exception:  # task boundary: a bug here must not leave the caller on a dead line
+            log.exception("call session failed; releasing the call for a takeover", extra=self.extra)
+            self.released = "crashed"
         finally:
             await self._finish(self.released or outcome)
+
+    def _follow_caller(self) -> None:
+        # The silence watchdog counts from here: before the caller's stream is read, quiet is normal.
+        self._last_caller_entry = time.monotonic()
+        self._following = True
+        self.worker.reader.add(self.in_key, self._in_pos)
 
     async def _prepare(self, meta: dict[bytes, bytes]) -> None:
         profile = meta.get(b"profile", b"").decode() or None
@@ -229,7 +242,7 @@ class CallSession:
         )
         self._sender = asyncio.create_task(self._send_loop(self._outbox, ws), name=f"dg-send-{self.stream_sid}")
         self._ready = True
-        self._closing_dg = False
+        self._closing_dg = self._stopped.is_set()
         self._last_audio_at = time.monotonic()
         if self._unanswered:
             self._outbox.put(deepgram.inject_user_message(self._unanswered))
@@ -284,6 +297,8 @@ class CallSession:
             except DeepgramUnavailable as exc:
                 self._ask_edge_to_hang_up(f"deepgram_{exc.code}")
                 return f"deepgram_{exc.code}"
+            if self._stopped.is_set():
+                return "completed"  # the caller hung up while we reconnected: _finish closes it
 
     async def _detach(self) -> None:
         self._ready = False
@@ -304,22 +319,27 @@ class CallSession:
     async def _finish(self, outcome: str) -> None:
         self.worker.reader.remove(self.in_key)
         self.worker.reader.remove(self.cmd_key)
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)
         await self._functions.close()
         if self._dg is not None:
             self._closing_dg = True
             await self._dg.close()
             await self._detach()
         metrics.CALLS.labels(outcome).inc()
-        if outcome in ("lease_lost", "handover"):
-            return  # the call lives on with another worker: leave its records alone
-        self._event("call_ended", outcome=outcome, reason=self._stop_reason)
+        if self.released:
+            # The call lives on with another worker: leave its records alone.
+            for key in self.worker.keys.per_call(self.stream_sid):
+                self.worker.writer.forget(key)
+            return
+        self._event("call_ended", outcome=outcome, reason=self.stop_reason)
         try:
-            await self.worker.writer.flushed()
+            await self.worker.writer.drain()
             await self.worker.end_call_records(self, outcome)
         except RedisError as exc:
             metrics.REDIS_ERRORS.inc()
             log.error("could not record the end of the call: %s", exc, extra=self.extra)
-        log.info("call finished", extra={**self.extra, "outcome": outcome, "reason": self._stop_reason})
+        log.info("call finished", extra={**self.extra, "outcome": outcome, "reason": self.stop_reason})
 
     def release(self, reason: str) -> None:
         """The call continues with another worker (drain, lost lease): leave it untouched."""
@@ -365,9 +385,10 @@ class CallSession:
             self._buffered += len(chunk)
 
     def _on_stop(self, reason: str) -> None:
-        self._stop_reason = reason
+        self.stop_reason = reason
         self._stopped.set()
-        asyncio.create_task(self._close_deepgram_after_tail())
+        if self._closer is None:
+            self._closer = asyncio.create_task(self._close_deepgram_after_tail())
 
     async def _close_deepgram_after_tail(self) -> None:
         # Deliver the caller's last words before closing: the stop entry came after them.
@@ -385,7 +406,8 @@ class CallSession:
         """Called twice a second: notice a lost caller stream; KeepAlive while audio pauses."""
         silent_for = now - self._last_caller_entry
         if (
-            silent_for > self.worker.settings.caller_timeout_s
+            self._following
+            and silent_for > self.worker.settings.caller_timeout_s
             and self.worker.reader.healthy_for(silent_for)
             and not self._stopped.is_set()
         ):

@@ -145,16 +145,20 @@ class Worker:
     async def _takeover_loop(self) -> None:
         """Adopt calls whose owner stopped refreshing them (dead or partitioned worker)."""
         period = self.settings.lease_ms / 4000
+        cursor: bytes | str = "0-0"
         while not self._draining:
             await asyncio.sleep(period * (0.75 + self.random.random() / 2))
             if self.free_slots <= 0:
                 continue
             try:
-                _next, claimed, deleted = await self.redis.xautoclaim(
+                reply = await self.redis.xautoclaim(
                     self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id,
                     # The margin lets the owner's lease key (renewed just after the idle reset) expire first.
-                    min_idle_time=self.settings.lease_ms + 100, start_id="0-0", count=self.free_slots,
+                    min_idle_time=self.settings.lease_ms + 100, start_id=cursor, count=self.free_slots,
                 )
+                # XAUTOCLAIM scans at most COUNT*10 entries per call: page through the whole
+                # backlog across scans, or a dead worker's newer calls are never reached.
+                cursor, claimed = reply[0], reply[1]
             except RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
                 log.warning("takeover scan failed: %s", exc)
@@ -212,10 +216,11 @@ class Worker:
         retention = self.settings.call_retention_s
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(session.call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
-                                             "end_reason": session._stop_reason})
+                                             "end_reason": session.stop_reason})
         for key in self.keys.per_call(session.stream_sid):
             pipe.expire(key, retention)
-        pipe.expire(self.keys.call_by_callsid(session.call_sid), retention)
+        if session.stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
+            pipe.expire(self.keys.call_by_callsid(session.call_sid), retention)
         pipe.delete(self.keys.lease(session.stream_sid))
         pipe.zrem(self.keys.live_calls(), session.stream_sid)
         pipe.xack(self.keys.dispatch(), keyspace.DISPATCH_GROUP, session.dispatch_id)
@@ -320,7 +325,10 @@ class Worker:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                session.tick(now)
+                try:
+                    session.tick(now)
+                except Exception:  # one call's bug must not stop KeepAlives for every call
+                    log.exception("tick failed", extra=session.extra)
 
     # --- drain --------------------------------------------------------------------------------------
     async def drain(self) -> None:
@@ -338,9 +346,9 @@ class Worker:
         for task in list(self._session_tasks.values()):
             task.cancel()
         await asyncio.gather(*self._session_tasks.values(), return_exceptions=True)
+        await self.writer.drain()  # the last transcript lines and audio before anyone else takes over
         if sessions:
             await self._hand_over(sessions)
-        await self.writer.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)

@@ -181,6 +181,8 @@ class EdgeCall:
         self._server.detach(self._out_key)
         self._server.writer.append(self._in_key, entries.stop(reason))
         self._outbox.close()
+        if await self._server.writer.drain(timeout_s=2.0):
+            self._server.writer.forget(self._in_key)  # else the next write re-registers the key
         if self._sender:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
@@ -202,7 +204,9 @@ class EdgeCall:
             if kind == Kind.CLEAR.value:
                 # Barge-in overtakes everything still queued here, including this batch's audio.
                 audio.clear()
-                self._outbox.clear()
+                # Queued marks survive (Twilio echoes them right after the clear, which is how
+                # the worker learns what was cut); queued audio does not.
+                self._outbox.clear(keep=_is_mark)
                 self._outbox.put(twilio.clear_message(self.stream_sid))
                 metrics.CLEARS.inc()
                 metrics.BARGE_IN.observe(max(0, now - int(fields.get(b"t", now))) / 1e6)
@@ -247,6 +251,10 @@ class EdgeCall:
             self._ws.transport.abort()  # a peer that does not read will not read a close frame either
         except ConnectionClosed:
             pass
+
+
+def _is_mark(message: str | bytes) -> bool:
+    return isinstance(message, str) and message.startswith('{"event":"mark"')
 
 
 def start_fields(start: twilio.Start, edge_id: str) -> dict[str, bytes]:

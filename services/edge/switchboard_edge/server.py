@@ -204,7 +204,10 @@ class EdgeServer:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for call in list(self._calls.values()):
-                call.check_stalled(now)
+                try:
+                    call.check_stalled(now)
+                except Exception:  # one call's bug must not stop the watch for every call
+                    log.exception("stall check failed", extra={"stream_sid": call.stream_sid})
 
     async def _readiness(self) -> tuple[bool, dict]:
         redis_ok = await redis_reachable(self.redis)
