@@ -45,7 +45,7 @@ def on_command_entries(session: "CallSession", batch: list[tuple[bytes, dict[byt
             "command_result", id=command.get("id"), op=command.get("op"), ok=ok, detail=detail,
             worker=session.worker.settings.worker_id,
         )
-        session.worker.spawn_write(session.call_key, {"cmd_pos": entry_id})
+        session.worker.spawn_advance(session.call_key, "cmd_pos", entry_id)
 
 
 def apply(session: "CallSession", command: dict[str, Any]) -> tuple[bool, str]:

@@ -78,6 +78,7 @@ class CallSession:
         self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
         self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
         self._unanswered: str | None = None
+        self._utterance_at = ""
         self._resumed_from = ""
         self._last_caller_entry = time.monotonic()
         self._following = False
@@ -147,7 +148,9 @@ class CallSession:
             # Resume from the last position the previous owner recorded (at most one heartbeat
             # old), or from the start of an utterance the old session heard but never
             # transcribed: what the caller said around the gap reaches the new session.
-            self._in_pos = meta.get(b"utt_pos") or meta.get(b"in_pos", b"0-0")
+            utterance = meta.get(b"utt_pos", b"")
+            unanswered = utterance and utterance != meta.get(b"utt_answered")
+            self._in_pos = utterance if unanswered else meta.get(b"in_pos", b"0-0")
         await self.worker.redis.hset(
             self.call_key,
             mapping={
@@ -171,8 +174,10 @@ class CallSession:
         """
         keys, redis = self.worker.keys, self.worker.redis
         old_events = await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN)
-        old_overrides, utterance_at = await redis.hmget(keys.call(old_stream_sid), ["overrides", "utt_pos"])
-        if utterance_at:
+        old_overrides, utterance_at, answered = await redis.hmget(
+            keys.call(old_stream_sid), ["overrides", "utt_pos", "utt_answered"]
+        )
+        if utterance_at and utterance_at != answered:
             # The caller was mid-utterance when the stream dropped: the new session hears it first.
             for _entry_id, fields in await redis.xrange(keys.caller_audio(old_stream_sid), min=utterance_at):
                 if fields.get(b"k") == Kind.AUDIO.value and self._buffered < BUFFER_WHILE_CONNECTING_BYTES:
@@ -450,7 +455,8 @@ class CallSession:
             self.worker.writer.append(self.out_key, entries.clear())
             # Stream ids are Redis' clock in ms: remember where this utterance began (VAD needs
             # a few hundred ms to fire) so a takeover can replay it if it is never transcribed.
-            self.worker.spawn_write(self.call_key, {"utt_pos": f"{time.time_ns() // 1_000_000 - 700}-0"})
+            self._utterance_at = f"{time.time_ns() // 1_000_000 - 700}-0"
+            self.worker.spawn_write(self.call_key, {"utt_pos": self._utterance_at})
             if self._playing_reply:
                 metrics.BARGE_INS.inc()
                 self._event("barge_in", reply=self._playing_reply)
@@ -462,7 +468,9 @@ class CallSession:
             self._event("transcript", role=role, content=content)
             if role == "user":
                 self.worker.spawn_hincrby(self.call_key, "turns")
-                self.worker.spawn_write(self.call_key, {"utt_pos": ""})
+                # Mark that utterance answered with its own value: the two writes may land in
+                # either order, and equal values mean "nothing to replay" either way.
+                self.worker.spawn_write(self.call_key, {"utt_answered": self._utterance_at})
         elif kind == "AgentStartedSpeaking":
             self._reply_no += 1
             self.agent_speaking = True

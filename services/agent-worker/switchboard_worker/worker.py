@@ -41,6 +41,20 @@ if not owner then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 en
 return 0
 """
 
+# HSET a stream id only if it is past the stored one (ids are "<ms>-<seq>").
+_ADVANCE = """
+local current = redis.call('hget', KEYS[1], ARGV[1])
+if current then
+  local cm, cs = string.match(current, '(%d+)-(%d+)')
+  local nm, ns = string.match(ARGV[2], '(%d+)-(%d+)')
+  if cm and nm and (tonumber(cm) > tonumber(nm) or (tonumber(cm) == tonumber(nm) and tonumber(cs) >= tonumber(ns))) then
+    return 0
+  end
+end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
@@ -243,6 +257,12 @@ class Worker:
     def spawn_write(self, key: str, mapping: dict[str, Any]) -> None:
         """Fire-and-forget HSET for bookkeeping that must not delay audio."""
         task = asyncio.create_task(self._hset(key, mapping))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def spawn_advance(self, key: str, field: str, stream_id: bytes) -> None:
+        """Fire-and-forget: move a stream position forward only (writes may land out of order)."""
+        task = asyncio.create_task(self._bookkeeping(self.redis.eval(_ADVANCE, 1, key, field, stream_id)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
