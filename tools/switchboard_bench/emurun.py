@@ -4,7 +4,7 @@ caller-frame transit histogram when it stops.
 The emulator's `/_emulator/sessions` reports only per-session p50/p95/max, and percentiles do
 not pool. The pooled 100 µs histogram is what gives an honest p95/p99 over every caller frame
 of every call, so on SIGTERM this process writes it to `--dump` as JSON. The histogram is
-read from `CallerFrameStats._hist` (not a public field of the emulator); if it is absent the
+read from `CallerFrameStats.histogram()`; if an emulator lacks it the
 dump carries only per-session summaries and the bench says so in its output.
 
     python -m switchboard_bench.emurun --dump PATH [emulator flags...]
@@ -42,12 +42,13 @@ def pooled_caller_transit(registry: Registry) -> dict[str, Any]:
         summary = stats.to_json()
         sessions.append(summary["latency_ms"] | {"frames": summary["frames"], "out_of_order": summary["out_of_order"]})
         frames += summary["frames"]
-        raw = getattr(stats, "_hist", None)
-        if isinstance(raw, dict):
-            hist.update(raw)
-            max_us = max(max_us, getattr(stats, "_max_us", 0))
-        else:
+        histogram = getattr(stats, "histogram", None)
+        if histogram is None:  # an emulator without pooled buckets: per-session summaries only
             exact = False
+            continue
+        buckets, session_max_us = histogram()
+        hist.update(buckets)
+        max_us = max(max_us, session_max_us)
     return {
         "bucket_us": BUCKET_US,
         "pooled": exact,

@@ -55,6 +55,13 @@ class CallerFrameStats:
         bucket = latency // _BUCKET_US
         self._hist[bucket] = self._hist.get(bucket, 0) + 1
 
+    def histogram(self) -> tuple[dict[int, int], int]:
+        """Transit-time buckets (100 µs each → frame count) and the exact maximum in µs.
+
+        Percentiles do not pool across sessions; these buckets do (the benchmark sums them).
+        """
+        return dict(self._hist), self._max_us
+
     def to_json(self) -> dict[str, Any]:
         return {
             "frames": self.frames,
