@@ -256,23 +256,20 @@ class Worker:
 
     def spawn_write(self, key: str, mapping: dict[str, Any]) -> None:
         """Fire-and-forget HSET for bookkeeping that must not delay audio."""
-        task = asyncio.create_task(self._hset(key, mapping))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn_bookkeeping(self.redis.hset(key, mapping=mapping))
 
     def spawn_advance(self, key: str, field: str, stream_id: bytes) -> None:
         """Fire-and-forget: move a stream position forward only (writes may land out of order)."""
-        task = asyncio.create_task(self._bookkeeping(self.redis.eval(_ADVANCE, 1, key, field, stream_id)))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn_bookkeeping(self.redis.eval(_ADVANCE, 1, key, field, stream_id))
 
     def spawn_hincrby(self, key: str, field: str) -> None:
-        task = asyncio.create_task(self._bookkeeping(self.redis.hincrby(key, field, 1)))
+        self._spawn_bookkeeping(self.redis.hincrby(key, field, 1))
+
+    def _spawn_bookkeeping(self, command: Any) -> None:
+        # Owned by the worker: drain() awaits whatever is still in flight.
+        task = asyncio.create_task(self._bookkeeping(command))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _hset(self, key: str, mapping: dict[str, Any]) -> None:
-        await self._bookkeeping(self.redis.hset(key, mapping=mapping))
 
     @staticmethod
     async def _bookkeeping(command: Any) -> None:
