@@ -169,21 +169,24 @@ class EdgeServer:
         return issued is not None and hmac.compare_digest(issued, offered.encode())
 
     async def register_call(self, start: twilio.Start) -> None:
-        """Write the call record and announce it to the workers, in one round trip."""
+        """Write the call record, then announce the call to the workers."""
         sid = start.stream_sid
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.call(sid), mapping=start_fields(start, self.settings.edge_id))
         pipe.expire(self.keys.call(sid), MAX_CALL_TTL_S)
         pipe.set(self.keys.call_by_callsid(start.call_sid), sid, ex=MAX_CALL_TTL_S)
         pipe.zadd(self.keys.live_calls(), {sid: time.time()})
-        pipe.xadd(
-            self.keys.dispatch(),
-            {b"stream_sid": sid.encode(), b"call_sid": start.call_sid.encode(), b"edge": self.settings.edge_id.encode()},
-            maxlen=keyspace.DISPATCH_STREAM_MAXLEN,
-            approximate=True,
-        )
         try:
             await pipe.execute()
+            # Announce only once the record exists: on a Redis Cluster one pipeline runs on
+            # several nodes in parallel, and a worker could claim the call before its record.
+            await self.redis.xadd(
+                self.keys.dispatch(),
+                {b"stream_sid": sid.encode(), b"call_sid": start.call_sid.encode(),
+                 b"edge": self.settings.edge_id.encode()},
+                maxlen=keyspace.DISPATCH_STREAM_MAXLEN,
+                approximate=True,
+            )
         except RedisError:
             metrics.REDIS_ERRORS.inc()
             log.exception("could not register call", extra={"stream_sid": sid, "call_sid": start.call_sid})
