@@ -91,6 +91,50 @@ class Speak(BaseModel):
     endpoint: dict[str, Any] | None = None
 
 
+class Heard(BaseModel):
+    """What the caller actually heard of each reply (Twilio marks), and whether the agent is told."""
+
+    model_config = ConfigDict(extra="forbid")
+    tell_agent: bool = Field(
+        False,
+        description="After a reply the caller cut off, tell the agent (UpdateThink) which part was heard, "
+        "so it does not assume the caller heard the rest",
+    )
+
+
+class DeadAir(BaseModel):
+    """Dead-air watchdog: the line went quiet when it should not have."""
+
+    model_config = ConfigDict(extra="forbid")
+    agent_stall_s: float = Field(
+        4.0, ge=0, le=120, description="The agent is speaking but no audio came for this long (0 = off)"
+    )
+    caller_idle_s: float = Field(
+        15.0, ge=0, le=600, description="Neither the caller nor the agent said anything for this long (0 = off)"
+    )
+    action: Literal["reengage", "end_call"] = Field(
+        "reengage",
+        description="reengage: the agent says reengage_message (a stalled agent session is reconnected "
+        "with context first); after max_reengage tries, or with end_call, the agent says "
+        "goodbye_message and the call ends",
+    )
+    reengage_message: str = Field("Are you still there?", min_length=1, max_length=500)
+    max_reengage: int = Field(2, ge=0, le=10)
+    goodbye_message: str = Field(
+        "I haven't heard from you, so I'll end the call now. Goodbye!", min_length=1, max_length=500
+    )
+
+
+class Journal(BaseModel):
+    """Opt-in record of a call's Twilio and Deepgram traffic, for replay and listening."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    audio: bool = Field(False, description="Also keep both audio tracks (about 16 kB per second of call)")
+    retention_s: int = Field(86_400, ge=60, le=30 * 86_400, description="How long the journal is kept")
+    max_entries: int = Field(50_000, ge=100, le=1_000_000, description="Cap; the oldest entries go first")
+
+
 class AgentSettings(BaseModel):
     """What the agent hears with, thinks with, says, and how it greets."""
 
@@ -102,6 +146,10 @@ class AgentSettings(BaseModel):
     greeting: str | None = Field(None, max_length=2000)
     tags: list[str] = Field(default_factory=list, max_length=20)
     mip_opt_out: bool = False
+    # Switchboard's own behaviour around the agent; never sent to Deepgram.
+    heard: Heard = Field(default_factory=Heard)
+    dead_air: DeadAir = Field(default_factory=DeadAir)
+    journal: Journal = Field(default_factory=Journal)
 
     def function(self, name: str) -> FunctionDef | None:
         return next((f for f in self.think.functions if f.name == name), None)

@@ -24,6 +24,9 @@ class Kind(bytes, Enum):
     HANGUP = b"h"
     EVENT = b"e"  # :events stream: payload is a JSON object with a "type"
     COMMAND = b"x"  # :cmd stream: payload is a JSON object with "id" and "op"
+    JOURNAL = b"j"  # :journal stream: payload is one recorded message (see switchboard.journal)
+    CLEARED = b"C"  # :in stream: the edge sent Twilio a clear; payload = JSON list of the marks it flushed
+    TIMING = b"T"  # :in stream: the edge's measurements of one reply (JSON), see switchboard.conversation
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -37,6 +37,10 @@ class Keys:
         """Stream control → owner worker: live commands."""
         return f"{self.prefix}call:{{{stream_sid}}}:cmd"
 
+    def journal(self, stream_sid: str) -> str:
+        """Stream worker → replay tools: the call's recorded Twilio and Deepgram traffic (opt-in)."""
+        return f"{self.prefix}call:{{{stream_sid}}}:journal"
+
     def lease(self, stream_sid: str) -> str:
         """String: the owner worker's fencing token; expires unless renewed."""
         return f"{self.prefix}call:{{{stream_sid}}}:lease"
@@ -48,6 +52,7 @@ class Keys:
             self.agent_output(stream_sid),
             self.events(stream_sid),
             self.commands(stream_sid),
+            self.journal(stream_sid),
         )
 
     def stream_token(self, call_sid: str) -> str:

@@ -233,6 +233,9 @@ class Worker:
                                              "end_reason": session.stop_reason})
         for key in self.keys.per_call(session.stream_sid):
             pipe.expire(key, retention)
+        journal = session.settings.journal
+        if journal.enabled:
+            pipe.expire(self.keys.journal(session.stream_sid), journal.retention_s)
         if session.stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
             pipe.expire(self.keys.call_by_callsid(session.call_sid), retention)
         pipe.delete(self.keys.lease(session.stream_sid))
