@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+import orjson
+
 # One byte per kind keeps entries small; values are part of the wire format between
 # services of different versions, so never renumber them.
 
@@ -93,3 +95,13 @@ def command(payload_json: bytes) -> Entry:
 
 def dtmf(digit: str) -> Entry:
     return Entry(Kind.DTMF, digit.encode(), now_us())
+
+
+def cleared(flushed_marks: list[str]) -> Entry:
+    """The edge sent Twilio a clear while these marks were still unechoed (their audio never played)."""
+    return Entry(Kind.CLEARED, orjson.dumps(flushed_marks), now_us())
+
+
+def timing(mark: str, transit_us: int) -> Entry:
+    """The edge's measurement of one reply: worker → edge transit of the audio after `mark`."""
+    return Entry(Kind.TIMING, orjson.dumps({"mark": mark, "transit_us": transit_us}), now_us())
