@@ -67,8 +67,15 @@ async def test_barge_in_sends_clear_and_stops_the_agents_audio(system):
     assert result.ok, result.failure
     assert result.clears >= 2 and len(result.barge_in_latencies_us) >= 2
     assert result.byte_exact_out is True, result.out_reasons  # nothing of a cleared reply after its clear
-    events = [e["type"] for e in system.events(result.stream_sid)]
-    assert events.count("barge_in") >= 2
+    events = system.events(result.stream_sid)
+    assert [e["type"] for e in events].count("barge_in") >= 2
+    # What the caller heard of each cut-off reply, against what the simulated phone really played.
+    cut = [e for e in events if e["type"] == "reply_heard" and e["interrupted"]]
+    assert len(cut) == result.clears, (cut, result.heard_at_clear_ms)
+    for event, truth_ms in zip(cut, result.heard_at_clear_ms):
+        assert abs(event["heard_ms"] - truth_ms) <= 60, (event, truth_ms)
+        assert event["text"].startswith(event["heard_text"]) and event["unheard_text"]
+        assert event["text"].endswith(event["unheard_text"])
     replies = system.emulator_sessions(result.call_sid)[0]["replies"]
     assert sum(r["interrupted"] for r in replies) >= 2
 
@@ -91,7 +98,10 @@ async def test_dtmf_and_marks_reach_the_worker(system):
     system.wait_call_ended(result.stream_sid)
     events = system.events(result.stream_sid)
     assert {"type": "dtmf", "digit": "7"}.items() <= next(e for e in events if e["type"] == "dtmf").items()
-    assert any(e["type"] == "mark_played" and e["name"].startswith("reply-") for e in events)
+    # Marks went out with the agent's audio and came back: the reply played in full.
+    heard = [e for e in events if e["type"] == "reply_heard"]
+    assert heard and all(not e["interrupted"] and e["heard_text"] == e["text"] for e in heard), heard
+    assert result.marks_echoed >= 2 * len(heard)  # start and end of each reply at least
 
 
 async def test_a_vanished_twilio_socket_ends_the_deepgram_session(system):

@@ -282,14 +282,16 @@ async def test_caller_utterance_gets_the_whole_turn_in_order() -> None:
         # Odd chunk sizes: the emulator must re-frame the byte stream itself.
         await send_chunked(client.ws, utterance(1), 37)
         await client.expect("AgentAudioDone")
+        report = await client.expect("LatencyReport")
         await client.expect("History")
         await client.expect("History")
     events = [t for t in client.types() if t not in ("AgentThinking", "Welcome", "SettingsApplied")]
     first_audio = events.index("audio")
     turn_start = ["UserStartedSpeaking", "ConversationText", "ConversationText", "AgentStartedSpeaking"]
     assert events[:first_audio] == turn_start
-    assert set(events[first_audio:-3]) == {"audio"}
-    assert events[-3:] == ["AgentAudioDone", "History", "History"]
+    assert set(events[first_audio:-4]) == {"audio"}
+    assert events[-4:] == ["AgentAudioDone", "LatencyReport", "History", "History"]
+    assert report["total_latency"] >= report["ttt_text_latency"] >= 0
     user, assistant = [m for m in client.received if isinstance(m, dict) and m["type"] == "ConversationText"]
     assert user == {"type": "ConversationText", "role": "user", "content": "Caller utterance 1 (200 ms)"}
     assert assistant["role"] == "assistant" and "utterance 1" in assistant["content"]

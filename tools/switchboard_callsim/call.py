@@ -80,6 +80,9 @@ class CallResult:
     warning_reasons: list[str] = field(default_factory=list)
     marks_echoed: int = 0
     clears: int = 0
+    # Per clear: ms of the interrupted reply that had played when it came (the truth the
+    # worker's "what the caller heard" estimate is checked against).
+    heard_at_clear_ms: list[int] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)  # streamSid of every stream the call had
     redirects: int = 0
     says: list[str] = field(default_factory=list)  # <Say> texts Twilio would have spoken
@@ -161,6 +164,7 @@ class _Call:
         self.server_closed = False
         self.ticking_done = asyncio.Event()
         self._reply_no: int | None = None
+        self._reply_bytes = 0  # of the current reply, pushed to playback
         self._ticks = 0
         self._dtmf = sorted(config.script.dtmf)
         self.log_ids = {"call_sid": ident.call_sid, "stream_sid": ident.stream_sid}
@@ -339,7 +343,9 @@ class _Call:
                             transit.append(now - info.sent_at_us)
                             if info.stream_no != self._reply_no:
                                 self._reply_no = info.stream_no
+                                self._reply_bytes = 0
                                 conv.on_new_reply(now, play_us + i * FRAME_US)
+                        self._reply_bytes += len(value)
                     else:
                         res.received_audio_bytes += len(value)
                 elif kind == "mark":
@@ -349,6 +355,9 @@ class _Call:
                         self._echo_mark(name)
                 else:
                     res.clears += 1
+                    unplayed_us = max(0, pb.play_end_us - now)
+                    res.heard_at_clear_ms.append(max(0, self._reply_bytes * 125 - unplayed_us) // 1000)
+                    self._reply_bytes = 0
                     checker.clear()
                     conv.on_clear(now)
                     for name in pb.clear(now):

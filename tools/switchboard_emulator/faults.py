@@ -18,6 +18,7 @@ class FaultError(ValueError):
 class Faults:
     def __init__(self, config: EmulatorConfig) -> None:
         self._running = asyncio.Event()
+        self._voiced = asyncio.Event()
         self.reset()
         # Faults from the command line are part of the emulator's starting state, unlike `reset`.
         self.reject_next = config.reject_next
@@ -33,6 +34,7 @@ class Faults:
         self.error_after_ms = 0
         self.error_code = "INTERNAL_SERVER_ERROR"
         self.set_stall(False)
+        self.set_mute(False)
 
     @property
     def stalled(self) -> bool:
@@ -49,6 +51,21 @@ class Faults:
         if not self._running.is_set():
             await self._running.wait()
 
+    @property
+    def muted(self) -> bool:
+        """The agent goes on "speaking" (no AgentAudioDone) but sends no audio: a stalled TTS."""
+        return not self._voiced.is_set()
+
+    def set_mute(self, muted: bool) -> None:
+        if muted:
+            self._voiced.clear()
+        else:
+            self._voiced.set()
+
+    async def wait_voiced(self) -> None:
+        if not self._voiced.is_set():
+            await self._voiced.wait()
+
     def take_rejection(self) -> int | None:
         """HTTP status to refuse this handshake with, consuming one of the `reject_next` budget."""
         if self.reject_next <= 0:
@@ -58,7 +75,7 @@ class Faults:
 
     def apply(self, query: Mapping[str, Sequence[str]]) -> None:
         """Apply `?name=value` pairs; `reset=1` first, so `reset=1&stall=1` means exactly a stall."""
-        known = set(_INT_FIELDS) | {"error_code", "stall", "reset"}
+        known = set(_INT_FIELDS) | {"error_code", "stall", "mute", "reset"}
         unknown = set(query) - known
         if unknown:
             raise FaultError(f"unknown fault(s): {', '.join(sorted(unknown))}")
@@ -74,6 +91,8 @@ class Faults:
             self.error_code = query["error_code"][-1] or "INTERNAL_SERVER_ERROR"
         if "stall" in query:
             self.set_stall(_flag(query, "stall"))
+        if "mute" in query:
+            self.set_mute(_flag(query, "mute"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +102,7 @@ class Faults:
             "error_after_ms": self.error_after_ms,
             "error_code": self.error_code,
             "stall": self.stalled,
+            "mute": self.muted,
         }
 
 

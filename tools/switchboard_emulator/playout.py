@@ -26,9 +26,10 @@ async def play_reply(ws: ServerConnection, reply: ReplyRecord, config: EmulatorC
     start = loop.time()
     sent = chunks = 0
     while sent < total:
-        if faults.stalled:
+        if faults.stalled or faults.muted:
             paused_at = loop.time()
             await faults.wait_running()
+            await faults.wait_voiced()
             start += loop.time() - paused_at  # resume the schedule rather than burst to catch up
         count = min(per_chunk, total - sent)
         now_us = time.time_ns() // 1000

@@ -78,6 +78,11 @@ def agent_started_speaking(total_s: float, tts_s: float, ttt_s: float) -> bytes:
     )
 
 
+def latency_report(total_s: float, tts_s: float, ttt_s: float) -> bytes:
+    return orjson.dumps({"type": "LatencyReport", "total_latency": total_s, "tts_latency": tts_s,
+                         "ttt_token_latency": ttt_s, "ttt_text_latency": ttt_s})
+
+
 def function_call_request(call_id: str, name: str, arguments: str, client_side: bool) -> bytes:
     fn = {"id": call_id, "name": name, "arguments": arguments, "client_side": client_side}
     return orjson.dumps({"type": "FunctionCallRequest", "functions": [fn]})

@@ -406,12 +406,14 @@ class Session:
         await self._send("ConversationText", p.conversation_text("assistant", text))
         now = self._loop.time()
         total, ttt = now - heard_at, text_at - heard_at
-        latency = p.agent_started_speaking(round(total, 4), round(total - ttt, 4), round(ttt, 4))
-        await self._send("AgentStartedSpeaking", latency)
+        latencies = (round(total, 4), round(total - ttt, 4), round(ttt, 4))
+        await self._send("AgentStartedSpeaking", p.agent_started_speaking(*latencies))
         self._speaking = reply
         await play_reply(self.ws, reply, self.config, self.faults)
         self._speaking = None
         await self._send("AgentAudioDone", p.AGENT_AUDIO_DONE)
+        if not greeting:
+            await self._send("LatencyReport", p.latency_report(*latencies))
 
     # --- injected faults
 

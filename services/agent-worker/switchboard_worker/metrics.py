@@ -36,3 +36,16 @@ REDIS_WRITE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 TASKS = Gauge("switchboard_worker_asyncio_tasks", "Live asyncio tasks (a leak shows as growth)")
+TURN_STAGE = Histogram(
+    "switchboard_worker_turn_stage_seconds",
+    "Where a turn's time goes, per stage: caller_to_deepgram and worker_to_edge are Switchboard's "
+    "share (edge timestamps carried in the stream entries); deepgram_* are Deepgram's own figures",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+)
+REPLIES = Counter(
+    "switchboard_worker_replies_total", "Agent replies by what the caller heard (complete | interrupted)", ["outcome"]
+)
+DEAD_AIR = Counter(
+    "switchboard_worker_dead_air_total", "Dead-air watchdog firings by kind and action taken", ["kind", "action"]
+)

@@ -26,6 +26,9 @@ from switchboard import deepgram, entries
 from switchboard import keys as keyspace
 from switchboard import settings_store
 from switchboard.agent_settings import AgentSettings
+from switchboard.conversation import (
+    Action, Conversation, ConversationConfig, Emit, Hangup, Observe, Reconnect, ToAgent, ToCaller,
+)
 from switchboard.entries import Kind, now_us
 from switchboard.outbox import Outbox, PeerStalled
 
@@ -74,9 +77,8 @@ class CallSession:
         self._closing_dg = False
         self._end_after_reply = False
         self._last_error: str | None = None
-        self._reply_no = 0
-        self.agent_speaking = False  # between AgentStartedSpeaking and AgentAudioDone
-        self._playing_reply = 0  # reply whose audio may still be playing to the caller (0 = none)
+        # Replies, what the caller heard of them, turn timing, dead air: decided here, done by us.
+        self.conv = Conversation(ConversationConfig(), time.monotonic())
         self._unanswered: str | None = None
         self._utterance_at = ""
         self._resumed_from = ""
@@ -136,6 +138,7 @@ class CallSession:
         profile = meta.get(b"profile", b"").decode() or None
         resolved = await settings_store.resolve(self.worker.redis, self.worker.keys, self.call_sid, profile)
         self.settings = resolved.settings
+        self.conv.config = ConversationConfig.from_settings(self.settings)
         raw_overrides = meta.get(b"overrides")
         if raw_overrides:
             self._live_overrides = orjson.loads(raw_overrides)
@@ -205,6 +208,7 @@ class CallSession:
             self.settings.think.prompt = self._live_overrides["prompt"]
         if "speak" in self._live_overrides:
             self.settings.speak = type(self.settings.speak).model_validate(self._live_overrides["speak"])
+        self.conv.config = ConversationConfig.from_settings(self.settings)
 
     async def _connect(self, resume: bool | None = None) -> None:
         resume = self.takeover if resume is None else resume
@@ -282,6 +286,7 @@ class CallSession:
             except ConnectionClosed:
                 pass
             await self._detach()
+            self._apply(self.conv.on_agent_reconnect(time.monotonic()))
             if self._closing_dg or self._stopped.is_set():
                 return "completed"
             code = self._last_error or "closed"
@@ -353,27 +358,32 @@ class CallSession:
 
     # --- caller → Deepgram ---------------------------------------------------------------------
     def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        self._last_caller_entry = time.monotonic()
+        mono = self._last_caller_entry = time.monotonic()
         audio: list[bytes] = []
         now = now_us()
+        worst = 0
         for _entry_id, fields in batch:
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
-                t_us = int(fields.get(b"t", 0))
+                transit_us = now - int(fields.get(b"t", now))
                 audio.append(fields[b"p"])
-                metrics.CALLER_TRANSIT.observe(max(0, now - t_us) / 1e6)
+                metrics.CALLER_TRANSIT.observe(max(0, transit_us) / 1e6)
+                if transit_us > worst:
+                    worst = transit_us
                 continue
             self._send_caller_audio(audio)
             if kind == Kind.STOP.value:
                 self._on_stop(fields.get(b"p", b"").decode(errors="replace"))
-            elif kind == Kind.MARK.value:
-                name = fields.get(b"p", b"").decode(errors="replace")
-                if name == f"reply-{self._playing_reply}":
-                    self._playing_reply = 0  # Twilio has played (or cleared) the whole reply
-                self._event("mark_played", name=name)
-            elif kind == Kind.DTMF.value:
-                self._event("dtmf", digit=fields.get(b"p", b"").decode(errors="replace"))
+                continue
+            try:
+                entry = entries.decode(fields)
+            except entries.EntryError as exc:
+                log.warning("bad caller entry: %s", exc, extra=self.extra)
+                continue
+            self._apply(self.conv.on_caller_entry(entry, mono))
         self._send_caller_audio(audio)
+        if worst:
+            self.conv.on_caller_transit(worst)
         self._in_pos = batch[-1][0]
 
     def _send_caller_audio(self, parts: list[bytes]) -> None:
@@ -423,6 +433,8 @@ class CallSession:
             return
         if not self._ready or self._outbox is None:
             return
+        if not self._stopped.is_set() and not self._hangup_requested:
+            self._apply(self.conv.tick(now))
         if self._outbox.stalled(now) and self._dg is not None:
             log.warning("deepgram socket stalled (a send hung); dropping it to reconnect", extra=self.extra)
             self._dg.transport.abort()
@@ -441,6 +453,9 @@ class CallSession:
     def _on_agent_audio(self, frame: bytes) -> None:
         metrics.AUDIO_BYTES_FROM_DG.inc(len(frame))
         self.worker.writer.append(self.out_key, entries.audio(frame, now_us()))
+        actions = self.conv.on_agent_audio(len(frame), time.monotonic())
+        if actions:
+            self._apply(actions)
 
     def _on_agent_event(self, text: str) -> None:
         try:
@@ -449,39 +464,22 @@ class CallSession:
             log.warning("%s", exc, extra=self.extra)
             return
         kind = msg["type"]
+        self._apply(self.conv.on_agent_message(msg, time.monotonic()))
         if kind == "UserStartedSpeaking":
-            # Barge-in: nothing still queued may play; the clear overtakes it.
-            self.worker.writer.drop_pending_audio(self.out_key)
-            self.worker.writer.append(self.out_key, entries.clear())
             # Stream ids are Redis' clock in ms: remember where this utterance began (VAD needs
             # a few hundred ms to fire) so a takeover can replay it if it is never transcribed.
             self._utterance_at = f"{time.time_ns() // 1_000_000 - 700}-0"
             self.worker.spawn_write(self.call_key, {"utt_pos": self._utterance_at})
-            if self._playing_reply:
-                metrics.BARGE_INS.inc()
-                self._event("barge_in", reply=self._playing_reply)
-                self._playing_reply = 0
-            else:
-                self._event("user_started_speaking")
         elif kind == "ConversationText":
-            role, content = str(msg.get("role", "")), str(msg.get("content", ""))
-            self._event("transcript", role=role, content=content)
-            if role == "user":
+            if msg.get("role") == "user":
                 self.worker.spawn_hincrby(self.call_key, "turns")
                 # Mark that utterance answered with its own value: the two writes may land in
                 # either order, and equal values mean "nothing to replay" either way.
                 self.worker.spawn_write(self.call_key, {"utt_answered": self._utterance_at})
         elif kind == "AgentStartedSpeaking":
-            self._reply_no += 1
-            self.agent_speaking = True
-            self._playing_reply = self._reply_no
             if isinstance(msg.get("total_latency"), (int, float)):
                 metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
-            self._event("agent_started_speaking", **{k: v for k, v in msg.items() if k != "type"})
         elif kind == "AgentAudioDone":
-            self.agent_speaking = False
-            self.worker.writer.append(self.out_key, entries.mark(f"reply-{self._reply_no}"))
-            self._event("agent_audio_done", reply=self._reply_no)
             if self._end_after_reply:
                 self._ask_edge_to_hang_up("end_call")
         elif kind == "FunctionCallRequest":
@@ -494,10 +492,46 @@ class CallSession:
             self._event("warning", code=msg.get("code"), description=msg.get("description"))
             log.info("deepgram warning %s", msg.get("code"), extra=self.extra)
         elif kind in ("PromptUpdated", "SpeakUpdated", "ThinkUpdated", "InjectionRefused", "AgentThinking",
-                      "FunctionCallCancelled", "LatencyReport"):
+                      "FunctionCallCancelled"):
             self._event(kind[0].lower() + "".join("_" + c.lower() if c.isupper() else c for c in kind[1:]),
                         **{k: v for k, v in msg.items() if k != "type"})
-        # Welcome, SettingsApplied, History and types Deepgram adds later need no action here.
+        # Welcome, SettingsApplied, History, LatencyReport (in turn_latency) and types Deepgram
+        # adds later need no action here.
+
+    def _apply(self, actions: list[Action]) -> None:
+        """Carry out what the conversation decided."""
+        for action in actions:
+            if isinstance(action, Emit):
+                self._event(action.type, **action.data)
+            elif isinstance(action, ToCaller):
+                if action.entry.kind is Kind.CLEAR:
+                    self.worker.writer.drop_pending_audio(self.out_key)  # the clear overtakes it
+                self.worker.writer.append(self.out_key, action.entry)
+            elif isinstance(action, ToAgent):
+                self.send_to_agent(action.message)
+            elif isinstance(action, Observe):
+                self._observe(action)
+            elif isinstance(action, Hangup):
+                if action.after_reply:
+                    self.end_after_reply()
+                else:
+                    self._ask_edge_to_hang_up(action.reason)
+            elif isinstance(action, Reconnect):
+                log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
+                if self._dg is not None:
+                    self._dg.transport.abort()
+
+    def _observe(self, action: Observe) -> None:
+        if action.metric == "turn_stage":
+            metrics.TURN_STAGE.labels(action.label).observe(action.value)
+        elif action.metric == "barge_in":
+            metrics.BARGE_INS.inc()
+        elif action.metric == "dead_air":
+            kind, _, taken = action.label.partition(":")
+            metrics.DEAD_AIR.labels(kind, taken).inc()
+            log.warning("dead air: %s, %s", kind, taken, extra=self.extra)
+        elif action.metric == "reply":
+            metrics.REPLIES.labels(action.label).inc()
 
     def _record_error(self, code: str, description: str) -> None:
         metrics.DG_ERRORS.labels(code).inc()
@@ -526,8 +560,13 @@ class CallSession:
     def request_hangup(self, reason: str) -> None:
         self._ask_edge_to_hang_up(reason)
 
+    @property
+    def agent_speaking(self) -> bool:
+        return self.conv.agent_speaking
+
     def remember_override(self, field: str, value: Any) -> None:
         self._live_overrides[field] = value
+        self.conv.config = ConversationConfig.from_settings(self.settings)
         self.worker.spawn_write(self.call_key, {"overrides": orjson.dumps(self._live_overrides)})
 
     def _event(self, kind: str, **data: Any) -> None:

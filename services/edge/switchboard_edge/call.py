@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from switchboard import entries, twilio
+from switchboard.conversation import is_reply_start
 from switchboard.entries import Kind, now_us
 from switchboard.outbox import Outbox, PeerStalled
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _SID = re.compile(r"^[A-Za-z0-9]{2,64}$")
 HANGUP_MARK = "sb-hangup"
+MAX_OUTSTANDING_MARKS = 512  # a client that never echoes marks must not grow memory
 
 
 class EdgeCall:
@@ -54,6 +56,9 @@ class EdgeCall:
         self._errors = 0
         self._stopped = False
         self._closing: asyncio.Task[None] | None = None
+        # Marks sent to Twilio and not echoed yet: the ones a clear flushes were never played.
+        self._marks_out: dict[str, None] = {}
+        self._reply_start = ""  # a reply-start mark whose following audio's transit is reported
 
     @property
     def _ids(self) -> dict[str, str]:
@@ -150,6 +155,7 @@ class EdgeCall:
                 # Twilio has played everything we sent before the goodbye mark.
                 self._close(1000, "call ended")
                 return
+            self._marks_out.pop(event.name, None)
             self._server.writer.append(self._in_key, entries.mark(event.name))
         elif isinstance(event, twilio.Dtmf):
             self._server.writer.append(self._in_key, entries.dtmf(event.digit))
@@ -199,7 +205,12 @@ class EdgeCall:
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
                 audio.append(fields[b"p"])
-                metrics.AGENT_TRANSIT.observe(max(0, now - int(fields.get(b"t", now))) / 1e6)
+                transit_us = max(0, now - int(fields.get(b"t", now)))
+                metrics.AGENT_TRANSIT.observe(transit_us / 1e6)
+                if self._reply_start:
+                    # The worker's share of this reply's latency on the way out.
+                    self._server.writer.append(self._in_key, entries.timing(self._reply_start, transit_us))
+                    self._reply_start = ""
                 continue
             if kind == Kind.CLEAR.value:
                 # Barge-in overtakes everything still queued here, including this batch's audio.
@@ -208,12 +219,23 @@ class EdgeCall:
                 # the worker learns what was cut); queued audio does not.
                 self._outbox.clear(keep=_is_mark)
                 self._outbox.put(twilio.clear_message(self.stream_sid))
+                # Twilio echoes every mark still pending right after the clear, as if played:
+                # tell the worker which ones those are, so it knows what the caller really heard.
+                self._server.writer.append(self._in_key, entries.cleared(list(self._marks_out)))
+                self._marks_out.clear()
+                self._reply_start = ""
                 metrics.CLEARS.inc()
                 metrics.BARGE_IN.observe(max(0, now - int(fields.get(b"t", now))) / 1e6)
                 continue
             self._send_audio(audio)
             if kind == Kind.MARK.value:
-                self._outbox.put(twilio.mark_message(self.stream_sid, fields[b"p"].decode(errors="replace")))
+                name = fields[b"p"].decode(errors="replace")
+                self._outbox.put(twilio.mark_message(self.stream_sid, name))
+                self._marks_out[name] = None
+                if len(self._marks_out) > MAX_OUTSTANDING_MARKS:
+                    self._marks_out.pop(next(iter(self._marks_out)))
+                if is_reply_start(name):
+                    self._reply_start = name
             elif kind == Kind.HANGUP.value:
                 self._begin_hangup(fields[b"p"].decode(errors="replace"))
         self._send_audio(audio)
