@@ -75,7 +75,8 @@ class Reconnect:
 class Observe:
     """One observation for a Prometheus metric."""
 
-    metric: str  # "turn_stage" (seconds, label = stage) or "dead_air" (count, label = kind:action)
+    # turn_stage (seconds, label = stage), dead_air (label = kind:action), reply (label = outcome), barge_in
+    metric: str
     label: str
     value: float = 1.0
 
@@ -388,6 +389,7 @@ class Conversation:
             actions.append(Emit("turn_latency", {
                 "reply": reply.number, "stages": dict(reply.latency), "switchboard_ms": round(switchboard, 2),
             }))
+        actions.append(Observe("reply", "interrupted" if interrupted and fraction < 1.0 else "complete"))
         actions.extend(self._tell_agent(reply, heard_text, fraction, interrupted))
         return actions
 
