@@ -1,0 +1,391 @@
+"""A call's journal: what the worker saw and did, recorded for replay and listening (pure, no I/O).
+
+Opt-in per profile (`AgentSettings.journal`). The worker hands each message it receives or
+sends to a `Recorder`, which returns the entry to append to `keys.journal(stream_sid)` (or
+None when that message is not recorded). An entry's payload is one source byte followed by
+the message itself, binary-safe, so audio stays raw bytes in Redis:
+
+    i  caller entry from :in       kind(1) | entry t_us (8, big-endian) | payload
+    o  entry written to :out       kind(1) | entry t_us (8, big-endian) | payload   (no audio)
+    A  agent audio from Deepgram   raw mu-law bytes
+    D  text frame from Deepgram    JSON as received
+    U  text message to Deepgram    JSON with every secret replaced by "***"
+    E  session event (:events)     JSON as appended
+    S  start of the journal        JSON {call_sid, stream_sid, settings (secrets masked)}
+
+The entry's own `t` is when the worker handled the message (µs since the epoch); replay
+runs its virtual clock on it. A journal leaves Redis as JSON lines (`to_jsonl`), where
+audio is base64, and comes back with `from_jsonl`, so it can be replayed without Redis.
+
+Secrets never reach the journal: in every message to Deepgram (and the settings in the
+start record) a field whose name is secret-like (api_key, token, authorization, ...), every
+value under `headers`, and secret-like query parameters or passwords of URLs are masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from .agent_settings import _SECRET_NAME, MASK
+from .entries import Entry, EntryError, Kind, now_us
+from .entries import decode as decode_entry
+
+if TYPE_CHECKING:
+    from .agent_settings import AgentSettings, Journal
+
+FORMAT = "switchboard-journal/1"
+_T = struct.Struct(">q")
+
+
+class Source(bytes, Enum):
+    """Where a recorded message came from; one byte in Redis, a name in JSON lines."""
+
+    START = b"S"
+    CALLER = b"i"
+    TO_TWILIO = b"o"
+    AGENT_AUDIO = b"A"
+    FROM_DEEPGRAM = b"D"
+    TO_DEEPGRAM = b"U"
+    EVENT = b"E"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    Source.START: "start",
+    Source.CALLER: "caller",
+    Source.TO_TWILIO: "to_twilio",
+    Source.AGENT_AUDIO: "agent_audio",
+    Source.FROM_DEEPGRAM: "from_deepgram",
+    Source.TO_DEEPGRAM: "to_deepgram",
+    Source.EVENT: "event",
+}
+_BY_TAG = {source.value[0]: source for source in Source}
+_BY_LABEL = {label: source for source, label in _LABELS.items()}
+_ENTRY_SOURCES = (Source.CALLER, Source.TO_TWILIO)
+_TEXT_SOURCES = (Source.START, Source.FROM_DEEPGRAM, Source.TO_DEEPGRAM, Source.EVENT)
+
+
+class JournalError(ValueError):
+    """A journal entry or JSON line that cannot be decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    source: Source
+    t_us: int  # when the worker handled it
+    data: bytes  # the payload after the source byte
+
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream entry of a caller or to-Twilio record, as the field map it had in Redis."""
+        if self.source not in _ENTRY_SOURCES or len(self.data) < 1 + _T.size:
+            raise JournalError(f"a {self.source.label} record holds no stream entry")
+        return {b"k": self.data[:1], b"p": self.data[1 + _T.size :], b"t": b"%d" % _T.unpack_from(self.data, 1)[0]}
+
+    @property
+    def entry(self) -> Entry:
+        """The stream entry of a caller or to-Twilio record (its own `t` is when it entered Switchboard)."""
+        try:
+            return decode_entry(self.fields())
+        except EntryError as exc:
+            raise JournalError(str(exc)) from None
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+    def to_entry(self) -> Entry:
+        """The journal stream entry this record was decoded from."""
+        return Entry(Kind.JOURNAL, self.source.value + self.data, self.t_us)
+
+
+def _pack_entry(kind: Kind, t_us: int, payload: bytes) -> bytes:
+    return kind.value + _T.pack(t_us) + payload
+
+
+# --- recording ---------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Turns what one call's session sees and sends into journal entries, as configured."""
+
+    def __init__(self, config: Journal, clock: Callable[[], int] = now_us) -> None:
+        self.config = config
+        self.enabled = config.enabled
+        self.audio = config.enabled and config.audio
+        self._clock = clock
+
+    @property
+    def maxlen(self) -> int:
+        """The journal stream's cap (MAXLEN ~): the oldest entries go first."""
+        return self.config.max_entries
+
+    def _entry(self, source: Source, data: bytes, t_us: int) -> Entry:
+        return Entry(Kind.JOURNAL, source.value + data, t_us)
+
+    def start(
+        self, call_sid: str, stream_sid: str, settings: AgentSettings, t_us: int, session_id: str | None = None
+    ) -> Entry | None:
+        """The first record of a session: the call, the settings it runs with and the Conversation's
+        session id (its mark names), which a replay needs to behave the same."""
+        if not self.enabled:
+            return None
+        doc: dict[str, Any] = {"call_sid": call_sid, "stream_sid": stream_sid,
+                               "settings": redact(settings.model_dump(mode="json", exclude_none=True))}
+        if session_id is not None:
+            doc["session_id"] = session_id
+        return self._entry(Source.START, orjson.dumps(doc), t_us)
+
+    def caller_entry(self, fields: dict[bytes, bytes]) -> Entry | None:
+        """An entry of the call's :in stream as the worker got it; audio only with `audio` on."""
+        if not self.enabled:
+            return None
+        kind_raw = fields.get(b"k", b"")
+        if kind_raw == Kind.AUDIO.value and not self.audio:
+            return None
+        try:
+            kind = Kind(kind_raw)
+            t_us = int(fields.get(b"t", b"0"))
+        except ValueError:
+            return None  # the worker ignores what it cannot decode; so does the journal
+        return self._entry(Source.CALLER, _pack_entry(kind, t_us, fields.get(b"p", b"")), self._clock())
+
+    def agent_audio(self, frame: bytes, t_us: int) -> Entry | None:
+        """A binary frame from Deepgram."""
+        if not self.audio:
+            return None
+        return self._entry(Source.AGENT_AUDIO, frame, t_us)
+
+    def from_deepgram(self, text: str, t_us: int) -> Entry | None:
+        """A text frame from Deepgram, as received (it carries none of our secrets)."""
+        if not self.enabled:
+            return None
+        return self._entry(Source.FROM_DEEPGRAM, text.encode(), t_us)
+
+    def to_deepgram(self, message: str | bytes, t_us: int) -> Entry | None:
+        """A JSON message the worker sends to Deepgram, secrets masked."""
+        if not self.enabled:
+            return None
+        try:
+            msg = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            if isinstance(message, bytes):
+                return None  # caller audio: already recorded as caller entries
+            # Cannot be redacted field by field, so it is not kept at all.
+            msg = {"type": "Unparseable", "length": len(message)}
+        return self._entry(Source.TO_DEEPGRAM, orjson.dumps(redact(msg)), t_us)
+
+    def to_twilio(self, entry: Entry) -> Entry | None:
+        """A control entry the worker writes to :out (clear, mark, hangup); agent audio is `agent_audio`."""
+        if not self.enabled or entry.kind is Kind.AUDIO:
+            return None
+        return self._entry(Source.TO_TWILIO, _pack_entry(entry.kind, entry.t_us, entry.payload), entry.t_us)
+
+    def session_event(self, payload_json: bytes, t_us: int) -> Entry | None:
+        """An event the session appended to :events, so a replay can be compared with it."""
+        if not self.enabled:
+            return None
+        return self._entry(Source.EVENT, payload_json, t_us)
+
+
+# --- redaction -----------------------------------------------------------------------------------
+
+
+def redact(node: Any, *, secret: bool = False) -> Any:
+    """`node` (JSON) with secret values masked, wherever they are.
+
+    Stricter than `agent_settings.masked` (which knows where settings keep secrets): the
+    journal sees every message shape Deepgram has or will have, so any secret-like field
+    name anywhere is masked, and so is everything under `headers`.
+    """
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for name, value in node.items():
+            key = str(name)
+            if secret or (_SECRET_NAME.search(key) and not isinstance(value, bool)):
+                out[key] = _mask(value)
+            elif key.lower() == "headers":
+                out[key] = redact(value, secret=True)
+            elif key.lower() in ("url", "uri", "endpoint") and isinstance(value, str):
+                out[key] = redact_url(value)
+            else:
+                out[key] = redact(value)
+        return out
+    if isinstance(node, list):
+        return [redact(item, secret=secret) for item in node]
+    return _mask(node) if secret else node
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return redact(value, secret=True)
+    if isinstance(value, list):
+        return [_mask(item) for item in value]
+    return value if value in (None, "") else MASK
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password and with secret-like query parameters masked (`?key=...`)."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        return MASK  # not a URL we can take apart: do not risk keeping a secret
+    netloc = parts.netloc
+    if parts.password is not None and hostname is not None:
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{parts.username}:{MASK}@{hostname}{port}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if _SECRET_NAME.search(k) and v else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def decode_record(fields: dict[bytes, bytes]) -> JournalRecord:
+    try:
+        entry = decode_entry(fields)
+    except EntryError as exc:
+        raise JournalError(str(exc)) from None
+    if entry.kind is not Kind.JOURNAL or not entry.payload:
+        raise JournalError(f"not a journal entry (kind {entry.kind.value!r})")
+    source = _BY_TAG.get(entry.payload[0])
+    if source is None:
+        raise JournalError(f"unknown journal source {entry.payload[:1]!r}")
+    return JournalRecord(source, entry.t_us, bytes(entry.payload[1:]))
+
+
+def decode_journal(
+    entries: Iterable[dict[bytes, bytes] | tuple[bytes, dict[bytes, bytes]]], *, strict: bool = True
+) -> list[JournalRecord]:
+    """Records from journal stream entries (XRANGE's (id, fields) pairs or bare field maps), in order.
+
+    strict=False skips entries that do not decode (written by a newer version) instead of raising.
+    """
+    records = []
+    for item in entries:
+        fields = item[1] if isinstance(item, tuple) else item
+        try:
+            records.append(decode_record(fields))
+        except JournalError:
+            if strict:
+                raise
+    return records
+
+
+# --- JSON lines ----------------------------------------------------------------------------------
+
+
+def header_line(**info: Any) -> bytes:
+    """The first line of an export: the format and what the journal belongs to."""
+    return orjson.dumps({"format": FORMAT, **info}) + b"\n"
+
+
+def record_to_json(record: JournalRecord) -> dict[str, Any]:
+    line: dict[str, Any] = {"t_us": record.t_us, "source": record.source.label}
+    if record.source in _ENTRY_SOURCES:
+        entry = record.entry
+        line["kind"] = entry.kind.value.decode()
+        line["entry_t_us"] = entry.t_us
+        if entry.kind is Kind.AUDIO:
+            line["audio"] = base64.b64encode(entry.payload).decode()
+        else:
+            _put_bytes(line, "payload", entry.payload)
+    elif record.source is Source.AGENT_AUDIO:
+        line["audio"] = base64.b64encode(record.data).decode()
+    else:
+        _put_bytes(line, "text", record.data)
+    return line
+
+
+def _put_bytes(line: dict[str, Any], name: str, data: bytes) -> None:
+    try:
+        line[name] = data.decode()
+    except UnicodeDecodeError:
+        line[f"{name}_b64"] = base64.b64encode(data).decode()
+
+
+def _get_bytes(line: dict[str, Any], name: str) -> bytes:
+    if f"{name}_b64" in line:
+        return base64.b64decode(line[f"{name}_b64"], validate=True)
+    value = line.get(name, "")
+    if not isinstance(value, str):
+        raise JournalError(f"{name} must be a string")
+    return value.encode()
+
+
+def record_from_json(line: dict[str, Any]) -> JournalRecord:
+    try:
+        source = _BY_LABEL[line["source"]]
+        t_us = int(line["t_us"])
+        if source in _ENTRY_SOURCES:
+            kind = Kind(line["kind"].encode())
+            if kind is Kind.AUDIO:
+                payload = base64.b64decode(line["audio"], validate=True)
+            else:
+                payload = _get_bytes(line, "payload")
+            data = _pack_entry(kind, int(line.get("entry_t_us", t_us)), payload)
+        elif source is Source.AGENT_AUDIO:
+            data = base64.b64decode(line["audio"], validate=True)
+        else:
+            data = _get_bytes(line, "text")
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise JournalError(f"bad journal line: {exc!r}") from None
+    return JournalRecord(source, t_us, data)
+
+
+def to_jsonl(records: Iterable[JournalRecord], **info: Any) -> Iterator[bytes]:
+    """An export: a header line, then one line per record."""
+    yield header_line(**info)
+    for record in records:
+        yield orjson.dumps(record_to_json(record)) + b"\n"
+
+
+def from_jsonl(lines: Iterable[bytes | str]) -> tuple[dict[str, Any], list[JournalRecord]]:
+    """(header, records) of an export; the header is {} if the file has none."""
+    header: dict[str, Any] = {}
+    records: list[JournalRecord] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise JournalError(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(line, dict):
+            raise JournalError(f"line {number}: not a JSON object")
+        if "format" in line:
+            if line["format"] != FORMAT:
+                raise JournalError(f"line {number}: unknown format {line['format']!r} (expected {FORMAT})")
+            header = line
+            continue
+        try:
+            records.append(record_from_json(line))
+        except JournalError as exc:
+            raise JournalError(f"line {number}: {exc}") from None
+    return header, records
+
+
+def start_info(records: list[JournalRecord]) -> dict[str, Any] | None:
+    """The start record's content, or None when the journal has none (trimmed by its cap)."""
+    for record in records:
+        if record.source is Source.START:
+            info = record.json()
+            return info if isinstance(info, dict) else None
+    return None

@@ -1,0 +1,1 @@
+"""`switchboard-journal`: export, listen to and replay a call's journal (see switchboard.journal)."""
