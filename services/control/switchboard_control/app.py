@@ -19,7 +19,7 @@ from switchboard.keys import Keys
 
 from .deps import State
 from .metrics import MetricsMiddleware
-from .routes import calls, health, twiml
+from .routes import calls, health, journal, twiml
 from .routes import settings as settings_routes
 from .settings import ControlSettings
 
@@ -73,7 +73,7 @@ def create_app(settings: ControlSettings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(orjson.JSONEncodeError, _unencodable)  # type: ignore[arg-type]
-    for module in (health, settings_routes, calls, twiml):
+    for module in (health, settings_routes, calls, journal, twiml):
         app.include_router(module.router)
     return app
 

@@ -1,0 +1,125 @@
+"""A call's journal (opt-in recording, see switchboard.journal): as JSON lines, and its audio as WAV.
+
+A call is named by its callSid (its current stream) or, once the call record has expired
+(CALL_RETENTION_S) while the journal is still kept (journal.retention_s), by its streamSid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Path, status
+from fastapi.responses import Response, StreamingResponse
+
+from switchboard import wav
+from switchboard.journal import decode_journal, header_line, record_to_json
+
+from ..deps import Auth, State, StateDep
+from ..models import CALL_SID, Problem
+
+router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
+
+CallSid = Annotated[str, Path(pattern=CALL_SID, description="callSid, or streamSid after the call record expired",
+                              examples=["CA0123456789abcdef0123456789abcdef"])]
+PAGE = 1000
+RESUME_PARAMETER = "sb_resume_of"
+NOT_FOUND = {"model": Problem, "description": "No such call, or it has no journal (journal.enabled was off)"}
+
+
+async def _stream_sid(state: State, call: str) -> str:
+    stream_sid = await state.redis.get(state.keys.call_by_callsid(call))
+    if stream_sid is not None and await state.redis.exists(state.keys.journal(stream_sid.decode())):
+        return stream_sid.decode()
+    if await state.redis.exists(state.keys.journal(call)):
+        return call
+    if stream_sid is not None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call} has no journal: journal.enabled was off for "
+                                                       "its settings, or the journal's retention is over")
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call or stream {call} with a journal")
+
+
+async def _pages(state: State, key: str) -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
+    start = "-"
+    while True:
+        page = await state.redis.xrange(key, min=start, count=PAGE)
+        if page:
+            yield page
+        if len(page) < PAGE:
+            return
+        start = "(" + page[-1][0].decode()
+
+
+async def _info(state: State, call: str, stream_sid: str) -> dict[str, Any]:
+    key = state.keys.journal(stream_sid)
+    fields = await state.redis.hmget(state.keys.call(stream_sid), ["call_sid", "params"])
+    call_sid = fields[0].decode() if fields[0] else (call if call != stream_sid else None)
+    info: dict[str, Any] = {"stream_sid": stream_sid, "call_sid": call_sid, "key": key,
+                            "entries": await state.redis.xlen(key), "ttl_s": await state.redis.ttl(key),
+                            "exported_at": round(time.time(), 3)}
+    try:
+        params = orjson.loads(fields[1] or b"{}")
+    except orjson.JSONDecodeError:
+        params = {}
+    if isinstance(params, dict) and params.get(RESUME_PARAMETER):
+        info["resumed_from"] = str(params[RESUME_PARAMETER])
+    return info
+
+
+@router.get(
+    "/{call_sid}/journal",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+              "description": "JSON lines: a header (format, call ids, key, ttl), then one line per record, "
+                             "oldest first; audio as base64. The same as `switchboard-journal dump`."},
+        401: {"model": Problem},
+        404: NOT_FOUND,
+    },
+)
+async def get_journal(call_sid: CallSid, state: StateDep) -> StreamingResponse:
+    """The call's journal, for `switchboard-journal replay --file` or `wav --file`."""
+    stream_sid = await _stream_sid(state, call_sid)
+    info = await _info(state, call_sid, stream_sid)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield header_line(**info)
+        async for page in _pages(state, info["key"]):
+            records = decode_journal(page, strict=False)
+            yield b"".join(orjson.dumps(record_to_json(record)) + b"\n" for record in records)
+
+    filename = f"{info['call_sid'] or stream_sid}.jsonl"
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get(
+    "/{call_sid}/recording.wav",
+    response_class=Response,
+    responses={
+        200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "Stereo 8 kHz 16-bit PCM: caller left, agent right, on the call's timeline"},
+        401: {"model": Problem},
+        404: {"model": Problem, "description": "No such call, no journal, or a journal recorded without audio"},
+        409: {"model": Problem, "description": "The journal's timestamps cannot be laid out (a clock jumped)"},
+    },
+)
+async def get_recording(call_sid: CallSid, state: StateDep) -> Response:
+    """Both audio tracks of a call recorded with `journal.audio` on."""
+    stream_sid = await _stream_sid(state, call_sid)
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = []
+    async for page in _pages(state, state.keys.journal(stream_sid)):
+        raw.extend(page)
+    try:
+        # Decoding and mixing a long call takes a while: not on the event loop.
+        body = await asyncio.to_thread(lambda: wav.render(decode_journal(raw, strict=False)).wav())
+    except wav.NoAudio:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the journal of {call_sid} holds no audio: "
+                                                       "it was recorded with journal.audio off") from None
+    except wav.BadTimeline as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot lay out the audio: {exc}") from None
+    name = call_sid if call_sid != stream_sid else stream_sid
+    return Response(body, media_type="audio/wav", headers={"Content-Disposition": f'attachment; filename="{name}.wav"'})
