@@ -175,12 +175,12 @@ class Recorder:
             return None
         return self._entry(Source.FROM_DEEPGRAM, text.encode(), t_us)
 
-    def to_deepgram(self, message: str | bytes, t_us: int) -> Entry | None:
-        """A JSON message the worker sends to Deepgram, secrets masked."""
+    def to_deepgram(self, message: str | bytes | dict[str, Any], t_us: int) -> Entry | None:
+        """A JSON message the worker sends to Deepgram (text, or the dict it was built from), secrets masked."""
         if not self.enabled:
             return None
         try:
-            msg = orjson.loads(message)
+            msg = message if isinstance(message, dict) else orjson.loads(message)
         except orjson.JSONDecodeError:
             if isinstance(message, bytes):
                 return None  # caller audio: already recorded as caller entries
