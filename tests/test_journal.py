@@ -345,3 +345,15 @@ def test_replay_reports_a_call_that_behaved_differently(tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == expected, run.stdout + run.stderr
         assert ("MISMATCH" if expected else "MATCH") in run.stdout
+
+
+def test_replay_of_a_trimmed_or_damaged_journal_says_what_it_could_not_use():
+    records = recorded_barge_in_call()[1:]  # the cap took the start record
+    broken = journal.JournalRecord(Source.FROM_DEEPGRAM, records[0].t_us, b"{not json")
+    weird = journal.JournalRecord(Source.TO_DEEPGRAM, records[0].t_us, b"[1, 2")
+    result = replay([broken, weird, *records])
+    assert any("no start record" in note for note in result.notes)
+    assert any("record 1 (to_deepgram) skipped" in note for note in result.notes)
+    assert any(line.what.startswith("unparseable frame") for line in result.timeline)
+    # The session id came from the recorded marks, so the barge-in is still reproduced.
+    assert result.ok, result.mismatches

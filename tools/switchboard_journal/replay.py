@@ -21,8 +21,8 @@ from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
     Action, Conversation, ConversationConfig, Emit, Hangup, Reconnect, parse_mark,
 )
-from switchboard.entries import Entry, EntryError, Kind
-from switchboard.journal import JournalError, JournalRecord, Source
+from switchboard.entries import Entry, Kind
+from switchboard.journal import JournalRecord, Source
 
 TICK_S = 0.5  # the worker ticks every session twice a second
 # Events the Conversation decides; the rest of :events (connects, function calls, the end of
@@ -114,7 +114,7 @@ class _Replay:
             self._tick_until(now)
             try:
                 self._feed(index, record, now)
-            except (JournalError, EntryError) as exc:
+            except ValueError as exc:  # JournalError, EntryError, a JSON record that is not JSON
                 self.result.notes.append(f"record {index} ({record.source.label}) skipped: {exc}")
         self.result.duration_s = self.records[-1].t_us / 1e6 - self.t0
         self._compare()
@@ -124,7 +124,8 @@ class _Replay:
     def _feed(self, index: int, record: JournalRecord, now: float) -> None:
         source = record.source
         if source is Source.START:
-            self._start(index, record.json(), now)
+            info = record.json()
+            self._start(index, info if isinstance(info, dict) else {}, now)
             return
         if self.conv is None:
             self._start(index, {}, now)
