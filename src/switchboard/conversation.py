@@ -168,6 +168,7 @@ class Conversation:
         self._stall_reported = False
         self._note_active = False
         self._goodbye_pending = False
+        self._caller_speaking = False
         self._finished: list[int] = []  # recently finished replies, for a late LatencyReport
 
     @property
@@ -189,6 +190,7 @@ class Conversation:
         actions: list[Action] = []
         if kind == "UserStartedSpeaking":
             self._caller_active(now)
+            self._caller_speaking = True  # until the transcript of what they said arrives
             self._utterance_transit_us = 0
             if self.playing or self._speaking is not None:
                 # Barge-in: nothing still queued may play; the clear overtakes it.
@@ -203,6 +205,7 @@ class Conversation:
             actions.append(Emit("transcript", {"role": role, "content": content}))
             if role == "user":
                 self._caller_active(now)
+                self._caller_speaking = False
             elif role == "assistant":
                 self._pending_text = content
                 self._last_heard_at = now
@@ -428,7 +431,7 @@ class Conversation:
                 out.append(Reconnect("agent_stall") if action == "reconnect" else Hangup("dead_air_agent_stall"))
                 return out
             return []
-        if self.playing or not config.caller_idle_s:
+        if self.playing or self._caller_speaking or not config.caller_idle_s:
             return []
         idle = now - self._last_heard_at
         if idle < config.caller_idle_s:

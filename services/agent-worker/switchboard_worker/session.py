@@ -75,10 +75,11 @@ class CallSession:
         self.stop_reason = ""
         self._hangup_requested = False
         self._closing_dg = False
-        self._end_after_reply = False
+        self._end_after_reply = ""  # hang-up reason once the current reply has been sent
         self._last_error: str | None = None
         # Replies, what the caller heard of them, turn timing, dead air: decided here, done by us.
         self.conv = Conversation(ConversationConfig(), time.monotonic())
+        self._reask = False
         self._unanswered: str | None = None
         self._utterance_at = ""
         self._resumed_from = ""
@@ -481,7 +482,7 @@ class CallSession:
                 metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
         elif kind == "AgentAudioDone":
             if self._end_after_reply:
-                self._ask_edge_to_hang_up("end_call")
+                self._ask_edge_to_hang_up(self._end_after_reply)
         elif kind == "FunctionCallRequest":
             self._functions.handle_request(msg)
         elif kind == "Error":
@@ -513,11 +514,13 @@ class CallSession:
                 self._observe(action)
             elif isinstance(action, Hangup):
                 if action.after_reply:
-                    self.end_after_reply()
+                    self.end_after_reply(action.reason)
                 else:
                     self._ask_edge_to_hang_up(action.reason)
             elif isinstance(action, Reconnect):
                 log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
+                # The reply it was giving was never heard: the new session answers the question again.
+                self._reask = True
                 if self._dg is not None:
                     self._dg.transport.abort()
 
@@ -545,8 +548,8 @@ class CallSession:
         self._outbox.put(message)
         return True
 
-    def end_after_reply(self) -> None:
-        self._end_after_reply = True
+    def end_after_reply(self, reason: str = "end_call") -> None:
+        self._end_after_reply = reason
 
     def _ask_edge_to_hang_up(self, reason: str) -> None:
         if self._hangup_requested:
@@ -569,14 +572,14 @@ class CallSession:
         self.conv.config = ConversationConfig.from_settings(self.settings)
         self.worker.spawn_write(self.call_key, {"overrides": orjson.dumps(self._live_overrides)})
 
-    def _event(self, kind: str, **data: Any) -> None:
+    def _event(self, kind: str, /, **data: Any) -> None:
         data["type"] = kind
         data["ts"] = round(time.time(), 3)
         self.worker.writer.append(
             self.events_key, entries.event(orjson.dumps(data, default=str)), maxlen=keyspace.EVENTS_STREAM_MAXLEN
         )
 
-    def event(self, kind: str, **data: Any) -> None:
+    def event(self, kind: str, /, **data: Any) -> None:
         self._event(kind, **data)
 
     @property
@@ -600,6 +603,10 @@ class CallSession:
                         event["id"], event["name"], event.get("arguments", "{}"), str(event.get("response", ""))
                     )
                 )
+        if self._reask:
+            self._reask = False
+            while history and history[-1].get("role") == "assistant":
+                history.pop()  # said by Deepgram (ConversationText) but not heard by the caller
         if history and history[-1].get("role") == "user":
             # The caller's last words were heard but never answered (the old session died
             # while thinking): ask again on the new session instead of leaving the caller hanging.
