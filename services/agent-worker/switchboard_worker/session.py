@@ -29,7 +29,8 @@ from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
     Action, Conversation, ConversationConfig, Emit, Hangup, Observe, Reconnect, ToAgent, ToCaller,
 )
-from switchboard.entries import Kind, now_us
+from switchboard.entries import Entry, Kind, now_us
+from switchboard.journal import Recorder
 from switchboard.outbox import Outbox, PeerStalled
 
 from . import metrics
@@ -62,6 +63,7 @@ class CallSession:
         self.out_key = keys.agent_output(stream_sid)
         self.events_key = keys.events(stream_sid)
         self.cmd_key = keys.commands(stream_sid)
+        self.journal_key = keys.journal(stream_sid)
         self.lease_token = ""
         self.settings = AgentSettings()
         self._live_overrides: dict[str, Any] = {}
@@ -80,6 +82,7 @@ class CallSession:
         # Replies, what the caller heard of them, turn timing, dead air: decided here, done by us.
         self.conv = Conversation(ConversationConfig(), time.monotonic())
         self._reask = False
+        self._journal = Recorder(self.settings.journal)  # off until the call's settings say otherwise
         self._unanswered: str | None = None
         self._utterance_at = ""
         self._resumed_from = ""
@@ -140,6 +143,8 @@ class CallSession:
         resolved = await settings_store.resolve(self.worker.redis, self.worker.keys, self.call_sid, profile)
         self.settings = resolved.settings
         self.conv.config = ConversationConfig.from_settings(self.settings)
+        self._journal = Recorder(self.settings.journal)
+        self._record(self._journal.start(self.call_sid, self.stream_sid, self.settings, now_us(), self.conv.session_id))
         raw_overrides = meta.get(b"overrides")
         if raw_overrides:
             self._live_overrides = orjson.loads(raw_overrides)
@@ -217,6 +222,7 @@ class CallSession:
         message = self.settings.to_settings_message(
             tags=["switchboard", f"callsid:{self.call_sid}"], context=context, resume=resume
         )
+        self._record(self._journal.to_deepgram(message, now_us()))
         attempts = self.worker.settings.deepgram_max_reconnects + 1
         delay = 0.2
         for attempt in range(1, attempts + 1):
@@ -255,7 +261,7 @@ class CallSession:
         self._closing_dg = self._stopped.is_set()
         self._last_audio_at = time.monotonic()
         if self._unanswered:
-            self._outbox.put(deepgram.inject_user_message(self._unanswered))
+            self.send_to_agent(deepgram.inject_user_message(self._unanswered))
             self._unanswered = None
         if self._buffer:
             self._outbox.put(b"".join(self._buffer))
@@ -363,7 +369,10 @@ class CallSession:
         audio: list[bytes] = []
         now = now_us()
         worst = 0
+        recording = self._journal.enabled
         for _entry_id, fields in batch:
+            if recording:
+                self._record(self._journal.caller_entry(fields))
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
                 transit_us = now - int(fields.get(b"t", now))
@@ -447,18 +456,23 @@ class CallSession:
         if self._last_keepalive_at > self._last_audio_at and now - self._last_keepalive_at < settings.keepalive_every_s:
             return
         self._outbox.put(deepgram.KEEPALIVE)
+        self._record(self._journal.to_deepgram(deepgram.KEEPALIVE, now_us()))
         self._last_keepalive_at = now
         metrics.KEEPALIVES.inc()
 
     # --- Deepgram → caller -----------------------------------------------------------------------
     def _on_agent_audio(self, frame: bytes) -> None:
         metrics.AUDIO_BYTES_FROM_DG.inc(len(frame))
-        self.worker.writer.append(self.out_key, entries.audio(frame, now_us()))
+        t_us = now_us()
+        self.worker.writer.append(self.out_key, entries.audio(frame, t_us))
+        if self._journal.audio:
+            self._record(self._journal.agent_audio(frame, t_us))
         actions = self.conv.on_agent_audio(len(frame), time.monotonic())
         if actions:
             self._apply(actions)
 
     def _on_agent_event(self, text: str) -> None:
+        self._record(self._journal.from_deepgram(text, now_us()))
         try:
             msg = deepgram.parse_server(text)
         except deepgram.DeepgramProtocolError as exc:
@@ -508,6 +522,7 @@ class CallSession:
                 if action.entry.kind is Kind.CLEAR:
                     self.worker.writer.drop_pending_audio(self.out_key)  # the clear overtakes it
                 self.worker.writer.append(self.out_key, action.entry)
+                self._record(self._journal.to_twilio(action.entry))
             elif isinstance(action, ToAgent):
                 self.send_to_agent(action.message)
             elif isinstance(action, Observe):
@@ -546,6 +561,7 @@ class CallSession:
         if not self._ready or self._outbox is None:
             return False
         self._outbox.put(message)
+        self._record(self._journal.to_deepgram(message, now_us()))
         return True
 
     def end_after_reply(self, reason: str = "end_call") -> None:
@@ -555,7 +571,9 @@ class CallSession:
         if self._hangup_requested:
             return
         self._hangup_requested = True
-        self.worker.writer.append(self.out_key, entries.hangup(reason))
+        hangup = entries.hangup(reason)
+        self.worker.writer.append(self.out_key, hangup)
+        self._record(self._journal.to_twilio(hangup))
         # Twilio will ask the control API what to do after the stream closes: hang up, not reconnect.
         self.worker.spawn_write(self.call_key, {"hangup_requested": reason})
         self._event("hangup_requested", reason=reason)
@@ -575,9 +593,13 @@ class CallSession:
     def _event(self, kind: str, /, **data: Any) -> None:
         data["type"] = kind
         data["ts"] = round(time.time(), 3)
-        self.worker.writer.append(
-            self.events_key, entries.event(orjson.dumps(data, default=str)), maxlen=keyspace.EVENTS_STREAM_MAXLEN
-        )
+        event = entries.event(orjson.dumps(data, default=str))
+        self.worker.writer.append(self.events_key, event, maxlen=keyspace.EVENTS_STREAM_MAXLEN)
+        self._record(self._journal.session_event(event.payload, event.t_us))
+
+    def _record(self, entry: Entry | None) -> None:
+        if entry is not None:
+            self.worker.writer.append(self.journal_key, entry, maxlen=self._journal.maxlen)
 
     def event(self, kind: str, /, **data: Any) -> None:
         self._event(kind, **data)
