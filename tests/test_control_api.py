@@ -253,6 +253,13 @@ async def test_a_per_call_prompt_set_before_the_call_is_the_prompt_deepgram_rece
     assert detail["settings_source"] == "call" and detail["settings_version"] == 1
     assert [line["role"] for line in detail["transcript"]] == ["user", "assistant"]
     assert detail["stream_sid"] == ident.stream_sid and detail["outcome"] == "completed"
+    # The assistant line says what the caller heard of it (all of it: nobody interrupted).
+    reply = detail["transcript"][1]
+    assert reply["reply"] == 1 and reply["heard_text"] == reply["content"] and reply["interrupted"] is False
+    assert reply["heard_ms"] == reply["audio_ms"] > 0
+    [turn] = detail["latency"]
+    assert turn["reply"] == 1 and {"caller_to_deepgram", "worker_to_edge", "deepgram_total"} <= set(turn["stages"])
+    assert turn["switchboard_ms"] > 0
 
 
 async def test_live_commands_reach_the_running_call_and_sse_follows_it(stack, api):

@@ -15,7 +15,7 @@ from fastapi import HTTPException, status
 from switchboard.agent_settings import Speak, masked
 
 from .deps import State
-from .models import CallDetail, CallSummary, FunctionCallRecord, TranscriptLine
+from .models import CallDetail, CallSummary, FunctionCallRecord, TranscriptLine, TurnLatency
 
 _PARAM_SECRET_HINTS = ("token", "secret", "key", "password", "bind")
 
@@ -147,12 +147,38 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
     transcript: list[TranscriptLine] = []
     functions: list[FunctionCallRecord] = []
     errors: list[dict[str, Any]] = []
+    latency: dict[tuple[int, int], TurnLatency] = {}  # (agent session, reply) → timing
+    session = 0
+    dead_air: list[dict[str, Any]] = []
+    # An assistant line comes just before its reply starts; reply_heard names the reply.
+    spoken: TranscriptLine | None = None
+    by_reply: dict[int, TranscriptLine] = {}
     for _entry_id, event in await events(state, record.stream_sid):
         kind = event["type"]
         if kind == "transcript":
-            transcript.append(
-                TranscriptLine(role=str(event.get("role", "")), content=str(event.get("content", "")), ts=event.get("ts"))
-            )
+            line = TranscriptLine(role=str(event.get("role", "")), content=str(event.get("content", "")),
+                                  ts=event.get("ts"))
+            transcript.append(line)
+            spoken = line if line.role == "assistant" else spoken
+        elif kind == "agent_started_speaking" and isinstance(event.get("reply"), int):
+            if event["reply"] in by_reply:  # a new agent session numbers its replies from 1 again
+                by_reply.clear()
+                session += 1
+            if spoken is not None:
+                spoken.reply = event["reply"]
+                by_reply[event["reply"]] = spoken
+                spoken = None
+        elif kind == "reply_heard" and (line := by_reply.get(event.get("reply"))) is not None:
+            line.heard_text, line.unheard_text = event.get("heard_text"), event.get("unheard_text")
+            line.interrupted, line.heard_ms, line.audio_ms = event.get("interrupted"), event.get("heard_ms"), event.get("audio_ms")
+        elif kind == "turn_latency" and isinstance(event.get("reply"), int) and isinstance(event.get("stages"), dict):
+            turn = latency.setdefault((session, event["reply"]),
+                                      TurnLatency(reply=event["reply"], stages={}, ts=event.get("ts")))
+            turn.stages.update(event["stages"])  # a late LatencyReport adds to the record
+            if event.get("switchboard_ms") is not None:
+                turn.switchboard_ms = event["switchboard_ms"]
+        elif kind == "dead_air":
+            dead_air.append({k: v for k, v in event.items() if k != "type"})
         elif kind == "function_call":
             functions.append(
                 FunctionCallRecord(
@@ -174,6 +200,8 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
         transcript=transcript,
         function_calls=functions,
         errors=errors,
+        latency=sorted(latency.values(), key=lambda turn: turn.ts or 0),
+        dead_air=dead_air,
     )
 
 

@@ -112,6 +112,25 @@ class TranscriptLine(BaseModel):
     role: str = Field(..., examples=["user"])
     content: str
     ts: float | None = None
+    # Assistant lines: what the caller actually heard (Twilio marks against the reply's audio).
+    reply: int | None = Field(None, description="Reply number within its agent session (assistant lines)")
+    heard_text: str | None = Field(None, description="The part of `content` the caller heard, estimated from "
+                                   "the audio that played before a barge-in; equals `content` when played in full")
+    unheard_text: str | None = Field(None, description="The rest, cut off by the caller")
+    interrupted: bool | None = None
+    heard_ms: int | None = Field(None, description="Agent audio that played to the caller, ms")
+    audio_ms: int | None = Field(None, description="Agent audio of this reply that reached Switchboard, ms")
+
+
+class TurnLatency(BaseModel):
+    reply: int
+    stages: dict[str, float] = Field(
+        ..., description="ms per stage: caller_to_deepgram and worker_to_edge are Switchboard's share; "
+        "deepgram_* are Deepgram's own (AgentStartedSpeaking, LatencyReport)",
+        examples=[{"caller_to_deepgram": 1.2, "deepgram_total": 742.0, "worker_to_edge": 0.9}],
+    )
+    switchboard_ms: float | None = Field(None, description="caller_to_deepgram + worker_to_edge")
+    ts: float | None = None
 
 
 class FunctionCallRecord(BaseModel):
@@ -132,6 +151,8 @@ class CallDetail(CallSummary):
     transcript: list[TranscriptLine]
     function_calls: list[FunctionCallRecord]
     errors: list[dict[str, Any]]
+    latency: list[TurnLatency] = Field(default_factory=list, description="Where each turn's time went")
+    dead_air: list[dict[str, Any]] = Field(default_factory=list, description="Dead-air watchdog firings")
 
 
 class Health(BaseModel):
