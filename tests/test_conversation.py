@@ -81,7 +81,7 @@ def test_a_reply_played_to_its_end_mark_was_heard_in_full():
     actions = conv.on_caller_entry(echo("sb:s1:1:8000:end", 1.01), 1.01)
     [heard] = emitted(actions, "reply_heard")
     assert heard == {"reply": 1, "text": TEXT, "heard_text": TEXT, "unheard_text": "", "heard_ms": 1000,
-                     "audio_ms": 1000, "interrupted": False}
+                     "audio_ms": 1000, "interrupted": False, "confirmed": True}
     assert Observe("reply", "complete") in actions and not conv.playing
 
 
@@ -197,19 +197,35 @@ def test_the_caller_speaking_resets_the_reengage_budget_and_playback_is_not_dead
     assert emitted(conv.tick(11.0), "dead_air")[0]["action"] == "reengage"
     speak(conv, 12.0, 1600)
     conv.on_agent_message({"type": "AgentAudioDone"}, 12.2)
-    assert conv.tick(30.0) == []  # the reply's end mark has not come back: it may still be playing
-    conv.on_caller_entry(echo("sb:s1:1:1600:end", 31.0), 31.0)
+    assert conv.tick(20.0) == []  # the reply's end mark has not come back: it may still be playing
+    conv.on_caller_entry(echo("sb:s1:1:1600:end", 31.0), 21.0)
     conv.on_agent_message({"type": "UserStartedSpeaking"}, 32.0)
     assert conv.tick(40.0) == []  # a long utterance is not silence
     conv.on_agent_message({"type": "ConversationText", "role": "user", "content": "a long story"}, 41.0)
     assert emitted(conv.tick(46.0), "dead_air")
 
 
+def test_a_client_that_never_echoes_marks_does_not_keep_a_reply_playing_forever():
+    conv = conversation()
+    speak(conv, 0.0, 8000)
+    conv.on_agent_message({"type": "AgentAudioDone"}, 1.0)
+    assert conv.tick(10.9) == [] and conv.playing
+    [heard] = emitted(conv.tick(11.1), "reply_heard")
+    assert heard["confirmed"] is False and not heard["interrupted"] and not conv.playing
+
+
+def test_a_user_turn_always_clears_even_with_nothing_known_to_be_playing():
+    conv = conversation()
+    actions = conv.on_agent_message({"type": "UserStartedSpeaking"}, 1.0)
+    assert actions[0] == ToCaller(actions[0].entry) and actions[0].entry.kind is Kind.CLEAR
+    assert emitted(actions, "user_started_speaking") == [{}]
+
+
 def test_an_agent_stalled_mid_reply_is_reconnected_once():
     conv = conversation(dead_air={"agent_stall_s": 2})
     speak(conv, 0.0, 1600)
-    assert conv.tick(1.9) == []  # its only audio came at 0.0
-    actions = conv.tick(2.1)
+    assert conv.tick(2.1) == []  # its 200 ms of audio played out at 0.2
+    actions = conv.tick(2.3)
     assert Reconnect("agent_stall") in actions and emitted(actions, "dead_air")[0]["kind"] == "agent_stall"
     assert conv.tick(10) == []  # reported once
     ended = conv.on_agent_reconnect(10.0)

@@ -31,6 +31,9 @@ SEGMENT_BYTES = 400 * BYTES_PER_MS  # a mark every 400 ms of agent audio
 SPOKEN_CHARS_PER_S = 15.0  # for a reply whose audio was cut off at the source
 MARK_PREFIX = "sb:"
 MAX_OPEN_REPLIES = 8
+# A reply whose end mark never came back (a client that does not echo marks, a lost echo) is
+# taken as played this long after its audio should have finished.
+UNCONFIRMED_GRACE_S = 10.0
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class Reply:
     next_mark: int = SEGMENT_BYTES
     played: int = 0  # bytes confirmed played by an echoed mark
     playing_since: float | None = None  # edge time (s) of the latest echo: playback was at `played` then
+    heard_from: float | None = None  # our clock when the start mark came back: playback began
     marks: list[int] = field(default_factory=lambda: [0])  # offsets of the marks sent
     latency: dict[str, float] = field(default_factory=dict)  # stage → ms
     latency_emitted: bool = False
@@ -192,9 +196,10 @@ class Conversation:
             self._caller_active(now)
             self._caller_speaking = True  # until the transcript of what they said arrives
             self._utterance_transit_us = 0
+            # Always clear: a clear that finds nothing to flush costs nothing, and a missed
+            # one would let the agent talk over the caller.
+            actions.append(ToCaller(entries.clear()))
             if self.playing or self._speaking is not None:
-                # Barge-in: nothing still queued may play; the clear overtakes it.
-                actions.append(ToCaller(entries.clear()))
                 actions.append(Emit("barge_in", {"reply": self._latest_reply()}))
                 actions.append(Observe("barge_in", ""))
             else:
@@ -327,6 +332,8 @@ class Conversation:
         self._last_heard_at = now
         reply.played = max(reply.played, offset)
         reply.playing_since = at
+        if reply.heard_from is None:
+            reply.heard_from = now
         if not end:
             return []
         return self._finish(reply, reply.played, interrupted=False)
@@ -367,7 +374,7 @@ class Conversation:
             reply.latency["worker_to_edge"] = round(transit_us / 1000, 2)
         return [Observe("turn_stage", "worker_to_edge", transit_us / 1e6)]
 
-    def _finish(self, reply: Reply, heard_bytes: int, *, interrupted: bool) -> list[Action]:
+    def _finish(self, reply: Reply, heard_bytes: int, *, interrupted: bool, confirmed: bool = True) -> list[Action]:
         self._replies.pop(reply.number, None)
         self._finished = [*self._finished[-3:], reply.number]
         total = reply.received if reply.audio_done else max(
@@ -384,6 +391,7 @@ class Conversation:
                 "heard_ms": round(heard_bytes / BYTES_PER_MS),
                 "audio_ms": round(reply.received / BYTES_PER_MS),
                 "interrupted": interrupted and fraction < 1.0,
+                "confirmed": confirmed,  # false: no mark came back, so "heard" is an assumption
             })
         ]
         if reply.latency and not reply.latency_emitted:
@@ -417,8 +425,14 @@ class Conversation:
     def tick(self, now: float) -> list[Action]:
         """Dead air: the agent stalled mid-reply, or nobody has said anything for a while."""
         config = self.config
+        actions = self._expire_unconfirmed(now)
         if self._speaking is not None:
-            silent = now - self._last_agent_audio_at
+            # Deepgram sends speech faster than real time: the caller hears nothing only once
+            # the audio already sent has played out (counted from when playback began).
+            reply = self._speaking
+            played_out = (reply.heard_from if reply.heard_from is not None else reply.started_at) + (
+                reply.received / (BYTES_PER_MS * 1000))
+            silent = now - max(self._last_agent_audio_at, played_out)
             if config.agent_stall_s and silent >= config.agent_stall_s and not self._stall_reported:
                 self._stall_reported = True
                 action = "reconnect" if config.dead_air_action == "reengage" else "end_call"
@@ -429,13 +443,13 @@ class Conversation:
                 ]
                 self._last_heard_at = now
                 out.append(Reconnect("agent_stall") if action == "reconnect" else Hangup("dead_air_agent_stall"))
-                return out
-            return []
+                return actions + out
+            return actions
         if self.playing or self._caller_speaking or not config.caller_idle_s:
-            return []
+            return actions
         idle = now - self._last_heard_at
         if idle < config.caller_idle_s:
-            return []
+            return actions
         self._last_heard_at = now  # the next check is a full period away
         if config.dead_air_action == "reengage" and self._reengaged < config.max_reengage:
             self._reengaged += 1
@@ -447,12 +461,23 @@ class Conversation:
             self._goodbye_pending = True
         message = orjson.dumps({"type": "InjectAgentMessage", "message": text}).decode()
         return [
+            *actions,
             Emit("dead_air", {"kind": "caller_idle", "silent_s": round(idle, 1), "action": action,
                               "attempt": self._reengaged}),
             Observe("dead_air", f"caller_idle:{action}"),
             ToAgent(message),
             *last,
         ]
+
+    def _expire_unconfirmed(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for reply in list(self._replies.values()):
+            if not reply.audio_done:
+                continue
+            start = reply.heard_from if reply.heard_from is not None else reply.started_at
+            if now - start > reply.received / (BYTES_PER_MS * 1000) + UNCONFIRMED_GRACE_S:
+                actions.extend(self._finish(reply, reply.received, interrupted=False, confirmed=False))
+        return actions
 
     # --- helpers ------------------------------------------------------------------------------
     def _caller_active(self, now: float) -> None:
