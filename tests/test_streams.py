@@ -78,3 +78,17 @@ async def test_reader_follows_streams_added_while_it_is_blocked(redis_url, key_p
     await asyncio.gather(task, return_exceptions=True)
     await blocking.aclose()
     await client.aclose()
+
+
+async def test_journal_records_waiting_for_redis_are_bounded_oldest_first(client, key_prefix):
+    from switchboard.entries import Entry, Kind
+    from switchboard.streams import MAX_PENDING_JOURNAL_ITEMS
+
+    writer = StreamWriter(client)  # not running: as if Redis were away
+    key = key_prefix + "journal"
+    for i in range(MAX_PENDING_JOURNAL_ITEMS * 3):
+        writer.append(key, Entry(Kind.JOURNAL, b"%d" % i, i))
+    pending = writer._pending[key].items
+    assert len(pending) <= MAX_PENDING_JOURNAL_ITEMS
+    assert pending[-1].payload == b"%d" % (MAX_PENDING_JOURNAL_ITEMS * 3 - 1)  # the newest kept, in order
+    assert [int(p.payload) for p in pending] == sorted(int(p.payload) for p in pending)

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Redis is unreachable: how much unsent caller/agent audio a stream may hold before the
 # oldest is dropped (8 kHz mu-law: 8000 B/s). Control entries are never dropped.
 MAX_PENDING_AUDIO_BYTES = 8000 * 4
+# A call journal is best effort: while Redis is away its oldest unsent records go first
+# (with audio on, a journal grows by ~16 kB/s per call).
+MAX_PENDING_JOURNAL_ITEMS = 2000
 
 
 WRITE_TIMEOUT_S = 5.0
@@ -140,6 +143,8 @@ class StreamWriter:
                 self._shed_audio(queue)
         else:
             items.append(_Pending(entry.kind, entry.payload, entry.t_us))
+            if entry.kind is Kind.JOURNAL and len(items) > MAX_PENDING_JOURNAL_ITEMS:
+                del items[: len(items) // 2]  # a journal queue holds journal records only
         self._appended_generation = self._taken + 1
         self._wakeup.set()
 
