@@ -49,3 +49,7 @@ REPLIES = Counter(
 DEAD_AIR = Counter(
     "switchboard_worker_dead_air_total", "Dead-air watchdog firings by kind and action taken", ["kind", "action"]
 )
+FREE_SLOTS = Gauge(
+    "switchboard_worker_free_slots",
+    "Calls this worker can still take, as published for admission control (0 while draining)",
+)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError, ResponseError
 
+from switchboard import capacity
 from switchboard import keys as keyspace
 from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
@@ -80,6 +81,7 @@ class Worker:
         self._by_key: dict[str, tuple[CallSession, bool]] = {}
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self._free = asyncio.Event()
+        self._capacity_changed = asyncio.Event()  # a claim or release to publish now
         self._draining = False
         self._leases_confirmed_at = time.monotonic()
         self._heartbeat_lock = asyncio.Lock()
@@ -98,6 +100,7 @@ class Worker:
 
     async def __aenter__(self) -> "Worker":
         await self._ensure_group()
+        await self._publish_capacity()  # so that healthy implies counted as capacity by admission control
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
         self._tasks = [
@@ -107,6 +110,7 @@ class Worker:
                 ("reader", self.reader.run()),
                 ("claim", self._claim_loop()),
                 ("heartbeat", self._heartbeat_loop()),
+                ("capacity", self._capacity_loop()),
                 ("takeover", self._takeover_loop()),
                 ("ticker", self._tick_loop()),
             )
@@ -210,6 +214,7 @@ class Worker:
         self._by_key[session.cmd_key] = (session, True)
         metrics.LIVE_CALLS.set(len(self.sessions))
         metrics.CLAIMS.labels("takeover" if takeover else "new").inc()
+        self._capacity_changed.set()
         task = asyncio.create_task(self._run_session(session), name=f"call-{stream_sid}")
         self._session_tasks[stream_sid] = task
 
@@ -225,6 +230,7 @@ class Worker:
             self._by_key.pop(session.cmd_key, None)
             metrics.LIVE_CALLS.set(len(self.sessions))
             self._free.set()
+            self._capacity_changed.set()
 
     async def end_call_records(self, session: CallSession, outcome: str) -> None:
         retention = self.settings.call_retention_s
@@ -322,14 +328,16 @@ class Worker:
             "ts": repr(time.time()),
         })
         pipe.expire(self.keys.worker(self.settings.worker_id), max(3, self.settings.lease_ms * 3 // 1000))
+        pipe.eval(*self._capacity_command(len(sessions)))
         if sessions:
             pipe.xclaim(self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id, 0,
                         [s.dispatch_id for s in sessions], justid=True)
+        first_renewal = len(pipe)
         for session in sessions:
             pipe.eval(_RENEW, 1, self.keys.lease(session.stream_sid), session.lease_token, self.settings.lease_ms)
             pipe.hset(session.call_key, "in_pos", session.in_position)
         results = await pipe.execute(raise_on_error=False)
-        renewals = results[3 if sessions else 2:][::2] if sessions else []
+        renewals = results[first_renewal::2]
         for session, renewed in zip(sessions, renewals):
             if renewed == 0 and session.stream_sid in self._session_tasks:
                 metrics.LEASES_LOST.inc()
@@ -339,6 +347,30 @@ class Worker:
                     self.writer.fence(key)
                 self._session_tasks[session.stream_sid].cancel()
         self._leases_confirmed_at = started
+
+    # --- capacity, for admission control (switchboard.capacity) ------------------------------------
+    def _capacity_command(self, live: int) -> tuple:
+        # The published load lapses after one lease: a worker that stops heartbeating stops
+        # counting as capacity exactly when its calls become eligible for takeover.
+        free = 0 if self._draining else max(0, self.settings.worker_capacity - live)
+        metrics.FREE_SLOTS.set(free)
+        return capacity.publish_command(self.keys, self.settings.worker_id, self.settings.worker_capacity, live,
+                                        self._draining, self.settings.lease_ms)
+
+    async def _publish_capacity(self) -> None:
+        await self.redis.eval(*self._capacity_command(len(self.sessions)))
+
+    async def _capacity_loop(self) -> None:
+        """Publish a claim or release at once, not a heartbeat later; a burst is one write."""
+        while True:
+            await self._capacity_changed.wait()
+            self._capacity_changed.clear()
+            try:
+                await self._publish_capacity()
+            except RedisError as exc:
+                metrics.REDIS_ERRORS.inc()
+                log.warning("could not publish capacity: %s", exc)  # the next heartbeat publishes it
+                await asyncio.sleep(0.5)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -357,6 +389,7 @@ class Worker:
             self._draining = True
             metrics.DRAINS.inc()
         log.info("draining", extra={"worker_id": self.settings.worker_id, "live_calls": len(self.sessions)})
+        await self._leave_fleet(withdraw=False)  # admission control stops counting this worker's slots now
         for task in self._tasks:
             if task.get_name() in ("claim", "takeover"):
                 task.cancel()
@@ -372,12 +405,23 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await self._leave_fleet(withdraw=True)
         await self._health.close()
         await self.http.aclose()
         await self.writer.close()
         await self.reader.close()
         for client in (self.redis, self._redis_block, self._redis_claim):
             await client.aclose()
+
+    async def _leave_fleet(self, *, withdraw: bool) -> None:
+        try:
+            if withdraw:
+                await capacity.withdraw(self.redis, self.keys, self.settings.worker_id)
+            else:
+                await self._publish_capacity()
+        except RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("could not update the fleet capacity on drain: %s", exc)  # it lapses after one lease
 
     async def _hand_over(self, sessions: list[CallSession]) -> None:
         # Age the dispatch entries past the lease and drop the leases, so that another

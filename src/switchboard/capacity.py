@@ -1,0 +1,262 @@
+"""Fleet capacity for admission control: what workers publish, and how free slots are counted.
+
+Every worker keeps one field of the fleet hash up to date (on every heartbeat, and at once
+when it claims or releases a call): `"<capacity> <live> <draining> <deadline_ms>"`. The
+deadline is stamped by Redis itself (Lua `TIME`), and readers compare it with Redis' clock
+too, so clock skew between hosts can neither keep a dead worker alive nor bury a live one.
+
+    free = Σ (capacity − live) over live, non-draining workers
+           − calls announced on the dispatch stream that no worker has claimed yet
+           − calls the TwiML endpoint admitted whose stream has not started yet (reservations)
+
+The control API reserves a slot for each call its TwiML admits (and keeps a FIFO of callers
+on hold in queue mode); the edge consumes the reservation when the call's stream starts.
+All admission keys share one hash tag, so each script runs on one Redis Cluster slot.
+`FleetView`, `parse_worker`, `fleet_view` and `unclaimed_calls` are pure; the async
+functions are the only Redis I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .keys import DISPATCH_GROUP, Keys
+
+# An admitted call's stream normally starts within a second or two of the TwiML answer; a
+# reservation older than this is dropped (Twilio gave up, or the caller hung up first).
+RESERVATION_TTL_MS = 10_000
+
+
+# --- keys (one hash tag: every script below touches a single cluster slot) -------------------------
+def fleet_key(keys: Keys) -> str:
+    """Hash worker id → "capacity live draining deadline_ms"; expires when every worker is gone."""
+    return f"{keys.prefix}{{admission}}:fleet"
+
+
+def reservations_key(keys: Keys) -> str:
+    """Sorted set callSid → admitted at (Redis ms): admitted by TwiML, stream not started yet."""
+    return f"{keys.prefix}{{admission}}:reserved"
+
+
+def queue_key(keys: Keys) -> str:
+    """Sorted set callSid → entered the hold queue at (Redis ms): the FIFO order."""
+    return f"{keys.prefix}{{admission}}:queue"
+
+
+def queue_seen_key(keys: Keys) -> str:
+    """Sorted set callSid → last poll (Redis ms): a caller who stops polling hung up."""
+    return f"{keys.prefix}{{admission}}:queue:seen"
+
+
+# --- pure ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    worker_id: str
+    capacity: int
+    live: int
+    draining: bool
+    deadline_ms: int
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else max(0, self.capacity - self.live)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    workers: int = 0  # live workers, draining ones included
+    capacity: int = 0  # slots of live, non-draining workers
+    worker_free: int = 0  # Σ (capacity − live) of live, non-draining workers
+    unclaimed: int = 0  # announced on the dispatch stream, not claimed yet
+    reserved: int = 0  # admitted by TwiML, stream not started yet
+
+    @property
+    def unreserved_free(self) -> int:
+        """Free slots before reservations: what the TwiML admission script starts from."""
+        return self.worker_free - self.unclaimed
+
+    @property
+    def free(self) -> int:
+        """Slots a new call may take now; negative when more calls wait than slots exist."""
+        return self.worker_free - self.unclaimed - self.reserved
+
+
+def parse_worker(worker_id: bytes | str, value: bytes | str) -> WorkerLoad | None:
+    """One fleet hash field; None for a value this version does not understand."""
+    raw = value.decode(errors="replace") if isinstance(value, bytes) else value
+    parts = raw.split()
+    if len(parts) != 4:
+        return None
+    try:
+        capacity, live, draining, deadline = (int(part) for part in parts)
+    except ValueError:
+        return None
+    name = worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else worker_id
+    return WorkerLoad(name, capacity, live, draining != 0, deadline)
+
+
+def fleet_view(fields: Sequence[Any], now_ms: int, *, unclaimed: int = 0, reserved: int = 0) -> FleetView:
+    """The fleet from a flat HGETALL reply [id, value, id, value, ...] at Redis time `now_ms`."""
+    workers = capacity = free = 0
+    for load in _loads(fields):
+        if load.deadline_ms < now_ms:
+            continue  # stopped publishing: dead, frozen or partitioned
+        workers += 1
+        if not load.draining:
+            capacity += load.capacity
+            free += load.free
+    return FleetView(workers, capacity, free, max(0, unclaimed), max(0, reserved))
+
+
+def _loads(fields: Sequence[Any]) -> Iterable[WorkerLoad]:
+    for i in range(0, len(fields) - 1, 2):
+        load = parse_worker(fields[i], fields[i + 1])
+        if load is not None:
+            yield load
+
+
+def unclaimed_calls(groups: Sequence[dict[str, Any]], length: int, group: str = DISPATCH_GROUP) -> int:
+    """Dispatch entries no worker has claimed yet, from XINFO GROUPS and XLEN.
+
+    `lag` is exact but Redis cannot compute it once an entry that was never delivered has
+    been deleted; then every entry left is either pending (claimed) or unclaimed, because
+    workers delete an entry when its call ends.
+    """
+    for info in groups:
+        name = info.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) != group:
+            continue
+        lag = info.get("lag")
+        if lag is not None:
+            return max(0, int(lag))
+        return max(0, length - int(info.get("pending") or 0))
+    return max(0, length)  # no group yet: nobody has claimed anything
+
+
+# --- Redis ------------------------------------------------------------------------------------------
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS[1] fleet; ARGV: worker id, "capacity live draining", ttl ms.
+_PUBLISH = _NOW + """
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + ttl))
+if redis.call('PTTL', KEYS[1]) < 2 * ttl then redis.call('PEXPIRE', KEYS[1], 2 * ttl) end
+return now
+"""
+
+# KEYS[1] fleet, KEYS[2] reservations; ARGV: reservation ttl ms, callSid whose reservation to
+# consume (or ""). Drops fields of workers past their deadline (atomically: a worker that
+# publishes again is never lost) and lapsed reservations.
+_READ = _NOW + """
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local deadline = tonumber(string.match(fields[i + 1], '(%d+)$'))
+  if deadline == nil or deadline < now then redis.call('HDEL', KEYS[1], fields[i]) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+local consumed = 0
+if ARGV[2] ~= '' then consumed = redis.call('ZREM', KEYS[2], ARGV[2]) end
+return {now, redis.call('ZCARD', KEYS[2]), consumed, fields}
+"""
+
+# KEYS: reservations, queue, queue seen. ARGV: callSid, free slots before reservations,
+# "1" to queue the caller when there is no slot, reservation ttl ms, queue stale ms.
+# First come, first served: a caller gets a slot only if fewer callers wait ahead of it
+# than there are slots; a caller who stops polling (hung up) leaves the queue.
+_ADMIT = _NOW + """
+local sid, slots, ttl, stale = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - stale)
+for _, member in ipairs(gone) do redis.call('ZREM', KEYS[2], member) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - stale)
+local avail = slots - redis.call('ZCARD', KEYS[1])
+local rank = redis.call('ZRANK', KEYS[2], sid)
+local ahead = rank or redis.call('ZCARD', KEYS[2])
+local since = redis.call('ZSCORE', KEYS[2], sid)
+local waited = 0
+if since then waited = now - tonumber(since) end
+if ahead < avail then
+  if rank then
+    redis.call('ZREM', KEYS[2], sid)
+    redis.call('ZREM', KEYS[3], sid)
+  end
+  redis.call('ZADD', KEYS[1], now, sid)
+  if redis.call('PTTL', KEYS[1]) < 2 * ttl then redis.call('PEXPIRE', KEYS[1], 2 * ttl) end
+  return {1, ahead, waited, avail, redis.call('ZCARD', KEYS[2])}
+end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], 'NX', now, sid)
+  redis.call('ZADD', KEYS[3], now, sid)
+  redis.call('PEXPIRE', KEYS[2], 2 * stale)
+  redis.call('PEXPIRE', KEYS[3], 2 * stale)
+end
+return {0, ahead, waited, avail, redis.call('ZCARD', KEYS[2])}
+"""
+
+
+def publish_command(keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int) -> tuple:
+    """EVAL arguments that publish one worker's load (for `pipe.eval(*args)` or `redis.eval(*args)`)."""
+    value = f"{capacity} {live} {int(draining)}"
+    return (_PUBLISH, 1, fleet_key(keys), worker_id, value, max(1, ttl_ms))
+
+
+async def publish(
+    redis: Any, keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int
+) -> None:
+    await redis.eval(*publish_command(keys, worker_id, capacity, live, draining, ttl_ms))
+
+
+async def withdraw(redis: Any, keys: Keys, worker_id: str) -> None:
+    """A stopping worker leaves the fleet at once instead of at its deadline."""
+    await redis.hdel(fleet_key(keys), worker_id)
+
+
+async def read(redis: Any, keys: Keys, *, consume_reservation: str = "") -> tuple[FleetView, bool]:
+    """The fleet now, and whether `consume_reservation` (a callSid) held a reservation (now consumed)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.eval(_READ, 2, fleet_key(keys), reservations_key(keys), RESERVATION_TTL_MS, consume_reservation)
+    pipe.xinfo_groups(keys.dispatch())
+    pipe.xlen(keys.dispatch())
+    script, groups, length = await pipe.execute(raise_on_error=False)
+    if isinstance(script, Exception):
+        raise script
+    if isinstance(groups, Exception):  # no dispatch stream yet (no worker ever started)
+        groups = []
+    if isinstance(length, Exception):
+        raise length
+    now_ms, reserved, consumed, fields = script
+    view = fleet_view(fields, int(now_ms), unclaimed=unclaimed_calls(groups, int(length)), reserved=int(reserved))
+    return view, bool(consumed)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    admitted: bool
+    ahead: int  # callers queued ahead of this one (0 = next in line)
+    waited_ms: int  # time in the queue so far (0 if it never queued)
+    available: int  # free slots after reservations when it was decided
+    queue_length: int
+
+
+async def admit(redis: Any, keys: Keys, call_sid: str, unreserved_free: int, *, queue: bool, stale_ms: int) -> Ticket:
+    """Reserve a slot for this call if one is free and nobody waits ahead of it; else (queue=True) hold its place."""
+    reply = await redis.eval(
+        _ADMIT, 3, reservations_key(keys), queue_key(keys), queue_seen_key(keys),
+        call_sid, unreserved_free, "1" if queue else "0", RESERVATION_TTL_MS, max(1000, stale_ms),
+    )
+    admitted, ahead, waited, available, length = (int(x) for x in reply)
+    return Ticket(admitted == 1, ahead, waited, available, length)
+
+
+async def consume_reservation(redis: Any, keys: Keys, call_sid: str) -> bool:
+    """The call's stream has started: its reservation (if any) no longer holds a slot."""
+    return bool(await redis.zrem(reservations_key(keys), call_sid))
+
+
+async def leave_queue(redis: Any, keys: Keys, call_sid: str) -> None:
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrem(queue_key(keys), call_sid)
+    pipe.zrem(queue_seen_key(keys), call_sid)
+    await pipe.execute()
