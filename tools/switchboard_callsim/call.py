@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlencode, urljoin
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,7 +31,7 @@ from .emucheck import caller_audio_verdict
 from .playback import US_PER_BYTE, Playback
 from .script import SILENT, CallScript, Conversation
 from .twiliomsg import SILENCE_B64, CallIdentity, OutboundStream, ProtocolWarning, new_sid, parse_server
-from .twiml import Twiml, TwimlError
+from .twiml import Connect, Hangup, Pause, Redirect, Say, Twiml, TwimlError
 from .twiml import parse as parse_twiml
 from .wsfast import write_text
 
@@ -53,8 +54,9 @@ class SimConfig:
     connect_timeout_s: float = 10.0
     close_timeout_s: float = 5.0
     identities: tuple[CallIdentity, ...] = ()  # fixed sids/parameters per call (tests)
-    # Start like Twilio's voice webhook: POST here, open the <Stream> it names, and when the
-    # stream drops follow the <Redirect> after </Connect> (a new stream of the same call).
+    # Start like Twilio's voice webhook: POST here and run the TwiML verbs in order: open the
+    # <Stream> it names, and when the stream drops run what follows </Connect> (a <Redirect>
+    # to a new stream of the same call); <Say>, <Pause>, <Redirect> and <Hangup/> as Twilio does.
     twiml_url: str | None = None
 
 
@@ -85,7 +87,9 @@ class CallResult:
     heard_at_clear_ms: list[int] = field(default_factory=list)
     streams: list[str] = field(default_factory=list)  # streamSid of every stream the call had
     redirects: int = 0
-    says: list[str] = field(default_factory=list)  # <Say> texts Twilio would have spoken
+    says: list[str] = field(default_factory=list)  # <Say> texts Twilio spoke, in order
+    paused_s: float = 0.0  # time spent in <Pause>
+    twiml_hangup: bool = False  # the TwiML ended the call (<Hangup/> or no verbs left), not the caller
 
     @property
     def ok(self) -> bool:
@@ -175,30 +179,48 @@ class _Call:
 
     async def run(self, pacer: Pacer, http: httpx.AsyncClient | None = None) -> None:
         cfg = self.config
-        url, redirect = cfg.url, None
         if cfg.twiml_url:
-            doc = await self._fetch_twiml(http, cfg.twiml_url)
-            if doc is None:
-                return
-            url, redirect = doc.stream_url, doc.redirect
-            self._new_stream(doc.parameters)
-        self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
-        while url:
+            await self._run_twiml(pacer, http, cfg.twiml_url)
+        else:
+            self.conv = Conversation(cfg.script, self.playback, _now_us(), cfg.synthetic)
             self.result.streams.append(self.out.ident.stream_sid)
-            await self._stream(pacer, url)
-            if self.hung_up or self.result.failure or not self.server_closed or redirect is None:
-                break
-            # The stream dropped before the caller hung up: Twilio runs the TwiML after </Connect>.
-            self.result.redirects += 1
-            doc = await self._fetch_twiml(http, redirect)
-            if doc is None:
-                return
-            if doc.stream_url is None:
-                break  # <Say>/<Hangup/>: the far end ended the call
-            url, redirect = doc.stream_url, doc.redirect
-            self._new_stream(doc.parameters)
+            await self._stream(pacer, cfg.url)
+        if self.result.twiml_hangup and self.result.failure is None:
+            self.fail("the TwiML ended the call before the script finished")
         if not self.hung_up and self.result.failure is None:
             self.fail("closed by the server before the script finished")
+
+    async def _run_twiml(self, pacer: Pacer, http: httpx.AsyncClient | None, url: str) -> None:
+        """Run the verbs in order, as Twilio does, until the caller hangs up or the TwiML ends the call."""
+        doc = await self._fetch_twiml(http, url)
+        verbs = list(doc.verbs) if doc else []
+        while verbs:
+            verb = verbs.pop(0)
+            if isinstance(verb, Connect):
+                self._new_stream(verb.parameters)
+                if self.conv is None:  # the caller starts talking when the first stream opens
+                    self.conv = Conversation(self.config.script, self.playback, _now_us(), self.config.synthetic)
+                self.result.streams.append(self.out.ident.stream_sid)
+                await self._stream(pacer, verb.url)
+                if self.hung_up or self.result.failure or not self.server_closed:
+                    return
+                # The server closed the stream before the caller hung up: the verbs after
+                # </Connect> run (Switchboard's <Redirect> reconnects or hangs up).
+            elif isinstance(verb, Say):
+                self.result.says.append(verb.text)
+            elif isinstance(verb, Pause):
+                self.result.paused_s += verb.seconds
+                await asyncio.sleep(verb.seconds)
+            elif isinstance(verb, Redirect):
+                self.result.redirects += 1
+                url = urljoin(url, verb.url)
+                doc = await self._fetch_twiml(http, url, verb.method)
+                if doc is None:
+                    return
+                verbs = list(doc.verbs)
+            elif isinstance(verb, Hangup):
+                break
+        self.result.twiml_hangup = True  # <Hangup/>, or no verbs left: Twilio ends the call
 
     def _new_stream(self, parameters: dict[str, str]) -> None:
         old = self.out.ident
@@ -213,16 +235,21 @@ class _Call:
         self.ticking_done = asyncio.Event()
         self._ticks = 0
 
-    async def _fetch_twiml(self, http: httpx.AsyncClient | None, url: str) -> Twiml | None:
+    async def _fetch_twiml(self, http: httpx.AsyncClient | None, url: str, method: str = "POST") -> Twiml | None:
         ident = self.out.ident
         form = {"AccountSid": ident.account_sid, "CallSid": ident.call_sid, "From": "+14155550100",
                 "To": "+14155550199", "CallStatus": "in-progress", "Direction": "inbound"}
+        if method == "GET":  # Twilio puts the parameters into the query (and signs the whole URL)
+            url, form = f"{url}{'&' if '?' in url else '?'}{urlencode(form)}", {}
         headers = {}
         if self.config.auth_token:
             headers["X-Twilio-Signature"] = signature.compute(self.config.auth_token, url, form)
         client = http or httpx.AsyncClient(timeout=5.0)
         try:
-            response = await client.post(url, data=form, headers=headers)
+            if method == "GET":
+                response = await client.get(url, headers=headers)
+            else:
+                response = await client.post(url, data=form, headers=headers)
             response.raise_for_status()
             doc = parse_twiml(response.content)
         except (httpx.HTTPError, TwimlError) as exc:
@@ -231,7 +258,6 @@ class _Call:
         finally:
             if http is None:
                 await client.aclose()
-        self.result.says.extend(doc.says)
         return doc
 
     async def _stream(self, pacer: Pacer, url: str) -> None:

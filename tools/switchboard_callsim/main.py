@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="switchboard-callsim", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--url", default="ws://127.0.0.1:8080/twilio", help="edge WebSocket URL to connect to")
+    a("--twiml-url", help="start like Twilio: POST this voice webhook and run its TwiML (then --url is unused)")
     a("--public-url", help="URL to sign (what Twilio's TwiML names); default: --url")
     a("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"), help="sign the upgrade (env TWILIO_AUTH_TOKEN)")
     a("--param", type=_param, action="append", default=[], metavar="K=V", help="customParameters entry (repeat)")
@@ -90,6 +91,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         emulator_url=args.emulator_url,
         synthetic=not args.real_audio,
         connect_timeout_s=args.connect_timeout_s,
+        twiml_url=args.twiml_url,
     )
 
 
