@@ -132,6 +132,9 @@ class EdgeCall:
             metrics.REJECTED.labels("stream_token").inc()
             self._close(1008, "invalid stream token")
             return
+        if not await self._server.admit(start):  # no free slot: Twilio's <Redirect> answers per admission policy
+            self._close(1013, "no capacity, try again later")
+            return
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
         keys = self._server.keys
         self._in_key, self._out_key = keys.caller_audio(self.stream_sid), keys.agent_output(self.stream_sid)

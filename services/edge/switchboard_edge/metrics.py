@@ -32,3 +32,18 @@ BARGE_IN = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 TASKS = Gauge("switchboard_edge_asyncio_tasks", "Live asyncio tasks (a leak shows as growth)")
+ADMISSIONS = Counter(
+    "switchboard_edge_admissions_total",
+    "Stream starts by admission outcome (admitted|reserved|resumed|waited|refused)",
+    ["outcome"],
+)
+ADMISSION_WAITING = Gauge(
+    "switchboard_edge_admission_waiting_streams", "Streams held on this edge waiting for a free slot"
+)
+FLEET_FREE = Gauge(
+    "switchboard_edge_fleet_free_slots",
+    "Slots the fleet can give new calls: free worker slots minus unclaimed and reserved calls (refreshed every 250 ms)",
+)
+FLEET_CAPACITY = Gauge(
+    "switchboard_edge_fleet_capacity_slots", "Slots of all live, non-draining workers, as this edge sees them"
+)

@@ -13,14 +13,15 @@ from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from switchboard import capacity, signature, twilio
 from switchboard import keys as keyspace
-from switchboard import signature, twilio
 from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter
 
 from . import metrics
+from .admission import EdgeAdmission
 from .call import EdgeCall, start_fields
 from .settings import EdgeSettings
 
@@ -50,6 +51,7 @@ class EdgeServer:
             self._on_agent_entries,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
         )
+        self.admission = EdgeAdmission(self.redis, self.keys)
         self._calls: dict[str, EdgeCall] = {}
         self._ws_server: Server | None = None
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
@@ -70,6 +72,7 @@ class EdgeServer:
             asyncio.create_task(self.writer.run(), name="edge-writer"),
             asyncio.create_task(self.reader.run(), name="edge-reader"),
             asyncio.create_task(self._watch_stalls(), name="edge-stalls"),
+            asyncio.create_task(self.admission.run(), name="edge-admission"),
         ]
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
@@ -168,16 +171,64 @@ class EdgeServer:
         issued = await self.redis.getdel(self.keys.stream_token(start.call_sid))
         return issued is not None and hmac.compare_digest(issued, offered.encode())
 
-    async def register_call(self, start: twilio.Start) -> None:
-        """Write the call record, then announce the call to the workers."""
+    async def admit(self, start: twilio.Start) -> bool:
+        """Whether this stream may be announced; False: close it with 1013 (see admission.py).
+
+        A stream with no free slot waits up to EDGE_ADMISSION_WAIT_S, listed as a waiting
+        call meanwhile. A refused one is recorded as ended with outcome `no_capacity`, so
+        that /twiml/continue answers it per admission policy instead of reconnecting it.
+        """
+        if not self.settings.edge_admission:
+            # No gate here, but the control API's bookkeeping stays right: the call is
+            # about to be announced, so its TwiML reservation must stop counting.
+            await capacity.consume_reservation(self.redis, self.keys, start.call_sid)
+            return True
+        outcome = await self.admission.admit_now(start)
+        if outcome is None and self.settings.edge_admission_wait_s > 0:
+            await self._write_record(start)
+            waited = time.monotonic()
+            if await self.admission.wait(start.stream_sid, self.settings.edge_admission_wait_s):
+                outcome = "waited"
+                log.info("stream admitted after waiting for a free slot",
+                         extra={"call_sid": start.call_sid, "stream_sid": start.stream_sid,
+                                "waited_ms": round((time.monotonic() - waited) * 1000)})
+        if outcome is not None:
+            metrics.ADMISSIONS.labels(outcome).inc()
+            return True
+        metrics.ADMISSIONS.labels("refused").inc()
+        metrics.REJECTED.labels("no_capacity").inc()
+        view = self.admission.view
+        log.warning("stream refused: no free slot in the fleet",
+                    extra={"call_sid": start.call_sid, "stream_sid": start.stream_sid, "fleet_free": view.free,
+                           "fleet_capacity": view.capacity, "unclaimed": view.unclaimed})
+        await self._record_refusal(start)
+        return False
+
+    async def _record_refusal(self, start: twilio.Start) -> None:
+        sid, retention = start.stream_sid, self.settings.call_retention_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.call(sid), mapping={**start_fields(start, self.settings.edge_id), "state": b"ended",
+                                                "outcome": b"no_capacity", "end_reason": b"no_capacity",
+                                                "ended_at": repr(time.time()).encode()})
+        pipe.expire(self.keys.call(sid), retention)
+        pipe.set(self.keys.call_by_callsid(start.call_sid), sid, ex=retention)
+        pipe.zrem(self.keys.live_calls(), sid)
+        await pipe.execute()
+
+    async def _write_record(self, start: twilio.Start) -> None:
         sid = start.stream_sid
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.call(sid), mapping=start_fields(start, self.settings.edge_id))
         pipe.expire(self.keys.call(sid), MAX_CALL_TTL_S)
         pipe.set(self.keys.call_by_callsid(start.call_sid), sid, ex=MAX_CALL_TTL_S)
         pipe.zadd(self.keys.live_calls(), {sid: time.time()})
+        await pipe.execute()
+
+    async def register_call(self, start: twilio.Start) -> None:
+        """Write the call record, then announce the call to the workers."""
+        sid = start.stream_sid
         try:
-            await pipe.execute()
+            await self._write_record(start)
             # Announce only once the record exists: on a Redis Cluster one pipeline runs on
             # several nodes in parallel, and a worker could claim the call before its record.
             await self.redis.xadd(
@@ -191,6 +242,8 @@ class EdgeServer:
             metrics.REDIS_ERRORS.inc()
             log.exception("could not register call", extra={"stream_sid": sid, "call_sid": start.call_sid})
             raise
+        finally:
+            self.admission.announced(sid)
 
     @staticmethod
     def _on_flush(count: int, seconds: float) -> None:

@@ -33,6 +33,14 @@ class EdgeSettings(CommonSettings):
     )
     edge_hangup_grace_s: float = Field(20.0, gt=0, description="Longest wait for the goodbye to play")
     edge_max_protocol_errors: int = Field(50, ge=1, description="Per call, before the stream is closed")
+    edge_admission: bool = Field(
+        True,
+        description="Announce a new stream only while the fleet has a free slot "
+        "(TwiML-admitted and reconnecting calls always pass)",
+    )
+    edge_admission_wait_s: float = Field(
+        5.0, ge=0, le=60, description="How long a stream with no free slot waits for one before it is closed with 1013"
+    )
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> "EdgeSettings":
