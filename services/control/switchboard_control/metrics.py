@@ -57,3 +57,19 @@ def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
+ADMISSIONS = Counter(
+    "switchboard_control_admissions_total",
+    "TwiML admission decisions (admitted|dequeued|queued|rejected|queue_timeout|reconnect_admitted)",
+    ["outcome"],
+)
+FLEET_FREE = Gauge(
+    "switchboard_control_fleet_free_slots", "Free slots for new calls, as of the last admission decision"
+)
+ADMISSION_QUEUE = Gauge(
+    "switchboard_control_admission_queue_callers", "Callers on hold (queue mode), as of the last admission decision"
+)
+QUEUE_WAIT = Histogram(
+    "switchboard_control_admission_queue_wait_seconds",
+    "Time a caller spent on hold before a slot freed",
+    buckets=(1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600),
+)

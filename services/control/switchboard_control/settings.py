@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 
 from switchboard.config import CommonSettings
@@ -37,6 +39,25 @@ class ControlSettings(CommonSettings):
         "Sorry, we cannot take your call right now. Please try again later.",
         max_length=1000,
         description="What Twilio says when the media stream cannot be opened or ends unexpectedly",
+    )
+    control_admission: Literal["off", "reject", "queue"] = Field(
+        "reject",
+        description="When the fleet has no free slot, /twiml answers: reject = the busy message and hang up; "
+        "queue = the hold message and a retry until a slot frees or CONTROL_ADMISSION_MAX_WAIT_S; off = connect anyway",
+    )
+    control_admission_busy_say: str = Field(
+        "Sorry, all our agents are busy right now. Please call again later.",
+        min_length=1, max_length=1000, description="What a caller hears before the hang-up when no slot is free",
+    )
+    control_admission_hold_say: str = Field(
+        "All our agents are busy. Please stay on the line, we will be with you shortly.",
+        min_length=1, max_length=1000, description="Queue mode: what a caller on hold hears before each pause",
+    )
+    control_admission_hold_pause_s: int = Field(
+        10, ge=1, le=60, description="Queue mode: seconds of <Pause> between two looks for a free slot"
+    )
+    control_admission_max_wait_s: int = Field(
+        120, ge=0, le=3600, description="Queue mode: longest hold before the busy message (0 = never hold)"
     )
 
     @model_validator(mode="after")

@@ -3,11 +3,20 @@
 The stream gets the profile and the caller's data as `<Parameter>`s (Twilio does not put
 From/To into the stream's `start` message). After `</Connect>` comes a `<Redirect>` to
 `/twiml/continue`: Twilio runs it when the stream cannot be opened or closes.
+
+Admission control (CONTROL_ADMISSION): a new call is connected only if the fleet has a free
+slot, which it then reserves until the stream starts (switchboard.capacity). Otherwise the
+caller hears the busy message and Twilio hangs up (`reject`), or hears the hold message,
+pauses and comes back to `/twiml?queued=N` until a slot frees, first come first served, or
+CONTROL_ADMISSION_MAX_WAIT_S has passed (`queue`). A dropped stream of a call in progress is
+reconnected without a capacity check: its old session holds a slot that frees within
+CALLER_TIMEOUT_S, and turning it away would cut a conversation short.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from typing import Annotated
 from urllib.parse import parse_qs, urlencode
@@ -15,8 +24,8 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
+from switchboard import capacity, signature
 from switchboard import keys as keyspace
-from switchboard import signature
 
 from .. import callstate, metrics
 from ..deps import State, StateDep
@@ -25,6 +34,7 @@ from ..settings import ControlSettings
 
 # The <Parameter> that tells the worker which dropped stream a new one replaces.
 RESUME_PARAMETER = "sb_resume_of"
+NO_CAPACITY = "no_capacity"  # outcome of a stream the edge refused for want of a free slot
 
 router = APIRouter(tags=["twilio"])
 log = logging.getLogger(__name__)
@@ -50,12 +60,20 @@ _RESPONSES = {
 _FORM_BODY = {"requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}}}}
 ProfileQuery = Annotated[str | None, Query(pattern=PROFILE_NAME, description="Agent profile of this number")]
 MAX_RECONNECTS = 3  # per call, after its stream dropped
+QueuedQuery = Annotated[int, Query(ge=0, le=10_000, description="Looks for a free slot so far while on hold")]
 
 
 @router.post("/twiml", response_class=Response, openapi_extra=_FORM_BODY, responses=_RESPONSES)
-async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None) -> Response:
-    """Twilio voice webhook (POST, form-encoded, signed by Twilio; no bearer token)."""
+async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None, queued: QueuedQuery = 0) -> Response:
+    """Twilio voice webhook (POST, form-encoded, signed by Twilio; no bearer token).
+
+    With no free slot in the fleet the answer is the busy message and `<Hangup/>`, or in
+    queue mode the hold message, a `<Pause>` and a `<Redirect>` back here (`queued=N`).
+    """
     form = await _verified_form(request, state.settings)
+    held = await _admission(state, request, form, profile, queued)
+    if held is not None:
+        return _xml(held)
     parameters = _caller_parameters(form, profile)
     await _issue_stream_token(state, form, parameters)
     return _xml(render(state.settings, parameters, _continue_url(state.settings, request, profile, 1)))
@@ -86,9 +104,17 @@ async def twiml_continue(
         metrics.TWIML.labels("gave_up").inc()
         log.warning("stream kept failing; ending the call", extra={"call_sid": call_sid[:64]})
         return _xml(goodbye(settings, apologise=True))
+    if record is None or record.fields.get("outcome") == NO_CAPACITY:
+        # The stream never reached a worker (refused for want of a slot, or never started):
+        # admitted like a new call.
+        held = await _admission(state, request, form, profile, 0)
+        if held is not None:
+            return _xml(held)
     parameters = _caller_parameters(form, profile or (record.fields.get("profile") if record else None))
-    if record is not None:
+    if record is not None and record.fields.get("outcome") != NO_CAPACITY:
         parameters[RESUME_PARAMETER] = record.stream_sid
+        if state.settings.control_admission != "off":
+            metrics.ADMISSIONS.labels("reconnect_admitted").inc()
     await _issue_stream_token(state, form, parameters)
     metrics.TWIML.labels("reconnect").inc()
     log.info("reconnecting a dropped stream", extra={"call_sid": call_sid[:64], "attempt": attempt,
@@ -132,6 +158,57 @@ async def _issue_stream_token(state: State, form: dict[str, list[str]], paramete
     parameters[keyspace.STREAM_TOKEN_PARAMETER] = token
 
 
+async def _admission(
+    state: State, request: Request, form: dict[str, list[str]], profile: str | None, queued: int
+) -> bytes | None:
+    """None: connect the call now (a slot is reserved for it). Else the TwiML that holds or turns it away."""
+    settings = state.settings
+    mode = settings.control_admission
+    if mode == "off":
+        return None
+    call_sid = _first(form, "CallSid")[:64] or f"anonymous-{secrets.token_hex(8)}"
+    view, _ = await capacity.read(state.redis, state.keys)
+    ticket = await capacity.admit(state.redis, state.keys, call_sid, view.unreserved_free, queue=mode == "queue",
+                                  stale_ms=_hold_stale_ms(settings))
+    metrics.FLEET_FREE.set(max(0, ticket.available - int(ticket.admitted)))
+    metrics.ADMISSION_QUEUE.set(ticket.queue_length)
+    ids = {"call_sid": call_sid, "queued": queued, "fleet_free": ticket.available, "fleet_capacity": view.capacity}
+    if ticket.admitted:
+        if queued:
+            metrics.ADMISSIONS.labels("dequeued").inc()
+            metrics.QUEUE_WAIT.observe(ticket.waited_ms / 1000)
+            log.info("call on hold got a free slot", extra={**ids, "waited_ms": ticket.waited_ms})
+        else:
+            metrics.ADMISSIONS.labels("admitted").inc()
+        return None
+    if mode == "queue" and ticket.waited_ms < settings.control_admission_max_wait_s * 1000 \
+            and queued < _max_polls(settings):
+        if not queued:
+            metrics.ADMISSIONS.labels("queued").inc()
+            log.info("no free slot: call on hold", extra={**ids, "ahead": ticket.ahead})
+        return hold(settings, _retry_url(settings, request, profile, queued + 1))
+    if queued or mode == "queue":
+        await capacity.leave_queue(state.redis, state.keys, call_sid)
+    outcome = "queue_timeout" if mode == "queue" else "rejected"
+    metrics.ADMISSIONS.labels(outcome).inc()
+    log.warning("no free slot: busy message and hang-up", extra={**ids, "outcome": outcome,
+                                                                  "waited_ms": ticket.waited_ms})
+    return busy(settings)
+
+
+def _hold_stale_ms(settings: ControlSettings) -> int:
+    # A caller on hold comes back after the hold message (Twilio speaks roughly 15
+    # characters a second) and the pause; one who misses that by far has hung up and must
+    # not keep the callers behind it waiting.
+    say_s = len(settings.control_admission_hold_say) / 10
+    return int((settings.control_admission_hold_pause_s + say_s + 15) * 1000)
+
+
+def _max_polls(settings: ControlSettings) -> int:
+    # Bounds the hold even if Redis lost the queue (and with it the time already waited).
+    return math.ceil(settings.control_admission_max_wait_s / settings.control_admission_hold_pause_s) + 2
+
+
 def _caller_parameters(form: dict[str, list[str]], profile: str | None) -> dict[str, str]:
     parameters = {"profile": profile} if profile else {}
     for name in CALLER_FIELDS:
@@ -144,6 +221,12 @@ def _continue_url(settings: ControlSettings, request: Request, profile: str | No
     base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
     query = urlencode({**({"profile": profile} if profile else {}), "attempt": attempt})
     return f"{base}/twiml/continue?{query}"
+
+
+def _retry_url(settings: ControlSettings, request: Request, profile: str | None, queued: int) -> str:
+    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
+    query = urlencode({**({"profile": profile} if profile else {}), "queued": queued})
+    return f"{base}/twiml?{query}"
 
 
 def _xml(document: bytes) -> Response:
@@ -171,6 +254,22 @@ def render(settings: ControlSettings, parameters: dict[str, str], continue_url: 
     # Runs when the stream closes or cannot be opened: /twiml/continue decides between
     # hanging up (Switchboard ended the call) and reconnecting (the stream dropped).
     ET.SubElement(response, "Redirect", method="POST").text = continue_url
+    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+
+
+def busy(settings: ControlSettings) -> bytes:
+    response = ET.Element("Response")
+    ET.SubElement(response, "Say").text = settings.control_admission_busy_say
+    ET.SubElement(response, "Hangup")
+    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+
+
+def hold(settings: ControlSettings, retry_url: str) -> bytes:
+    # Twilio runs the verbs in order: speak, wait, then fetch /twiml again (a signed POST).
+    response = ET.Element("Response")
+    ET.SubElement(response, "Say").text = settings.control_admission_hold_say
+    ET.SubElement(response, "Pause", length=str(settings.control_admission_hold_pause_s))
+    ET.SubElement(response, "Redirect", method="POST").text = retry_url
     return ET.tostring(response, encoding="utf-8", xml_declaration=True)
 
 
