@@ -83,6 +83,7 @@ class Worker:
         self._free = asyncio.Event()
         self._capacity_changed = asyncio.Event()  # a claim or release to publish now
         self._draining = False
+        self._stopping = False  # drain is cancelling the background tasks
         self._leases_confirmed_at = time.monotonic()
         self._heartbeat_lock = asyncio.Lock()
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
@@ -291,7 +292,7 @@ class Worker:
     # --- heartbeat ---------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         period = self.settings.lease_ms / 3000
-        while True:
+        while not self._stopping:
             try:
                 await self._heartbeat()
             except RedisError as exc:
@@ -362,9 +363,11 @@ class Worker:
 
     async def _capacity_loop(self) -> None:
         """Publish a claim or release at once, not a heartbeat later; a burst is one write."""
-        while True:
+        while not self._stopping:
             await self._capacity_changed.wait()
             self._capacity_changed.clear()
+            if self._stopping:
+                return
             try:
                 await self._publish_capacity()
             except RedisError as exc:
@@ -389,10 +392,10 @@ class Worker:
             self._draining = True
             metrics.DRAINS.inc()
         log.info("draining", extra={"worker_id": self.settings.worker_id, "live_calls": len(self.sessions)})
-        await self._leave_fleet(withdraw=False)  # admission control stops counting this worker's slots now
         for task in self._tasks:
             if task.get_name() in ("claim", "takeover"):
                 task.cancel()
+        await self._leave_fleet(withdraw=False)  # admission control stops counting this worker's slots now
         sessions = list(self.sessions.values())
         for session in sessions:
             session.release("handover")
@@ -402,6 +405,11 @@ class Worker:
         await self.writer.drain()  # the last transcript lines and audio before anyone else takes over
         if sessions:
             await self._hand_over(sessions)
+        # Loops also stop on this flag: on Python 3.11 a cancellation that arrives while a
+        # Redis command is being sent can be lost (asyncio.wait_for inside redis-py returns
+        # the result instead), and a loop that only relies on it would never end.
+        self._stopping = True
+        self._capacity_changed.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)

@@ -46,6 +46,7 @@ class EdgeAdmission:
         self._in_flight: dict[str, list[float | None]] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
         self._failing = False
+        self._closed = False
 
     @property
     def view(self) -> capacity.FleetView:
@@ -53,7 +54,7 @@ class EdgeAdmission:
 
     async def run(self) -> None:
         """Refresh the view in the background: wakes waiters, feeds the gauges."""
-        while True:
+        while not self._closed:
             started = time.monotonic()
             try:
                 view, _ = await capacity.read(self._redis, self._keys)
@@ -103,6 +104,11 @@ class EdgeAdmission:
                 self._waiters.remove(entry)
             except ValueError:
                 pass  # granted: _grant took it off the queue
+
+    def close(self) -> None:
+        # The loop ends on this flag too: on Python 3.11 a cancellation that arrives while a
+        # Redis command is being sent can be lost inside redis-py (asyncio.wait_for).
+        self._closed = True
 
     def announced(self, stream_sid: str) -> None:
         """The call's dispatch entry is written (or failed): the next read that starts from now covers it."""

@@ -106,6 +106,7 @@ class EdgeServer:
             except TimeoutError:
                 log.warning("some Twilio sockets did not close in time")
         await self.writer.drain()
+        self.admission.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
