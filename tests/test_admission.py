@@ -259,10 +259,11 @@ async def test_queued_callers_hold_then_connect_first_come_first_served_or_hear_
     metric = "switchboard_control_admissions_total"
     outcomes = ("queued", "dequeued", "queue_timeout")
     before = {o: fleet.control_metric("queue", metric, f'outcome="{o}"') for o in outcomes}
-    # One slot frees after about 2.5 s; the other stays taken past the queue's 5 s limit.
+    # One slot frees after about 2.5 s; the other stays taken past the queue's 5 s limit, and
+    # so does the first caller once it has the freed slot (it holds the line for 4 s).
     fillers = await fleet.fill(hold_ms=(0, 6000))
-    config = SimConfig(url="unused", twiml_url=fleet.twiml_url("queue"), script=SHORT,
-                       emulator_url=fleet.system.emulator_http)
+    config = SimConfig(url="unused", twiml_url=fleet.twiml_url("queue"), emulator_url=fleet.system.emulator_http,
+                       script=CallScript(turns=1, lead_ms=300, utterance_ms=600, hold_ms=4000))
     ident = CallIdentity.random()
     first = asyncio.create_task(run_call(config, ident))
     await fleet.until_queued(ident.call_sid)  # so the second caller is behind it
