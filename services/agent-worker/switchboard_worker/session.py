@@ -117,6 +117,8 @@ class CallSession:
                 self._follow_caller()
                 self.worker.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
                 await self.worker.redis.hset(self.call_key, mapping={"state": "active"})
+                if self.released:  # released while connecting: the call is another worker's now
+                    self._dg.transport.abort()  # type: ignore[union-attr]
                 outcome = await self._pump()
             if outcome != "completed" or self._hangup_requested:
                 await self._wait_for_stop()
@@ -362,6 +364,10 @@ class CallSession:
         """The call continues with another worker (drain, lost lease): leave it untouched."""
         self.released = reason
         self._closing_dg = True
+        # The caller also cancels this session's task, but on Python 3.11 a cancellation that
+        # lands while redis-py sends a command can be lost; closing Deepgram ends the pump anyway.
+        if self._dg is not None:
+            self._dg.transport.abort()
 
     # --- caller → Deepgram ---------------------------------------------------------------------
     def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

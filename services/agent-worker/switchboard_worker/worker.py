@@ -31,6 +31,7 @@ from .session import CallSession
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+DRAIN_SESSION_WAIT_S = 3.0  # released sessions stop within ms; this bounds only a lost cancellation
 
 # Renew the lease only if it is still ours: a worker that was paused past its lease must
 # not extend another worker's. A missing key (Redis restarted and lost it, or it lapsed
@@ -401,7 +402,12 @@ class Worker:
             session.release("handover")
         for task in list(self._session_tasks.values()):
             task.cancel()
-        await asyncio.gather(*self._session_tasks.values(), return_exceptions=True)
+        if self._session_tasks:
+            # Bounded: a session that missed its cancellation must not hold the drain (and so
+            # every call's hand-over) until the orchestrator's SIGKILL.
+            _done, stuck = await asyncio.wait(list(self._session_tasks.values()), timeout=DRAIN_SESSION_WAIT_S)
+            if stuck:
+                log.warning("%d sessions did not stop; handing their calls over anyway", len(stuck))
         await self.writer.drain()  # the last transcript lines and audio before anyone else takes over
         if sessions:
             await self._hand_over(sessions)
