@@ -39,26 +39,27 @@ SHORT = CallScript(turns=1, lead_ms=300, utterance_ms=600)
 
 
 # --- pure --------------------------------------------------------------------------------------------
-def test_free_slots_count_live_workers_only_and_subtract_waiting_and_reserved_calls():
-    fields = [b"w1", b"10 4 0 5000",  # 6 free
-              b"w2", b"10 10 0 5000",  # full
-              b"w3", b"10 0 1 5000",  # draining: its slots do not count
-              b"w4", b"10 0 0 4999",  # stopped publishing before `now`: dead
+def test_free_slots_are_live_workers_capacity_minus_claimed_waiting_and_reserved_calls():
+    fields = [b"w1", b"10 4 0 5000",
+              b"w2", b"10 10 0 5000",
+              b"w3", b"10 3 1 5000",  # draining: its slots do not count, its 3 calls will move
+              b"w4", b"10 2 0 4999",  # stopped publishing before `now`: dead, its 2 calls will move
               b"w5", b"garbage"]
-    view = capacity.fleet_view(fields, 5000, unclaimed=2, reserved=1)
-    assert (view.workers, view.capacity, view.worker_free) == (3, 20, 6)
-    assert view.unreserved_free == 4 and view.free == 3
-    assert capacity.fleet_view(fields, 5000, unclaimed=9).free == -3  # more waiting than slots
+    # claimed: the live workers' 14 calls plus the 3 + 2 that need a new home.
+    view = capacity.fleet_view(fields, 5000, claimed=19, unclaimed=2, reserved=1)
+    assert (view.workers, view.capacity, view.live) == (3, 20, 17)
+    assert view.unreserved_free == -1 and view.free == -2
+    assert capacity.fleet_view(fields, 5000, claimed=14).free == 6
     assert capacity.fleet_view([], 0) == capacity.FleetView()
     assert capacity.parse_worker(b"w", b"5 7 0 1").free == 0  # never negative
 
 
-def test_unclaimed_calls_come_from_the_group_lag_or_else_from_length_minus_pending():
-    assert capacity.unclaimed_calls([{"name": b"workers", "lag": 3, "pending": 7}], 10) == 3
+def test_claimed_and_unclaimed_calls_come_from_the_group_or_else_from_length_minus_pending():
+    assert capacity.dispatch_backlog([{"name": b"workers", "lag": 3, "pending": 7}], 10) == (7, 3)
     # Redis reports no lag once an undelivered entry was deleted.
-    assert capacity.unclaimed_calls([{"name": "workers", "lag": None, "pending": 7}], 10) == 3
-    assert capacity.unclaimed_calls([{"name": b"other", "lag": 0, "pending": 0}], 4) == 4
-    assert capacity.unclaimed_calls([], 0) == 0
+    assert capacity.dispatch_backlog([{"name": "workers", "lag": None, "pending": 7}], 10) == (7, 3)
+    assert capacity.dispatch_backlog([{"name": b"other", "lag": 0, "pending": 0}], 4) == (0, 4)
+    assert capacity.dispatch_backlog([], 0) == (0, 0)
 
 
 def test_the_simulator_runs_twiml_verbs_in_order_and_stops_at_redirect_or_hangup():

@@ -5,15 +5,20 @@ when it claims or releases a call): `"<capacity> <live> <draining> <deadline_ms>
 deadline is stamped by Redis itself (Lua `TIME`), and readers compare it with Redis' clock
 too, so clock skew between hosts can neither keep a dead worker alive nor bury a live one.
 
-    free = Σ (capacity − live) over live, non-draining workers
-           − calls announced on the dispatch stream that no worker has claimed yet
-           − calls the TwiML endpoint admitted whose stream has not started yet (reservations)
+    free = Σ capacity of live, non-draining workers
+           − calls claimed from the dispatch stream (pending in its consumer group)
+           − calls announced on it that no worker has claimed yet
+           − calls the TwiML endpoint admitted whose stream is not announced yet (reservations)
 
+Calls in use are counted from the dispatch stream, not from what workers report: a claim
+moves an entry from unclaimed to pending atomically, so a call is never counted nowhere
+between its claim and its worker's next report; and the calls of a dead or draining worker
+stay counted until they end, since they are about to take slots on the others.
 The control API reserves a slot for each call its TwiML admits (and keeps a FIFO of callers
-on hold in queue mode); the edge consumes the reservation when the call's stream starts.
-All admission keys share one hash tag, so each script runs on one Redis Cluster slot.
-`FleetView`, `parse_worker`, `fleet_view` and `unclaimed_calls` are pure; the async
-functions are the only Redis I/O.
+on hold in queue mode); the edge drops the reservation once the call is announced, so the
+call is counted twice for a moment rather than not at all. All admission keys share one
+hash tag, so each script runs on one Redis Cluster slot. `FleetView`, `parse_worker`,
+`fleet_view` and `dispatch_backlog` are pure; the async functions are the only Redis I/O.
 """
 
 from __future__ import annotations
@@ -68,19 +73,20 @@ class WorkerLoad:
 class FleetView:
     workers: int = 0  # live workers, draining ones included
     capacity: int = 0  # slots of live, non-draining workers
-    worker_free: int = 0  # Σ (capacity − live) of live, non-draining workers
+    live: int = 0  # calls the live workers report holding (for information)
+    claimed: int = 0  # dispatch entries claimed by any worker, live or not, and not ended
     unclaimed: int = 0  # announced on the dispatch stream, not claimed yet
-    reserved: int = 0  # admitted by TwiML, stream not started yet
+    reserved: int = 0  # admitted by TwiML, not announced yet
 
     @property
     def unreserved_free(self) -> int:
         """Free slots before reservations: what the TwiML admission script starts from."""
-        return self.worker_free - self.unclaimed
+        return self.capacity - self.claimed - self.unclaimed
 
     @property
     def free(self) -> int:
         """Slots a new call may take now; negative when more calls wait than slots exist."""
-        return self.worker_free - self.unclaimed - self.reserved
+        return self.unreserved_free - self.reserved
 
 
 def parse_worker(worker_id: bytes | str, value: bytes | str) -> WorkerLoad | None:
@@ -97,17 +103,19 @@ def parse_worker(worker_id: bytes | str, value: bytes | str) -> WorkerLoad | Non
     return WorkerLoad(name, capacity, live, draining != 0, deadline)
 
 
-def fleet_view(fields: Sequence[Any], now_ms: int, *, unclaimed: int = 0, reserved: int = 0) -> FleetView:
+def fleet_view(
+    fields: Sequence[Any], now_ms: int, *, claimed: int = 0, unclaimed: int = 0, reserved: int = 0
+) -> FleetView:
     """The fleet from a flat HGETALL reply [id, value, id, value, ...] at Redis time `now_ms`."""
-    workers = capacity = free = 0
+    workers = capacity = live = 0
     for load in _loads(fields):
         if load.deadline_ms < now_ms:
             continue  # stopped publishing: dead, frozen or partitioned
         workers += 1
+        live += load.live
         if not load.draining:
             capacity += load.capacity
-            free += load.free
-    return FleetView(workers, capacity, free, max(0, unclaimed), max(0, reserved))
+    return FleetView(workers, capacity, live, max(0, claimed), max(0, unclaimed), max(0, reserved))
 
 
 def _loads(fields: Sequence[Any]) -> Iterable[WorkerLoad]:
@@ -117,8 +125,8 @@ def _loads(fields: Sequence[Any]) -> Iterable[WorkerLoad]:
             yield load
 
 
-def unclaimed_calls(groups: Sequence[dict[str, Any]], length: int, group: str = DISPATCH_GROUP) -> int:
-    """Dispatch entries no worker has claimed yet, from XINFO GROUPS and XLEN.
+def dispatch_backlog(groups: Sequence[dict[str, Any]], length: int, group: str = DISPATCH_GROUP) -> tuple[int, int]:
+    """(claimed, unclaimed) dispatch entries, from XINFO GROUPS and XLEN.
 
     `lag` is exact but Redis cannot compute it once an entry that was never delivered has
     been deleted; then every entry left is either pending (claimed) or unclaimed, because
@@ -128,11 +136,12 @@ def unclaimed_calls(groups: Sequence[dict[str, Any]], length: int, group: str = 
         name = info.get("name")
         if (name.decode() if isinstance(name, bytes) else name) != group:
             continue
+        claimed = max(0, int(info.get("pending") or 0))
         lag = info.get("lag")
         if lag is not None:
-            return max(0, int(lag))
-        return max(0, length - int(info.get("pending") or 0))
-    return max(0, length)  # no group yet: nobody has claimed anything
+            return claimed, max(0, int(lag))
+        return claimed, max(0, length - claimed)
+    return 0, max(0, length)  # no group yet: nobody has claimed anything
 
 
 # --- Redis ------------------------------------------------------------------------------------------
@@ -147,7 +156,7 @@ return now
 """
 
 # KEYS[1] fleet, KEYS[2] reservations; ARGV: reservation ttl ms, callSid whose reservation to
-# consume (or ""). Drops fields of workers past their deadline (atomically: a worker that
+# look up (or ""). Drops fields of workers past their deadline (atomically: a worker that
 # publishes again is never lost) and lapsed reservations.
 _READ = _NOW + """
 local fields = redis.call('HGETALL', KEYS[1])
@@ -156,9 +165,9 @@ for i = 1, #fields, 2 do
   if deadline == nil or deadline < now then redis.call('HDEL', KEYS[1], fields[i]) end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
-local consumed = 0
-if ARGV[2] ~= '' then consumed = redis.call('ZREM', KEYS[2], ARGV[2]) end
-return {now, redis.call('ZCARD', KEYS[2]), consumed, fields}
+local held = 0
+if ARGV[2] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[2]) then held = 1 end
+return {now, redis.call('ZCARD', KEYS[2]), held, fields}
 """
 
 # KEYS: reservations, queue, queue seen. ARGV: callSid, free slots before reservations,
@@ -213,10 +222,10 @@ async def withdraw(redis: Any, keys: Keys, worker_id: str) -> None:
     await redis.hdel(fleet_key(keys), worker_id)
 
 
-async def read(redis: Any, keys: Keys, *, consume_reservation: str = "") -> tuple[FleetView, bool]:
-    """The fleet now, and whether `consume_reservation` (a callSid) held a reservation (now consumed)."""
+async def read(redis: Any, keys: Keys, *, reservation_of: str = "") -> tuple[FleetView, bool]:
+    """The fleet now, and whether the call `reservation_of` (a callSid) holds a reservation."""
     pipe = redis.pipeline(transaction=False)
-    pipe.eval(_READ, 2, fleet_key(keys), reservations_key(keys), RESERVATION_TTL_MS, consume_reservation)
+    pipe.eval(_READ, 2, fleet_key(keys), reservations_key(keys), RESERVATION_TTL_MS, reservation_of)
     pipe.xinfo_groups(keys.dispatch())
     pipe.xlen(keys.dispatch())
     script, groups, length = await pipe.execute(raise_on_error=False)
@@ -226,9 +235,10 @@ async def read(redis: Any, keys: Keys, *, consume_reservation: str = "") -> tupl
         groups = []
     if isinstance(length, Exception):
         raise length
-    now_ms, reserved, consumed, fields = script
-    view = fleet_view(fields, int(now_ms), unclaimed=unclaimed_calls(groups, int(length)), reserved=int(reserved))
-    return view, bool(consumed)
+    now_ms, reserved, held, fields = script
+    claimed, unclaimed = dispatch_backlog(groups, int(length))
+    view = fleet_view(fields, int(now_ms), claimed=claimed, unclaimed=unclaimed, reserved=int(reserved))
+    return view, bool(held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +260,9 @@ async def admit(redis: Any, keys: Keys, call_sid: str, unreserved_free: int, *, 
     return Ticket(admitted == 1, ahead, waited, available, length)
 
 
-async def consume_reservation(redis: Any, keys: Keys, call_sid: str) -> bool:
-    """The call's stream has started: its reservation (if any) no longer holds a slot."""
-    return bool(await redis.zrem(reservations_key(keys), call_sid))
+def drop_reservation(pipe: Any, keys: Keys, call_sid: str) -> None:
+    """Queue the ZREM that ends a call's reservation, in the pipeline that announces the call."""
+    pipe.zrem(reservations_key(keys), call_sid)
 
 
 async def leave_queue(redis: Any, keys: Keys, call_sid: str) -> None:

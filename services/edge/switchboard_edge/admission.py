@@ -6,7 +6,8 @@ This is the second, for calls that raced past it or never went through it (a Twi
 - a stream that replaces a dropped one (`sb_resume_of`) always passes: its old session
   holds a slot that frees within CALLER_TIMEOUT_S, and refusing it would cut a
   conversation in progress;
-- a stream whose callSid holds a TwiML reservation passes, consuming the reservation;
+- a stream whose callSid holds a TwiML reservation passes (the reservation ends once the
+  call is announced);
 - any other stream passes while the fleet has a free slot, and otherwise waits, first come
   first served, until one frees or EDGE_ADMISSION_WAIT_S runs out.
 
@@ -74,7 +75,7 @@ class EdgeAdmission:
             self._admitted(start.stream_sid)
             return "resumed"
         started = time.monotonic()
-        view, reserved = await capacity.read(self._redis, self._keys, consume_reservation=start.call_sid)
+        view, reserved = await capacity.read(self._redis, self._keys, reservation_of=start.call_sid)
         self._update(view, started)  # earlier waiters are served first
         if reserved:
             self._admitted(start.stream_sid)

@@ -42,7 +42,8 @@ ADMISSION_WAITING = Gauge(
 )
 FLEET_FREE = Gauge(
     "switchboard_edge_fleet_free_slots",
-    "Slots the fleet can give new calls: free worker slots minus unclaimed and reserved calls (refreshed every 250 ms)",
+    "Slots the fleet can give new calls: live workers' capacity minus calls claimed, waiting for a worker "
+    "or reserved by TwiML (refreshed every 250 ms)",
 )
 FLEET_CAPACITY = Gauge(
     "switchboard_edge_fleet_capacity_slots", "Slots of all live, non-draining workers, as this edge sees them"

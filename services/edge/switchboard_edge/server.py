@@ -180,9 +180,6 @@ class EdgeServer:
         that /twiml/continue answers it per admission policy instead of reconnecting it.
         """
         if not self.settings.edge_admission:
-            # No gate here, but the control API's bookkeeping stays right: the call is
-            # about to be announced, so its TwiML reservation must stop counting.
-            await capacity.consume_reservation(self.redis, self.keys, start.call_sid)
             return True
         outcome = await self.admission.admit_now(start)
         if outcome is None and self.settings.edge_admission_wait_s > 0:
@@ -232,13 +229,18 @@ class EdgeServer:
             await self._write_record(start)
             # Announce only once the record exists: on a Redis Cluster one pipeline runs on
             # several nodes in parallel, and a worker could claim the call before its record.
-            await self.redis.xadd(
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(
                 self.keys.dispatch(),
                 {b"stream_sid": sid.encode(), b"call_sid": start.call_sid.encode(),
                  b"edge": self.settings.edge_id.encode()},
                 maxlen=keyspace.DISPATCH_STREAM_MAXLEN,
                 approximate=True,
             )
+            # The slot /twiml reserved for this call (if any) ends only now that the dispatch
+            # entry counts it: admission control sees the call twice for a moment, never not at all.
+            capacity.drop_reservation(pipe, self.keys, start.call_sid)
+            await pipe.execute()
         except RedisError:
             metrics.REDIS_ERRORS.inc()
             log.exception("could not register call", extra={"stream_sid": sid, "call_sid": start.call_sid})
