@@ -108,7 +108,7 @@ class Fleet:
         client = redis_async.Redis.from_url(self.system.redis_url)
         try:
             async with asyncio.timeout(timeout):
-                while await client.zscore(capacity.queue_key(self.keys), call_sid) is None:
+                while await client.zscore(self.keys.admission_queue(), call_sid) is None:
                     await asyncio.sleep(0.01)
         finally:
             await client.aclose()

@@ -34,27 +34,6 @@ from .keys import DISPATCH_GROUP, Keys
 RESERVATION_TTL_MS = 10_000
 
 
-# --- keys (one hash tag: every script below touches a single cluster slot) -------------------------
-def fleet_key(keys: Keys) -> str:
-    """Hash worker id → "capacity live draining deadline_ms"; expires when every worker is gone."""
-    return f"{keys.prefix}{{admission}}:fleet"
-
-
-def reservations_key(keys: Keys) -> str:
-    """Sorted set callSid → admitted at (Redis ms): admitted by TwiML, stream not started yet."""
-    return f"{keys.prefix}{{admission}}:reserved"
-
-
-def queue_key(keys: Keys) -> str:
-    """Sorted set callSid → entered the hold queue at (Redis ms): the FIFO order."""
-    return f"{keys.prefix}{{admission}}:queue"
-
-
-def queue_seen_key(keys: Keys) -> str:
-    """Sorted set callSid → last poll (Redis ms): a caller who stops polling hung up."""
-    return f"{keys.prefix}{{admission}}:queue:seen"
-
-
 # --- pure ------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class WorkerLoad:
@@ -208,7 +187,7 @@ return {0, ahead, waited, avail, redis.call('ZCARD', KEYS[2])}
 def publish_command(keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int) -> tuple:
     """EVAL arguments that publish one worker's load (for `pipe.eval(*args)` or `redis.eval(*args)`)."""
     value = f"{capacity} {live} {int(draining)}"
-    return (_PUBLISH, 1, fleet_key(keys), worker_id, value, max(1, ttl_ms))
+    return (_PUBLISH, 1, keys.admission_fleet(), worker_id, value, max(1, ttl_ms))
 
 
 async def publish(
@@ -219,13 +198,13 @@ async def publish(
 
 async def withdraw(redis: Any, keys: Keys, worker_id: str) -> None:
     """A stopping worker leaves the fleet at once instead of at its deadline."""
-    await redis.hdel(fleet_key(keys), worker_id)
+    await redis.hdel(keys.admission_fleet(), worker_id)
 
 
 async def read(redis: Any, keys: Keys, *, reservation_of: str = "") -> tuple[FleetView, bool]:
     """The fleet now, and whether the call `reservation_of` (a callSid) holds a reservation."""
     pipe = redis.pipeline(transaction=False)
-    pipe.eval(_READ, 2, fleet_key(keys), reservations_key(keys), RESERVATION_TTL_MS, reservation_of)
+    pipe.eval(_READ, 2, keys.admission_fleet(), keys.admission_reserved(), RESERVATION_TTL_MS, reservation_of)
     pipe.xinfo_groups(keys.dispatch())
     pipe.xlen(keys.dispatch())
     script, groups, length = await pipe.execute(raise_on_error=False)
@@ -253,7 +232,7 @@ class Ticket:
 async def admit(redis: Any, keys: Keys, call_sid: str, unreserved_free: int, *, queue: bool, stale_ms: int) -> Ticket:
     """Reserve a slot for this call if one is free and nobody waits ahead of it; else (queue=True) hold its place."""
     reply = await redis.eval(
-        _ADMIT, 3, reservations_key(keys), queue_key(keys), queue_seen_key(keys),
+        _ADMIT, 3, keys.admission_reserved(), keys.admission_queue(), keys.admission_queue_seen(),
         call_sid, unreserved_free, "1" if queue else "0", RESERVATION_TTL_MS, max(1000, stale_ms),
     )
     admitted, ahead, waited, available, length = (int(x) for x in reply)
@@ -262,11 +241,11 @@ async def admit(redis: Any, keys: Keys, call_sid: str, unreserved_free: int, *, 
 
 def drop_reservation(pipe: Any, keys: Keys, call_sid: str) -> None:
     """Queue the ZREM that ends a call's reservation, in the pipeline that announces the call."""
-    pipe.zrem(reservations_key(keys), call_sid)
+    pipe.zrem(keys.admission_reserved(), call_sid)
 
 
 async def leave_queue(redis: Any, keys: Keys, call_sid: str) -> None:
     pipe = redis.pipeline(transaction=False)
-    pipe.zrem(queue_key(keys), call_sid)
-    pipe.zrem(queue_seen_key(keys), call_sid)
+    pipe.zrem(keys.admission_queue(), call_sid)
+    pipe.zrem(keys.admission_queue_seen(), call_sid)
     await pipe.execute()

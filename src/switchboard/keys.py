@@ -80,6 +80,23 @@ class Keys:
         """Stream an instance writes to itself to interrupt its own blocking XREAD."""
         return f"{self.prefix}wake:{{{instance_id}}}"
 
+    # --- admission control (one hash tag: its scripts touch a single cluster slot) --------------
+    def admission_fleet(self) -> str:
+        """Hash worker id → "capacity live draining deadline_ms"; expires when every worker is gone."""
+        return f"{self.prefix}{{admission}}:fleet"
+
+    def admission_reserved(self) -> str:
+        """Sorted set callSid → admitted at (Redis ms): admitted by TwiML, call not announced yet."""
+        return f"{self.prefix}{{admission}}:reserved"
+
+    def admission_queue(self) -> str:
+        """Sorted set callSid → entered the hold queue at (Redis ms): the FIFO order."""
+        return f"{self.prefix}{{admission}}:queue"
+
+    def admission_queue_seen(self) -> str:
+        """Sorted set callSid → last poll (Redis ms): a caller who stops polling hung up."""
+        return f"{self.prefix}{{admission}}:queue:seen"
+
     # --- configuration ------------------------------------------------------------------------
     def default_settings(self) -> str:
         return f"{self.prefix}config:default"
@@ -103,3 +120,4 @@ WAKE_STREAM_MAXLEN = 16
 WAKE_TTL_S = 3600
 STREAM_TOKEN_TTL_S = 120  # Twilio opens the stream within seconds of fetching the TwiML
 STREAM_TOKEN_PARAMETER = "sb_token"
+RESUME_PARAMETER = "sb_resume_of"  # <Parameter> naming the dropped stream a reconnected call replaces

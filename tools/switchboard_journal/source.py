@@ -11,10 +11,9 @@ import orjson
 import redis as redis_sync
 
 from switchboard.journal import JournalRecord, Source, decode_journal, from_jsonl
-from switchboard.keys import Keys
+from switchboard.keys import Keys, RESUME_PARAMETER
 
 PAGE = 2000  # XRANGE page: a long journal is read in slices, not in one reply Redis must build at once
-RESUME_PARAMETER = "sb_resume_of"
 
 
 class NotFound(LookupError):

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from switchboard.keys import RESUME_PARAMETER
 from switchboard import deepgram, entries
 from switchboard import keys as keyspace
 from switchboard import settings_store
@@ -46,7 +47,6 @@ MAX_CONTEXT_ITEMS = 60
 BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
 END_WAIT_S = 30.0
 STABLE_SESSION_S = 30.0
-RESUME_PARAMETER = "sb_resume_of"  # <Parameter> naming the stream this one replaces
 CARRIED_EVENTS = frozenset({"transcript", "function_call"})  # after asking the edge to hang up, how long to wait for its stop
 
 

@@ -27,14 +27,13 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from switchboard import capacity, twilio
-from switchboard.keys import Keys
+from switchboard.keys import Keys, RESUME_PARAMETER
 
 from . import metrics
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 0.25
-RESUME_PARAMETER = "sb_resume_of"  # the <Parameter> /twiml/continue puts on a reconnected call's stream
 _FORGET_UNANNOUNCED_S = 30.0  # an admitted start that never reached its announcement
 
 

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import Response, StreamingResponse
 
+from switchboard.keys import RESUME_PARAMETER
 from switchboard import wav
 from switchboard.journal import decode_journal, header_line, record_to_json
 
@@ -26,7 +27,6 @@ router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
 CallSid = Annotated[str, Path(pattern=CALL_SID, description="callSid, or streamSid after the call record expired",
                               examples=["CA0123456789abcdef0123456789abcdef"])]
 PAGE = 1000
-RESUME_PARAMETER = "sb_resume_of"
 NOT_FOUND = {"model": Problem, "description": "No such call, or it has no journal (journal.enabled was off)"}
 
 

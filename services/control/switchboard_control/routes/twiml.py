@@ -24,6 +24,7 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
+from switchboard.keys import RESUME_PARAMETER
 from switchboard import capacity, signature
 from switchboard import keys as keyspace
 
@@ -32,8 +33,6 @@ from ..deps import State, StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
 
-# The <Parameter> that tells the worker which dropped stream a new one replaces.
-RESUME_PARAMETER = "sb_resume_of"
 NO_CAPACITY = "no_capacity"  # outcome of a stream the edge refused for want of a free slot
 
 router = APIRouter(tags=["twilio"])
