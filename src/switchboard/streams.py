@@ -121,6 +121,7 @@ class StreamWriter:
         # Redis Cluster routes each key to its node: only a single node takes the fast path.
         self._direct = DirectConnection(client) if _single_node(client) else None
         self._xadd = resp.XaddPacker()
+        self._stopping = False
 
     # --- producers (never block) ----------------------------------------------------------
     def append(self, key: str, entry: Entry, maxlen: int = keyspace.AUDIO_STREAM_MAXLEN) -> None:
@@ -191,10 +192,18 @@ class StreamWriter:
         return True
 
     # --- the single writer ------------------------------------------------------------------
+    def stop(self) -> None:
+        """End `run` at its next turn, even if the task's cancellation is lost (Python 3.11:
+        a cancel that lands as a Redis reply arrives can be swallowed)."""
+        self._stopping = True
+        self._wakeup.set()
+
     async def run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             await self._wakeup.wait()
+            if self._stopping:
+                return
             if self._window:
                 await asyncio.sleep(self._window)
             else:
@@ -346,6 +355,7 @@ class StreamReader:
         self._xread = resp.XreadPacker(count, block_ms)
         self._slots: dict[int, set[str]] | None = None if _single_node(client) else {}
         self._slots_changed = asyncio.Event()
+        self._stopping = False
 
     def add(self, key: str, last_id: bytes | str = "0-0") -> None:
         self._streams[key] = last_id
@@ -401,12 +411,17 @@ class StreamReader:
                 self._rewake = False
                 self._wake()
 
+    def stop(self) -> None:
+        """End `run` after the read in flight, even if the task's cancellation is lost."""
+        self._stopping = True
+        self._slots_changed.set()
+
     async def run(self) -> None:
         if self._slots is not None:
             await self._run_per_slot()
             return
         backoff = 0.05
-        while True:
+        while not self._stopping:
             request = {self._wake_key: self._wake_last, **self._streams}
             self._blocked = True
             try:
@@ -452,7 +467,7 @@ class StreamReader:
         assert self._slots is not None
         tasks: dict[int, asyncio.Task[None]] = {}
         try:
-            while True:
+            while not self._stopping:
                 await self._slots_changed.wait()
                 self._slots_changed.clear()
                 for slot, keys in list(self._slots.items()):
@@ -468,7 +483,7 @@ class StreamReader:
     async def _read_slot(self, slot: int) -> None:
         assert self._slots is not None
         backoff = 0.05
-        while keys := self._slots.get(slot):
+        while not self._stopping and (keys := self._slots.get(slot)):
             request = {key: self._streams[key] for key in keys if key in self._streams}
             try:
                 response = await self._redis.xread(request, count=self._count, block=CLUSTER_BLOCK_MS)

@@ -416,6 +416,8 @@ class Worker:
         # the result instead), and a loop that only relies on it would never end.
         self._stopping = True
         self._capacity_changed.set()
+        self.writer.stop()
+        self.reader.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)

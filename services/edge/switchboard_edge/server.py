@@ -107,6 +107,8 @@ class EdgeServer:
                 log.warning("some Twilio sockets did not close in time")
         await self.writer.drain()
         self.admission.close()
+        self.writer.stop()
+        self.reader.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
