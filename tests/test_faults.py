@@ -10,6 +10,8 @@ import signal
 import statistics
 import time
 
+import httpx
+import orjson
 import pytest
 
 from switchboard import procs
@@ -204,9 +206,13 @@ async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conv
                                ramp_ms=200, script=CallScript(turns=6, lead_ms=300, utterance_ms=800))
             load = asyncio.create_task(run_load(config))
             sids = await asyncio.to_thread(_live_stream_sids, sb, 5)
+            # A client following one call's live events before the edge dies...
+            watched = sb.call_record(sids[0])["call_sid"]
+            follower = asyncio.create_task(_sse_events(control_port, "t" * 24, watched))
             await asyncio.sleep(1.0)
             sb.edge.kill()  # every Twilio socket on it drops at once
             report = (await load).to_dict()
+            seen = await asyncio.wait_for(follower, 30)
         print(f"\nedge kill: {report['calls']}")
         assert report["calls"]["completed"] == 5, report["calls"]
         for detail in report["calls_detail"]:
@@ -219,5 +225,30 @@ async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conv
             assert sb.wait_call_ended(resumed["stream_sid"])["end_reason"] == "moved_to_new_stream"
             sessions = sb.emulator_sessions(detail["call_sid"])
             assert "greeting" not in sessions[-1]["settings"]["agent"]
+        # ...is taken over to the call's new stream, sees the conversation go on there without
+        # the carried-over lines twice, and ends with the call itself.
+        kinds = [kind for kind, _ in seen]
+        moved = [event for kind, event in seen if kind == "stream_moved"]
+        assert len(moved) == 1 and moved[0]["from"] == sids[0], kinds
+        after = kinds[kinds.index("stream_moved") + 1:]
+        assert "transcript" in after and "resumed_from_stream" not in after, kinds
+        assert seen[-1][0] == "call_ended" and seen[-1][1]["reason"] != "moved_to_new_stream"
+        transcript = [(e["role"], e["content"]) for kind, e in seen if kind == "transcript"]
+        assert len(transcript) == len(set(transcript))  # nothing twice
     finally:
         sb.stop()
+
+
+async def _sse_events(port: int, token: str, call_sid: str) -> list[tuple[str, dict]]:
+    seen: list[tuple[str, dict]] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
+        async with client.stream("GET", f"/v1/calls/{call_sid}/events?types=all") as response:
+            assert response.status_code == 200
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((kind, orjson.loads(line[6:])))
+    return seen

@@ -85,30 +85,32 @@ async def call_events(
     until `call_ended`."""
     record = await callstate.require(state, call_sid)
     wanted = None if types == "all" else frozenset(types.split(","))
-    stream = _sse(state, request, record.stream_sid, last_event_id or "0-0", wanted)
+    stream = _sse(state, request, record, last_event_id or "0-0", wanted)
     return StreamingResponse(
         stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 
 async def _sse(
-    state: State, request: Request, stream_sid: str, position: str, wanted: frozenset[str] | None
+    state: State, request: Request, record: callstate.CallRecord, position: str, wanted: frozenset[str] | None
 ) -> AsyncIterator[bytes]:
     yield b"retry: 2000\n\n"
     try:
-        async for chunk in _follow(state, request, stream_sid, position, wanted):
+        async for chunk in _follow(state, request, record, position, wanted):
             yield chunk
     except RedisError as exc:
         # The response has started: no status to change any more. End the stream; the client
         # reconnects with Last-Event-ID and continues where it was.
-        log.warning("event stream of %s stopped: %r", stream_sid, exc)
+        log.warning("event stream of %s stopped: %r", record.stream_sid, exc)
 
 
 async def _follow(
-    state: State, request: Request, stream_sid: str, position: str, wanted: frozenset[str] | None
+    state: State, request: Request, record: callstate.CallRecord, position: str, wanted: frozenset[str] | None
 ) -> AsyncIterator[bytes]:
+    stream_sid = record.stream_sid
     key = state.keys.events(stream_sid)
     block_ms = int(state.settings.sse_keepalive_s * 1000)
+    skipping = False  # in a new stream, the conversation copied over from the old one
     while True:
         # One client here and one connection for it from the blocking pool; XREAD from 0-0 replays
         # the history in pages before it starts to block.
@@ -120,18 +122,44 @@ async def _follow(
                 return  # retention is over: nothing more will come
             yield b": keepalive\n\n"
             continue
+        moved_to = None
         for _key, items in response:
             for entry_id, fields in items:
                 position = entry_id.decode()
                 event = callstate.decode_event(fields)
-                if event is None or (wanted is not None and event["type"] not in wanted and event["type"] != "call_ended"):
+                if event is None:
+                    continue
+                if skipping:
+                    skipping = event["type"] != "resumed_from_stream"
+                    continue
+                if event["type"] == "call_ended" and event.get("reason") == "moved_to_new_stream":
+                    # The edge was lost and the call went on as a new stream: follow it there.
+                    moved_to = await _current_stream(state, record.call_sid, stream_sid)
+                    if moved_to is not None:
+                        event = {"type": "stream_moved", "from": stream_sid, "to": moved_to, "ts": event.get("ts")}
+                if wanted is not None and event["type"] not in wanted | _ALWAYS_SENT:
                     continue
                 yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
                     entry_id, event["type"].encode(), orjson.dumps(event)
                 )
                 if event["type"] == "call_ended":
                     return
+                if moved_to is not None:
+                    break
+        if moved_to is not None:
+            stream_sid, key, position, skipping = moved_to, state.keys.events(moved_to), "0-0", True
         await asyncio.sleep(0)  # a long history must not hog the loop
+
+
+# Sent whatever `types` asks for: the end of the call, and the switch to a new stream.
+_ALWAYS_SENT = frozenset({"call_ended", "stream_moved"})
+
+
+async def _current_stream(state: State, call_sid: str, old_stream_sid: str) -> str | None:
+    current = await state.redis.get(state.keys.call_by_callsid(call_sid))
+    if current is None or current.decode() == old_stream_sid:
+        return None
+    return current.decode()
 
 
 async def _run(state: State, call_sid: str, op: str, wait: bool, response: Response, **args: Any) -> CommandResult:
