@@ -25,7 +25,7 @@ from test_control_api import API_TOKEN, ControlStack, new_call
 from test_journal import T0, pcm_channels, synthetic_call
 
 PREFIX = "journal:"
-RETENTION_S = 900
+RETENTION_S = 7200  # longer than the call record (CALL_RETENTION_S 3600 on the worker)
 SECRETS = ("sk-journal-listen-0001", "Bearer sk-journal-llm-0002")
 
 
@@ -75,6 +75,8 @@ async def test_a_recorded_call_is_exported_heard_and_replayed_with_its_barge_ins
         # marks the call ended sets the configured retention right after the state.
         procs.wait_until(lambda: 0 < client.ttl(key) <= RETENTION_S, 5, "the journal's retention")
         assert client.ttl(key) > RETENTION_S - 30
+        # The callSid keeps naming it as long as the journal lives (the call record's retention is shorter).
+        assert client.ttl(stack.system.keys.call_by_callsid(ident.call_sid)) > RETENTION_S - 30
 
     # dump: every kind of record, and no secret anywhere.
     dump = tmp_path / "call.jsonl"

@@ -245,7 +245,9 @@ class Worker:
         if journal.enabled:
             pipe.expire(self.keys.journal(session.stream_sid), journal.retention_s)
         if session.stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
-            pipe.expire(self.keys.call_by_callsid(session.call_sid), retention)
+            # A journal kept longer than the call record stays findable by its callSid.
+            lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
+            pipe.expire(self.keys.call_by_callsid(session.call_sid), lookup_s)
         pipe.delete(self.keys.lease(session.stream_sid))
         pipe.zrem(self.keys.live_calls(), session.stream_sid)
         pipe.xack(self.keys.dispatch(), keyspace.DISPATCH_GROUP, session.dispatch_id)
