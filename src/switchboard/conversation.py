@@ -151,7 +151,6 @@ class Reply:
     played: int = 0  # bytes confirmed played by an echoed mark
     playing_since: float | None = None  # edge time (s) of the latest echo: playback was at `played` then
     heard_from: float | None = None  # our clock when the start mark came back: playback began
-    marks: list[int] = field(default_factory=lambda: [0])  # offsets of the marks sent
     latency: dict[str, float] = field(default_factory=dict)  # stage → ms
     latency_emitted: bool = False
 
@@ -262,7 +261,6 @@ class Conversation:
         if reply.received < reply.next_mark:
             return []
         reply.next_mark = reply.received + SEGMENT_BYTES
-        reply.marks.append(reply.received)
         return [ToCaller(entries.mark(mark_name(self.session_id, reply.number, reply.received)))]
 
     def _audio_done(self, now: float) -> list[Action]:
@@ -270,7 +268,6 @@ class Conversation:
         if reply is None:
             return [Emit("agent_audio_done", {})]
         reply.audio_done = True
-        reply.marks.append(reply.received)
         return [
             ToCaller(entries.mark(mark_name(self.session_id, reply.number, reply.received, end=True))),
             Emit("agent_audio_done", {"reply": reply.number}),
