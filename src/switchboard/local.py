@@ -156,6 +156,14 @@ def _print_transcript(system: LocalSystem, stream_sid: str) -> None:
             print(f"    {event['role']:>9}: {event['content']}")
         elif event.get("type") in ("barge_in", "error"):
             print(f"    {'':>9}  [{event['type']}{': ' + str(event.get('code')) if event.get('code') else ''}]")
+        elif event.get("type") == "reply_heard" and event.get("interrupted"):
+            print(f"    {'':>9}  [the caller heard {event['heard_ms']} of {event['audio_ms']} ms: "
+                  f"\"{event['heard_text']}\"]")
+        elif event.get("type") == "turn_latency" and "switchboard_ms" in event:
+            stages = event["stages"]
+            print(f"    {'':>9}  [turn {event['reply']}: Switchboard {event['switchboard_ms']:.1f} ms "
+                  f"(in {stages.get('caller_to_deepgram', 0):.1f}, out {stages.get('worker_to_edge', 0):.1f}); "
+                  f"Deepgram {stages.get('deepgram_total', 0):.0f} ms]")
     client.close()
 
 
