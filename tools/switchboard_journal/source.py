@@ -11,7 +11,7 @@ import orjson
 import redis as redis_sync
 
 from switchboard.journal import JournalRecord, Source, decode_journal, from_jsonl
-from switchboard.keys import Keys, RESUME_PARAMETER
+from switchboard.keys import RESUME_PARAMETER, Keys
 
 PAGE = 2000  # XRANGE page: a long journal is read in slices, not in one reply Redis must build at once
 

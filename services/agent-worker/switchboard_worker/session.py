@@ -22,16 +22,23 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from switchboard.keys import RESUME_PARAMETER
-from switchboard import deepgram, entries
+from switchboard import deepgram, entries, settings_store
 from switchboard import keys as keyspace
-from switchboard import settings_store
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
-    Action, Conversation, ConversationConfig, Emit, Hangup, Observe, Reconnect, ToAgent, ToCaller,
+    Action,
+    Conversation,
+    ConversationConfig,
+    Emit,
+    Hangup,
+    Observe,
+    Reconnect,
+    ToAgent,
+    ToCaller,
 )
 from switchboard.entries import Entry, Kind, now_us
 from switchboard.journal import Recorder
+from switchboard.keys import RESUME_PARAMETER
 from switchboard.outbox import Outbox, PeerStalled
 
 from . import metrics

@@ -27,7 +27,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from switchboard import capacity, twilio
-from switchboard.keys import Keys, RESUME_PARAMETER
+from switchboard.keys import RESUME_PARAMETER, Keys
 
 from . import metrics
 

@@ -15,9 +15,9 @@ import orjson
 from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import Response, StreamingResponse
 
-from switchboard.keys import RESUME_PARAMETER
 from switchboard import wav
 from switchboard.journal import decode_journal, header_line, record_to_json
+from switchboard.keys import RESUME_PARAMETER
 
 from ..deps import Auth, State, StateDep
 from ..models import CALL_SID, Problem

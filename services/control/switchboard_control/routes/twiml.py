@@ -24,9 +24,9 @@ from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
-from switchboard.keys import RESUME_PARAMETER
 from switchboard import capacity, signature
 from switchboard import keys as keyspace
+from switchboard.keys import RESUME_PARAMETER
 
 from .. import callstate, metrics
 from ..deps import State, StateDep
