@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_ITEMS = 60
 BUFFER_WHILE_CONNECTING_BYTES = 8000 * 5
-END_WAIT_S = 30.0
-STABLE_SESSION_S = 30.0
-CARRIED_EVENTS = frozenset({"transcript", "function_call"})  # after asking the edge to hang up, how long to wait for its stop
+END_WAIT_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
+STABLE_SESSION_S = 30.0  # a Deepgram session this old resets the reconnect budget
+CARRIED_EVENTS = frozenset({"transcript", "function_call"})  # what a new stream adopts from the one it replaces
 
 
 class CallSession:
