@@ -286,6 +286,8 @@ async def test_queued_callers_hold_then_connect_first_come_first_served_or_hear_
 async def test_a_worker_s_slots_count_while_it_heartbeats_and_vanish_when_it_drains_or_dies(fleet):
     spare = fleet.system.add_worker("spare")  # healthy means already counted
     assert (await fleet.view()).capacity == SLOTS + 1
+    # The control API's gauge is fresh at every scrape, not only after a /twiml decision.
+    assert fleet.control_metric("reject", "switchboard_control_fleet_free_slots") == (await fleet.view()).free
     await asyncio.to_thread(spare.stop)  # SIGTERM: draining, then gone from the fleet at once
     assert (await fleet.view()).capacity == SLOTS
     doomed = fleet.system.add_worker("doomed")

@@ -63,10 +63,10 @@ ADMISSIONS = Counter(
     ["outcome"],
 )
 FLEET_FREE = Gauge(
-    "switchboard_control_fleet_free_slots", "Free slots for new calls, as of the last admission decision"
+    "switchboard_control_fleet_free_slots", "Free slots for new calls (refreshed at each scrape and each admission decision)"
 )
 ADMISSION_QUEUE = Gauge(
-    "switchboard_control_admission_queue_callers", "Callers on hold (queue mode), as of the last admission decision"
+    "switchboard_control_admission_queue_callers", "Callers on hold (queue mode; refreshed at each scrape and each admission decision)"
 )
 QUEUE_WAIT = Histogram(
     "switchboard_control_admission_queue_wait_seconds",

@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from .. import metrics
-from ..deps import StateDep, bearer, require_token
+from switchboard import capacity
 from switchboard.config import redis_reachable
 
+from .. import metrics
+from ..deps import StateDep, bearer, require_token
 from ..models import Health, Problem, Readiness
 
 router = APIRouter(tags=["health"])
@@ -46,6 +47,11 @@ async def prometheus_metrics(state: StateDep) -> Response:
     try:
         async with asyncio.timeout(1):
             metrics.LIVE_CALLS.set(await state.redis.zcard(state.keys.live_calls()))
+            # Fresh at every scrape, not only as of the last /twiml decision (a quiet night
+            # would otherwise show yesterday's figure).
+            view, _held = await capacity.read(state.redis, state.keys)
+            metrics.FLEET_FREE.set(max(0, view.free))
+            metrics.ADMISSION_QUEUE.set(await state.redis.zcard(state.keys.admission_queue()))
     except (RedisError, TimeoutError, OSError):
         pass  # scrape the rest anyway; readyz reports Redis
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
