@@ -15,10 +15,32 @@ class FaultError(ValueError):
     """A fault query the emulator cannot apply (bad number, unknown name)."""
 
 
+class _Switch:
+    """A fault that is on or off, and that code can wait out."""
+
+    def __init__(self) -> None:
+        self._off = asyncio.Event()
+        self._off.set()
+
+    @property
+    def on(self) -> bool:
+        return not self._off.is_set()
+
+    def set(self, on: bool) -> None:
+        if on:
+            self._off.clear()
+        else:
+            self._off.set()
+
+    async def wait_off(self) -> None:
+        if not self._off.is_set():
+            await self._off.wait()
+
+
 class Faults:
     def __init__(self, config: EmulatorConfig) -> None:
-        self._running = asyncio.Event()
-        self._voiced = asyncio.Event()
+        self._stall = _Switch()
+        self._mute = _Switch()
         self.reset()
         # Faults from the command line are part of the emulator's starting state, unlike `reset`.
         self.reject_next = config.reject_next
@@ -38,33 +60,25 @@ class Faults:
 
     @property
     def stalled(self) -> bool:
-        return not self._running.is_set()
+        return self._stall.on
 
     def set_stall(self, stalled: bool) -> None:
-        if stalled:
-            self._running.clear()
-        else:
-            self._running.set()
+        self._stall.set(stalled)
 
     async def wait_running(self) -> None:
         """Return at once unless stalled; a stalled peer neither reads nor writes until resumed."""
-        if not self._running.is_set():
-            await self._running.wait()
+        await self._stall.wait_off()
 
     @property
     def muted(self) -> bool:
         """The agent goes on "speaking" (no AgentAudioDone) but sends no audio: a stalled TTS."""
-        return not self._voiced.is_set()
+        return self._mute.on
 
     def set_mute(self, muted: bool) -> None:
-        if muted:
-            self._voiced.clear()
-        else:
-            self._voiced.set()
+        self._mute.set(muted)
 
     async def wait_voiced(self) -> None:
-        if not self._voiced.is_set():
-            await self._voiced.wait()
+        await self._mute.wait_off()
 
     def take_rejection(self) -> int | None:
         """HTTP status to refuse this handshake with, consuming one of the `reject_next` budget."""
