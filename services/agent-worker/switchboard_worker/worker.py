@@ -239,11 +239,10 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(session.call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
                                              "end_reason": session.stop_reason})
-        for key in self.keys.per_call(session.stream_sid):
-            pipe.expire(key, retention)
         journal = session.settings.journal
-        if journal.enabled:
-            pipe.expire(self.keys.journal(session.stream_sid), journal.retention_s)
+        journal_key = self.keys.journal(session.stream_sid)
+        for key in self.keys.per_call(session.stream_sid):
+            pipe.expire(key, journal.retention_s if journal.enabled and key == journal_key else retention)
         if session.stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
             # A journal kept longer than the call record stays findable by its callSid.
             lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
