@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -37,6 +38,7 @@ import orjson
 from .agent_settings import _SECRET_NAME, MASK
 from .entries import Entry, EntryError, Kind, now_us
 from .entries import decode as decode_entry
+from .keys import RESUME_PARAMETER
 
 if TYPE_CHECKING:
     from .agent_settings import AgentSettings, Journal
@@ -290,6 +292,28 @@ def decode_journal(
 
 
 # --- JSON lines ----------------------------------------------------------------------------------
+
+
+def export_info(
+    call: str, stream_sid: str, key: str, record: dict[str, str], entries: int, ttl_s: int
+) -> dict[str, Any]:
+    """What an export's header says about the journal: `call` is what the user asked for
+    (callSid or streamSid), `record` the call record's fields (empty once it has expired)."""
+    info: dict[str, Any] = {
+        "stream_sid": stream_sid,
+        "call_sid": record.get("call_sid") or (call if call != stream_sid else None),
+        "key": key,
+        "entries": entries,
+        "ttl_s": ttl_s,
+        "exported_at": round(time.time(), 3),
+    }
+    try:
+        params = orjson.loads(record.get("params") or "{}")
+    except orjson.JSONDecodeError:
+        params = {}
+    if isinstance(params, dict) and params.get(RESUME_PARAMETER):
+        info["resumed_from"] = str(params[RESUME_PARAMETER])  # the stream this one continued: its own journal
+    return info
 
 
 def header_line(**info: Any) -> bytes:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis as redis_sync
 
-from switchboard.journal import JournalRecord, Source, decode_journal, from_jsonl
-from switchboard.keys import RESUME_PARAMETER, Keys
+from switchboard.journal import JournalRecord, Source, decode_journal, export_info, from_jsonl
+from switchboard.keys import Keys
 
 PAGE = 2000  # XRANGE page: a long journal is read in slices, not in one reply Redis must build at once
 
@@ -49,8 +47,7 @@ def stream_sid_of(redis: redis_sync.Redis, keys: Keys, call: str) -> str:
     if stream_sid is not None:
         raise NotFound(f"call {call} (stream {stream_sid.decode()}) has no journal: journal.enabled was off "
                        "for its settings, or the journal's retention is over")
-    raise NotFound(f"no call or stream {call} with a journal (a callSid is only known for CALL_RETENTION_S "
-                   "after the call; use the streamSid after that)")
+    raise NotFound(f"no call or stream {call} with a journal (unknown, or its journal's retention is over)")
 
 
 def read_redis(redis: redis_sync.Redis, keys: Keys, call: str) -> Journal:
@@ -65,18 +62,7 @@ def read_redis(redis: redis_sync.Redis, keys: Keys, call: str) -> Journal:
             break
         start = "(" + page[-1][0].decode()
     record = {k.decode(): v.decode(errors="replace") for k, v in redis.hgetall(keys.call(stream_sid)).items()}
-    params = _json_object(record.get("params"))
-    info: dict[str, Any] = {
-        "stream_sid": stream_sid,
-        "call_sid": record.get("call_sid") or (call if call != stream_sid else None),
-        "key": key,
-        "entries": len(raw),
-        "ttl_s": redis.ttl(key),
-        "exported_at": round(time.time(), 3),
-    }
-    if params.get(RESUME_PARAMETER):
-        info["resumed_from"] = params[RESUME_PARAMETER]  # the stream this one continued: its own journal
-    return Journal(info, decode_journal(raw))
+    return Journal(export_info(call, stream_sid, key, record, len(raw), redis.ttl(key)), decode_journal(raw))
 
 
 def read_file(path: Path) -> Journal:
@@ -85,10 +71,3 @@ def read_file(path: Path) -> Journal:
     info = {k: v for k, v in header.items() if k != "format"}
     return Journal(info, records)
 
-
-def _json_object(raw: str | None) -> dict[str, Any]:
-    try:
-        value = orjson.loads(raw or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -1,13 +1,12 @@
 """A call's journal (opt-in recording, see switchboard.journal): as JSON lines, and its audio as WAV.
 
-A call is named by its callSid (its current stream) or, once the call record has expired
-(CALL_RETENTION_S) while the journal is still kept (journal.retention_s), by its streamSid.
+A call is named by its callSid (its current stream; the worker keeps that mapping as long as
+the journal) or by a streamSid (e.g. the first stream of a call that moved after an edge loss).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,8 +15,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import Response, StreamingResponse
 
 from switchboard import wav
-from switchboard.journal import decode_journal, header_line, record_to_json
-from switchboard.keys import RESUME_PARAMETER
+from switchboard.journal import decode_journal, export_info, header_line, record_to_json
 
 from ..deps import Auth, State, StateDep
 from ..models import CALL_SID, Problem
@@ -56,17 +54,8 @@ async def _pages(state: State, key: str) -> AsyncIterator[list[tuple[bytes, dict
 async def _info(state: State, call: str, stream_sid: str) -> dict[str, Any]:
     key = state.keys.journal(stream_sid)
     fields = await state.redis.hmget(state.keys.call(stream_sid), ["call_sid", "params"])
-    call_sid = fields[0].decode() if fields[0] else (call if call != stream_sid else None)
-    info: dict[str, Any] = {"stream_sid": stream_sid, "call_sid": call_sid, "key": key,
-                            "entries": await state.redis.xlen(key), "ttl_s": await state.redis.ttl(key),
-                            "exported_at": round(time.time(), 3)}
-    try:
-        params = orjson.loads(fields[1] or b"{}")
-    except orjson.JSONDecodeError:
-        params = {}
-    if isinstance(params, dict) and params.get(RESUME_PARAMETER):
-        info["resumed_from"] = str(params[RESUME_PARAMETER])
-    return info
+    record = {name: value.decode(errors="replace") for name, value in zip(("call_sid", "params"), fields) if value}
+    return export_info(call, stream_sid, key, record, await state.redis.xlen(key), await state.redis.ttl(key))
 
 
 @router.get(
