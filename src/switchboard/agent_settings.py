@@ -151,6 +151,18 @@ class AgentSettings(BaseModel):
     dead_air: DeadAir = Field(default_factory=DeadAir)
     journal: Journal = Field(default_factory=Journal)
 
+    def think_message(self) -> dict[str, Any]:
+        """`agent.think` as Deepgram takes it, in `Settings` and in `UpdateThink`."""
+        think: dict[str, Any] = {
+            "provider": self.think.provider.model_dump(exclude_none=True),
+            "prompt": self.think.prompt,
+        }
+        if self.think.functions:
+            think["functions"] = [f.to_deepgram() for f in self.think.functions]
+        if self.think.endpoint:
+            think["endpoint"] = self.think.endpoint
+        return think
+
     def function(self, name: str) -> FunctionDef | None:
         return next((f for f in self.think.functions if f.name == name), None)
 
@@ -162,14 +174,7 @@ class AgentSettings(BaseModel):
         resume: bool = False,
     ) -> dict[str, Any]:
         """The Deepgram `Settings` message. On resume the greeting is left out (no second hello)."""
-        think: dict[str, Any] = {
-            "provider": self.think.provider.model_dump(exclude_none=True),
-            "prompt": self.think.prompt,
-        }
-        if self.think.functions:
-            think["functions"] = [f.to_deepgram() for f in self.think.functions]
-        if self.think.endpoint:
-            think["endpoint"] = self.think.endpoint
+        think = self.think_message()
         speak: dict[str, Any] = {"provider": self.speak.provider.model_dump(exclude_none=True)}
         if self.speak.endpoint:
             speak["endpoint"] = self.speak.endpoint

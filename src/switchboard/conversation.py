@@ -125,11 +125,10 @@ class ConversationConfig:
 
     @classmethod
     def from_settings(cls, settings: AgentSettings) -> ConversationConfig:
-        message = settings.to_settings_message()
         dead_air = settings.dead_air
         return cls(
             tell_agent_heard=settings.heard.tell_agent,
-            think=message["agent"]["think"],
+            think=settings.think_message(),
             agent_stall_s=dead_air.agent_stall_s,
             caller_idle_s=dead_air.caller_idle_s,
             dead_air_action=dead_air.action,
