@@ -67,3 +67,52 @@ def test_outbound_messages_are_json_text_in_twilio_shape():
     assert media == {"event": "media", "streamSid": SID, "media": {"payload": base64.b64encode(audio).decode()}}
     assert orjson.loads(twilio.clear_message(SID)) == {"event": "clear", "streamSid": SID}
     assert orjson.loads(twilio.mark_message(SID, 'a"b')) == {"event": "mark", "streamSid": SID, "mark": {"name": 'a"b'}}
+
+
+# --- whatever a peer sends, the codec answers with an event or a protocol error ------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+_fields = st.sampled_from(["event", "streamSid", "start", "media", "mark", "dtmf", "stop", "callSid", "tracks",
+                           "mediaFormat", "customParameters", "sampleRate", "channels", "encoding", "payload", "name",
+                           "digit", "accountSid"])
+_frames = st.recursive(
+    _json,
+    lambda children: st.dictionaries(_fields, children, max_size=6),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(frame=_frames, event=st.sampled_from(["start", "media", "mark", "dtmf", "stop", "connected", "other"]))
+def test_any_json_is_an_event_or_a_protocol_error(frame, event):
+    if isinstance(frame, dict):
+        frame = {**frame, "event": event}
+    try:
+        parsed = twilio.parse(orjson.dumps(frame))
+    except twilio.TwilioProtocolError as exc:
+        assert exc.reason in twilio.Reason.__args__  # type: ignore[attr-defined]
+    else:
+        assert isinstance(parsed, (twilio.Connected, twilio.Start, twilio.Media, twilio.Mark, twilio.Dtmf, twilio.Stop))
+
+
+@pytest.mark.parametrize("start", [
+    {"tracks": 5}, {"tracks": ["inbound", 3]}, {"mediaFormat": {"sampleRate": "²"}}, {"mediaFormat": {"channels": True}},
+    {"mediaFormat": {"sampleRate": 10**12}}, {"mediaFormat": []}, {"customParameters": {"a": [1]}},
+    {"customParameters": {"a": "x" * 2000}}, {"accountSid": {}},
+])
+def test_a_start_with_a_field_of_the_wrong_type_is_an_invalid_field(start):
+    frame = {**START, "start": {**START["start"], **start}}
+    with pytest.raises(twilio.TwilioProtocolError) as caught:
+        twilio.parse(orjson.dumps(frame))
+    assert caught.value.reason == "invalid_field"
+
+
+def test_a_dtmf_digit_is_a_keypad_key():
+    with pytest.raises(twilio.TwilioProtocolError):
+        twilio.parse(orjson.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": "12"}}))

@@ -15,8 +15,14 @@ from typing import Literal
 import orjson
 
 Reason = Literal[
-    "malformed_json", "not_an_object", "unknown_event", "missing_field", "invalid_base64", "wrong_stream_sid"
+    "malformed_json", "not_an_object", "unknown_event", "missing_field", "invalid_field", "invalid_base64",
+    "wrong_stream_sid",
 ]
+
+# Twilio: a <Parameter>'s name and value together stay under 500 characters; a stream has a few.
+MAX_CUSTOM_PARAMETERS = 64
+MAX_PARAMETER_CHARS = 1000
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class TwilioProtocolError(ValueError):
@@ -119,28 +125,14 @@ def parse(frame: str | bytes) -> TwilioEvent:
             str(media.get("timestamp", "")),
         )
     if event == "start":
-        start = _require(msg, "start", "start")
-        if not isinstance(start, dict):
-            raise TwilioProtocolError("missing_field", "start.start is not an object")
-        fmt = start.get("mediaFormat") or {}
-        params = start.get("customParameters") or {}
-        if not isinstance(fmt, dict) or not isinstance(params, dict):
-            raise TwilioProtocolError("missing_field", "start.mediaFormat/customParameters must be objects")
-        stream_sid = _str(start, "streamSid", "start")
-        return Start(
-            stream_sid=stream_sid,
-            call_sid=_str(start, "callSid", "start"),
-            account_sid=str(start.get("accountSid", "")),
-            tracks=tuple(str(t) for t in start.get("tracks", ("inbound",)) or ()),
-            encoding=str(fmt.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(fmt.get("sampleRate", 8000)) if str(fmt.get("sampleRate", "8000")).isdigit() else 0,
-            channels=int(fmt.get("channels", 1)) if str(fmt.get("channels", "1")).isdigit() else 0,
-            custom_parameters={str(k): str(v) for k, v in params.items()},
-        )
+        return _start(_require(msg, "start", "start"))
     if event == "mark":
         return Mark(_str(msg, "streamSid", "mark"), _str(_require(msg, "mark", "mark"), "name", "mark"))  # type: ignore[arg-type]
     if event == "dtmf":
-        return Dtmf(_str(msg, "streamSid", "dtmf"), _str(_require(msg, "dtmf", "dtmf"), "digit", "dtmf"))  # type: ignore[arg-type]
+        digit = _str(_require(msg, "dtmf", "dtmf"), "digit", "dtmf")  # type: ignore[arg-type]
+        if digit not in DTMF_DIGITS:
+            raise TwilioProtocolError("invalid_field", f"dtmf.digit {digit[:8]!r} is not a keypad key")
+        return Dtmf(_str(msg, "streamSid", "dtmf"), digit)
     if event == "stop":
         stop = msg.get("stop")
         call_sid = str(stop.get("callSid", "")) if isinstance(stop, dict) else ""
@@ -148,6 +140,59 @@ def parse(frame: str | bytes) -> TwilioEvent:
     if event == "connected":
         return Connected(str(msg.get("protocol", "")), str(msg.get("version", "")))
     raise TwilioProtocolError("unknown_event", f"unknown event {str(event)[:40]!r}")
+
+
+def _start(start: object) -> Start:
+    # Every field is checked for its type: a peer's `"tracks": 5` or `"sampleRate": "²"` is a
+    # protocol error like any other, never an exception from deep inside the edge.
+    if not isinstance(start, dict):
+        raise TwilioProtocolError("missing_field", "start.start is not an object")
+    fmt = start.get("mediaFormat")
+    params = start.get("customParameters")
+    fmt, params = ({} if fmt is None else fmt), ({} if params is None else params)
+    if not isinstance(fmt, dict) or not isinstance(params, dict):
+        raise TwilioProtocolError("invalid_field", "start.mediaFormat/customParameters must be objects")
+    tracks = start.get("tracks", ["inbound"])
+    if not isinstance(tracks, list) or not all(isinstance(track, str) for track in tracks):
+        raise TwilioProtocolError("invalid_field", "start.tracks must be a list of strings")
+    account_sid = start.get("accountSid", "")
+    encoding = fmt.get("encoding", "audio/x-mulaw")
+    if not isinstance(account_sid, str) or not isinstance(encoding, str):
+        raise TwilioProtocolError("invalid_field", "start.accountSid/mediaFormat.encoding must be strings")
+    return Start(
+        stream_sid=_str(start, "streamSid", "start"),
+        call_sid=_str(start, "callSid", "start"),
+        account_sid=account_sid,
+        tracks=tuple(tracks),
+        encoding=encoding,
+        sample_rate=_count(fmt, "sampleRate", 8000),
+        channels=_count(fmt, "channels", 1),
+        custom_parameters=_parameters(params),
+    )
+
+
+def _count(fmt: dict, key: str, default: int) -> int:
+    """A small positive integer; Twilio sends a JSON number, a string of ASCII digits is tolerated."""
+    value = fmt.get(key, default)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+        return value
+    raise TwilioProtocolError("invalid_field", f"start.mediaFormat.{key} is not a positive integer")
+
+
+def _parameters(params: dict) -> dict[str, str]:
+    if len(params) > MAX_CUSTOM_PARAMETERS:
+        raise TwilioProtocolError("invalid_field", f"more than {MAX_CUSTOM_PARAMETERS} customParameters")
+    out: dict[str, str] = {}
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TwilioProtocolError("invalid_field", f"customParameters.{name[:40]} is not a string")
+        text = value if isinstance(value, str) else str(value)
+        if len(name) + len(text) > MAX_PARAMETER_CHARS:
+            raise TwilioProtocolError("invalid_field", f"customParameters.{name[:40]} is too long")
+        out[name] = text
+    return out
 
 
 # --- outbound ----------------------------------------------------------------------------------
