@@ -31,13 +31,14 @@ class System:
     edge_env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
     auth_token: str | None = None
+    edge_port: int = 0  # 0: any free port; fixed when the stream URL must be known before the edge starts
     services: list[procs.Service] = field(default_factory=list)
     worker_services: list[procs.Service] = field(default_factory=list)
 
     def start(self) -> "System":
         self.emulator_port = procs.free_port()
         self.emulator = self._run(procs.emulator(self.emulator_port, *self.emulator_args, api_key=EMULATOR_KEY))
-        self.edge_port, self.edge_metrics = procs.free_port(), procs.free_port()
+        self.edge_port, self.edge_metrics = self.edge_port or procs.free_port(), procs.free_port()
         self.edge = self._run(procs.edge(self.redis_url, self.edge_port, self.edge_metrics, auth_token=self.auth_token,
                                          KEY_PREFIX=self.prefix, **self.edge_env))
         for n in range(self.workers):

@@ -55,9 +55,19 @@ class Keys:
             self.journal(stream_sid),
         )
 
+    # --- stream identity: what the control API granted one callSid (one hash tag per callSid, so
+    # the edge consumes a token and a resume grant in one transaction on a Redis Cluster) ---------
     def stream_token(self, call_sid: str) -> str:
         """String: the one-time token the TwiML endpoint issued for this call's next stream."""
-        return f"{self.prefix}streamtoken:{call_sid}"
+        return f"{self.prefix}streamtoken:{{{call_sid}}}"
+
+    def resume_grant(self, call_sid: str) -> str:
+        """String: the dropped streamSid that this call's next stream may resume (one-time)."""
+        return f"{self.prefix}resumegrant:{{{call_sid}}}"
+
+    def grants_issued(self, call_sid: str) -> str:
+        """Hash webhook step → time: a replayed signed request for a step already answered mints nothing."""
+        return f"{self.prefix}granted:{{{call_sid}}}"
 
     def call_by_callsid(self, call_sid: str) -> str:
         """String: callSid → current streamSid (a call may get a new stream after edge loss)."""
@@ -119,5 +129,10 @@ DISPATCH_STREAM_MAXLEN = 100_000
 WAKE_STREAM_MAXLEN = 16
 WAKE_TTL_S = 3600
 STREAM_TOKEN_TTL_S = 120  # Twilio opens the stream within seconds of fetching the TwiML
+# Twilio's signature carries no timestamp: a captured webhook can be replayed at any time. Each
+# step of a call mints its grants once; the record of that outlives any call by far.
+GRANTS_ISSUED_TTL_S = 24 * 3600
 STREAM_TOKEN_PARAMETER = "sb_token"
-RESUME_PARAMETER = "sb_resume_of"  # <Parameter> naming the dropped stream a reconnected call replaces
+# <Parameter> naming the dropped stream a reconnected call replaces: a claim, honoured only with
+# the matching one-time resume grant that /twiml/continue stored for this callSid.
+RESUME_PARAMETER = "sb_resume_of"

@@ -9,6 +9,7 @@ messages on a per-call outbox, so a slow Twilio socket only ever delays its own 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from switchboard import entries, twilio
 from switchboard.conversation import is_reply_start
 from switchboard.entries import Kind, now_us
+from switchboard.keys import RESUME_PARAMETER, STREAM_TOKEN_PARAMETER
 from switchboard.outbox import Outbox, PeerStalled
 
 from . import metrics
@@ -56,6 +58,10 @@ class EdgeCall:
         self._errors = 0
         self._stopped = False
         self._closing: asyncio.Task[None] | None = None
+        self._start_seen = False
+        self._end_reason = "twilio_closed"
+        # A signed socket that never says which call it is would hold a connection forever.
+        self._start_timer = asyncio.get_running_loop().call_later(self._settings.edge_start_timeout_s, self._no_start)
         # Marks sent to Twilio and not echoed yet: the ones a clear flushes were never played.
         self._marks_out: dict[str, None] = {}
         self._reply_start = ""  # a reply-start mark whose following audio's transit is reported
@@ -66,15 +72,10 @@ class EdgeCall:
 
     # --- Twilio → Redis ------------------------------------------------------------------------
     async def run(self) -> None:
-        reason = "twilio_closed"
         try:
             async for frame in self._ws:
                 if self._closing is not None:
                     continue  # keep reading so that the close handshake can complete
-                if self._errors > self._settings.edge_max_protocol_errors:
-                    reason = "too_many_protocol_errors"
-                    self._close(1008, "too many invalid messages")
-                    continue
                 if isinstance(frame, bytes):
                     self._protocol_error("binary_frame", "Twilio sends text frames only")
                     continue
@@ -91,18 +92,25 @@ class EdgeCall:
                     except RedisError:
                         # Nobody can serve a call we could not announce: close, and Twilio's
                         # <Redirect> brings it back (to this or another edge) for another try.
-                        reason = "redis_unavailable"
-                        self._close(1011, "try again")
+                        self._close(1011, "try again", "redis_unavailable")
                         continue
                 elif isinstance(event, twilio.Stop):
-                    reason = "twilio_stop"
+                    self._end_reason = "twilio_stop"
                     break
                 else:
                     self._on_other(event)
         except ConnectionClosed:
             pass
         finally:
-            await self._finish(reason)
+            self._start_timer.cancel()
+            await self._finish(self._end_reason)
+
+    def _no_start(self) -> None:
+        if self._in_key or self._start_seen:
+            return
+        metrics.REJECTED.labels("no_start").inc()
+        self._protocol_error("no_start", f"no start within {self._settings.edge_start_timeout_s:g}s")
+        self._close(1008, "no start", "no_start")
 
     def _on_media(self, media: twilio.Media) -> None:
         if not self._in_key:
@@ -116,9 +124,11 @@ class EdgeCall:
         self._server.writer.append(self._in_key, entries.audio(media.payload, now_us()))
 
     async def _on_start(self, start: twilio.Start) -> None:
-        if self._in_key:
+        if self._in_key or self._start_seen:
             self._protocol_error("duplicate_start", "second start message ignored")
             return
+        self._start_seen = True
+        self._start_timer.cancel()
         if not (_SID.match(start.stream_sid) and _SID.match(start.call_sid)):
             self._protocol_error("invalid_sid", "streamSid/callSid must be alphanumeric")
             self._close(1008, "invalid start")
@@ -127,11 +137,19 @@ class EdgeCall:
             self._protocol_error("unsupported_media_format", f"{start.encoding}/{start.sample_rate}/{start.channels}")
             self._close(1003, "unsupported media format")
             return
-        if self._settings.edge_require_stream_token and not await self._server.consume_stream_token(start):
-            self._protocol_error("bad_stream_token", "start without a valid one-time stream token")
-            metrics.REJECTED.labels("stream_token").inc()
-            self._close(1008, "invalid stream token")
+        verdict = await self._server.check_identity(start)
+        if verdict.refused is not None:
+            metrics.REJECTED.labels(verdict.refused).inc()
+            self._protocol_error(verdict.refused, verdict.description, ids={"call_sid": start.call_sid[:64],
+                                                                              "stream_sid": start.stream_sid[:64]})
+            self._close(1008, "stream refused")
             return
+        # What the record keeps of the peer's parameters: the used token is nobody's business, and
+        # a resume claim stays only because check_identity verified its grant.
+        params = {k: v for k, v in start.custom_parameters.items() if k != STREAM_TOKEN_PARAMETER}
+        if verdict.resume_of:
+            params[RESUME_PARAMETER] = verdict.resume_of
+        start = dataclasses.replace(start, custom_parameters=params)
         if not await self._server.admit(start):  # no free slot: Twilio's <Redirect> answers per admission policy
             self._close(1013, "no capacity, try again later")
             return
@@ -163,18 +181,22 @@ class EdgeCall:
         elif isinstance(event, twilio.Dtmf):
             self._server.writer.append(self._in_key, entries.dtmf(event.digit))
 
-    def _close(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str, end_reason: str = "") -> None:
         # Never await the close inside the read loop: websockets stops reading from a peer
         # whose unread frames fill its queue, and the peer's close frame would sit behind them.
         if self._closing is None:
+            if end_reason:
+                self._end_reason = end_reason
             self._closing = asyncio.create_task(self._ws.close(code, reason))
 
-    def _protocol_error(self, reason: str, description: str) -> None:
+    def _protocol_error(self, reason: str, description: str, ids: dict[str, str] | None = None) -> None:
         self._errors += 1
         metrics.MALFORMED.labels(reason).inc()
         # First few per call are enough to diagnose; a flood must not flood the logs too.
         if self._errors <= 5:
-            log.warning("invalid Twilio message: %s", description, extra={**self._ids, "reason": reason})
+            log.warning("invalid Twilio message: %s", description, extra={**self._ids, **(ids or {}), "reason": reason})
+        if self._errors > self._settings.edge_max_protocol_errors:
+            self._close(1008, "too many invalid messages", "too_many_protocol_errors")
 
     async def _finish(self, reason: str) -> None:
         if self._stopped:
@@ -291,6 +313,9 @@ def start_fields(start: twilio.Start, edge_id: str) -> dict[str, bytes]:
         "edge": edge_id.encode(),
         "profile": start.custom_parameters.get("profile", "").encode(),
         "params": orjson.dumps(start.custom_parameters),
+        # Set only for a resume this edge verified against its one-time grant: the worker trusts
+        # this field, never the parameters.
+        "resume_of": start.custom_parameters.get(RESUME_PARAMETER, "").encode(),
         "state": b"waiting",
         "started_at": repr(now).encode(),
     }

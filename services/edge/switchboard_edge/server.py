@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import socket
 import time
@@ -23,6 +22,7 @@ from switchboard.streams import StreamReader, StreamWriter
 from . import metrics
 from .admission import EdgeAdmission
 from .call import EdgeCall, start_fields
+from .identity import Verdict, admit_identity
 from .settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -166,13 +166,9 @@ class EdgeServer:
         self.reader.remove(out_key)
         self.writer.forget(out_key)
 
-    async def consume_stream_token(self, start: twilio.Start) -> bool:
-        """True once per issued token: GETDEL makes a replayed start fail."""
-        offered = start.custom_parameters.get(keyspace.STREAM_TOKEN_PARAMETER, "")
-        if not offered:
-            return False
-        issued = await self.redis.getdel(self.keys.stream_token(start.call_sid))
-        return issued is not None and hmac.compare_digest(issued, offered.encode())
+    async def check_identity(self, start: twilio.Start) -> Verdict:
+        return await admit_identity(self.redis, self.keys, start, self.settings.edge_id,
+                                    require_token=self.settings.stream_token_required)
 
     async def admit(self, start: twilio.Start) -> bool:
         """Whether this stream may be announced; False: close it with 1013 (see admission.py).

@@ -19,9 +19,13 @@ class EdgeSettings(CommonSettings):
     edge_insecure_no_signature: bool = Field(
         False, description="Development only: accept streams without checking X-Twilio-Signature"
     )
-    edge_require_stream_token: bool = Field(
-        False,
-        description="Accept a stream only with the one-time token the control API's TwiML issued for its callSid",
+    edge_require_stream_token: bool | None = Field(
+        None,
+        description="Accept a stream only with the one-time token the control API's TwiML issued for its callSid "
+        "(default: required whenever TWILIO_AUTH_TOKEN is set; false only for TwiML Bins, see README's Security)",
+    )
+    edge_start_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="A socket that has not sent its start message by then is closed (1008)"
     )
     trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
     edge_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
@@ -41,6 +45,12 @@ class EdgeSettings(CommonSettings):
     edge_admission_wait_s: float = Field(
         5.0, ge=0, le=60, description="How long a stream with no free slot waits for one before it is closed with 1013"
     )
+
+    @property
+    def stream_token_required(self) -> bool:
+        if self.edge_require_stream_token is not None:
+            return self.edge_require_stream_token
+        return self.twilio_auth_token is not None
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> "EdgeSettings":

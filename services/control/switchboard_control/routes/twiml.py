@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
+import time
 from typing import Annotated
 from urllib.parse import parse_qs, urlencode
 from xml.etree import ElementTree as ET
@@ -42,6 +44,9 @@ MAX_BODY = 64 * 1024
 # Webhook fields passed on to the call as <Parameter>s (the edge stores them on the call record).
 CALLER_FIELDS = ("CallSid", "From", "To", "CallerName", "Direction", "ForwardedFrom")
 MAX_PARAMETER_CHARS = 499  # Twilio: name + value of one <Parameter> under 500 characters
+SID = re.compile(r"[A-Za-z0-9]{2,64}")  # what the edge accepts as a callSid
+# XML 1.0 forbids these in a document; a caller name carrying one would make the TwiML unparseable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 _FORM_SCHEMA = {
     "type": "object",
@@ -74,7 +79,7 @@ async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None,
     if held is not None:
         return _xml(held)
     parameters = _caller_parameters(form, profile)
-    await _issue_stream_token(state, form, parameters)
+    await _issue_grants(state, form, parameters, step="twiml")
     return _xml(render(state.settings, parameters, _continue_url(state.settings, request, profile, 1)))
 
 
@@ -110,11 +115,12 @@ async def twiml_continue(
         if held is not None:
             return _xml(held)
     parameters = _caller_parameters(form, profile or (record.fields.get("profile") if record else None))
+    resume_of = None
     if record is not None and record.fields.get("outcome") != NO_CAPACITY:
-        parameters[RESUME_PARAMETER] = record.stream_sid
+        resume_of = record.stream_sid
         if state.settings.control_admission != "off":
             metrics.ADMISSIONS.labels("reconnect_admitted").inc()
-    await _issue_stream_token(state, form, parameters)
+    await _issue_grants(state, form, parameters, step=f"continue:{attempt}", resume_of=resume_of)
     metrics.TWIML.labels("reconnect").inc()
     log.info("reconnecting a dropped stream", extra={"call_sid": call_sid[:64], "attempt": attempt,
                                                       "stream_sid": record.stream_sid if record else ""})
@@ -142,19 +148,39 @@ async def _verified_form(request: Request, settings: ControlSettings) -> dict[st
     return form
 
 
-async def _issue_stream_token(state: State, form: dict[str, list[str]], parameters: dict[str, str]) -> None:
-    """A one-time token for this call's next stream (the edge may require and consume it).
+async def _issue_grants(
+    state: State, form: dict[str, list[str]], parameters: dict[str, str], *, step: str, resume_of: str | None = None
+) -> None:
+    """A one-time token for this call's next stream and, on a reconnect, a one-time resume grant.
 
     Twilio's signature on the stream upgrade is the same for every call on one URL, so a
     captured handshake could be replayed; a token that works once, for one callSid, shortly
-    after Twilio fetched this TwiML, cannot.
+    after Twilio fetched this TwiML, cannot. The resume grant names the one old stream the new
+    one may continue: the edge honours `sb_resume_of` only with it.
+
+    Twilio's webhook signature has no timestamp either, so a captured request to this endpoint
+    could be replayed to mint fresh tokens: each step of a call (its first TwiML, each
+    reconnect) mints once, and a replay gets TwiML whose stream the edge will refuse.
     """
     call_sid = _first(form, "CallSid")
-    if not call_sid:
+    if not SID.fullmatch(call_sid):
+        return
+    keys = state.keys
+    first = await state.redis.hsetnx(keys.grants_issued(call_sid), step, str(time.time()))
+    if not first:
+        metrics.TWIML.labels("replayed").inc()
+        log.warning("replayed TwiML request: no new stream token", extra={"call_sid": call_sid, "step": step})
         return
     token = secrets.token_urlsafe(24)
-    await state.redis.set(state.keys.stream_token(call_sid), token, ex=keyspace.STREAM_TOKEN_TTL_S)
+    pipe = state.redis.pipeline(transaction=False)
+    pipe.expire(keys.grants_issued(call_sid), keyspace.GRANTS_ISSUED_TTL_S)
+    pipe.set(keys.stream_token(call_sid), token, ex=keyspace.STREAM_TOKEN_TTL_S)
+    if resume_of:
+        pipe.set(keys.resume_grant(call_sid), resume_of, ex=keyspace.STREAM_TOKEN_TTL_S)
+    await pipe.execute()
     parameters[keyspace.STREAM_TOKEN_PARAMETER] = token
+    if resume_of:
+        parameters[RESUME_PARAMETER] = resume_of
 
 
 async def _admission(
@@ -211,9 +237,14 @@ def _max_polls(settings: ControlSettings) -> int:
 def _caller_parameters(form: dict[str, list[str]], profile: str | None) -> dict[str, str]:
     parameters = {"profile": profile} if profile else {}
     for name in CALLER_FIELDS:
-        if value := _first(form, name):
+        if value := xml_text(_first(form, name)):
             parameters[name] = value[: MAX_PARAMETER_CHARS - len(name)]
     return parameters
+
+
+def xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot carry (ElementTree would write them as they are)."""
+    return _NOT_XML.sub("", text)
 
 
 def _continue_url(settings: ControlSettings, request: Request, profile: str | None, attempt: int) -> str:
