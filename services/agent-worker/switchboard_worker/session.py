@@ -38,7 +38,6 @@ from switchboard.conversation import (
 )
 from switchboard.entries import Entry, Kind, now_us
 from switchboard.journal import Recorder
-from switchboard.keys import RESUME_PARAMETER
 from switchboard.outbox import Outbox, PeerStalled
 
 from . import metrics
@@ -158,8 +157,9 @@ class CallSession:
         if raw_overrides:
             self._live_overrides = orjson.loads(raw_overrides)
             self._apply_overrides()
-        params = orjson.loads(meta.get(b"params") or b"{}")
-        resume_of = str(params.get(RESUME_PARAMETER) or "")
+        # The edge sets this only after consuming the resume grant /twiml/continue issued for this
+        # call and that stream; the stream's own parameters are a peer's claim and decide nothing.
+        resume_of = meta.get(b"resume_of", b"").decode()
         if resume_of and resume_of != self.stream_sid:
             await self._adopt_conversation(resume_of)
         if self.takeover and not self._resumed_from:
@@ -191,10 +191,14 @@ class CallSession:
         holds it, is told to stop.
         """
         keys, redis = self.worker.keys, self.worker.redis
-        old_events = await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN)
-        old_overrides, utterance_at, answered = await redis.hmget(
-            keys.call(old_stream_sid), ["overrides", "utt_pos", "utt_answered"]
+        old_call_sid, old_overrides, utterance_at, answered = await redis.hmget(
+            keys.call(old_stream_sid), ["call_sid", "overrides", "utt_pos", "utt_answered"]
         )
+        if old_call_sid is not None and old_call_sid.decode() != self.call_sid:
+            # Defence in depth: a stream only ever continues its own call.
+            log.error("refusing to adopt a stream of another call", extra={**self.extra, "resume_of": old_stream_sid})
+            return
+        old_events = await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN)
         if utterance_at and utterance_at != answered:
             # The caller was mid-utterance when the stream dropped: the new session hears it first.
             for _entry_id, fields in await redis.xrange(keys.caller_audio(old_stream_sid), min=utterance_at):
