@@ -1,23 +1,29 @@
-"""docker-compose.yml and .env.example: valid, scalable, configured only through documented env vars.
+"""docker-compose.yml and .env.example: valid, scalable, configured only through documented env vars,
+and safe as shipped: no default password, Redis behind `requirepass`, only the edge public.
 
 Validated with Debian's `docker-compose` (v1.29, which reads the Compose Specification
 format) and against the compose-spec JSON schema that package ships; both skip when the
-package is not installed. The structural properties are checked in Python either way.
+package is not installed. The structural properties are checked in Python either way, and
+what compose renders (interpolation applied) is checked from `docker-compose config`.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import shutil
 import subprocess
 import warnings
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from switchboard import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -31,7 +37,14 @@ SWITCHBOARD = {
 # Set per replica from its hostname, or bind addresses the containers must keep.
 NOT_FROM_ENV = {"EDGE_ID", "WORKER_ID", "EDGE_HOST", "METRICS_HOST", "CONTROL_HOST"}
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY)")
+# Switches whose name contains TOKEN but whose value is no secret.
+NOT_SECRET = {"EDGE_REQUIRE_STREAM_TOKEN"}
 VAR_REF = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?][^}]*)?\}")
+# `${NAME:-default}` / `${NAME-default}` and `${NAME:?message}`, as compose reads them.
+DEFAULTED_REF = re.compile(r"\$\{([A-Z0-9_]+):?-([^}]*)\}")
+REQUIRED_REF = re.compile(r"\$\{([A-Z0-9_]+):\?([^}]*)\}")
+# Secrets compose cannot start without; they have no default anywhere.
+REQUIRED_SECRETS = {"REDIS_PASSWORD": "redis-pw-0123456789abcdef", "GRAFANA_ADMIN_PASSWORD": "grafana-pw-0123456789"}
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +87,50 @@ def duration_s(value: str) -> float:
 
 
 # --- validity --------------------------------------------------------------------------------------
-def test_docker_compose_config_accepts_the_file_with_the_example_env():
+def docker_compose() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    return binary
+
+
+def compose_config(tmp_path: Path, settings: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`docker-compose config` with .env.example plus `settings` as the .env file.
+
+    The shell's environment would win over the env file, so none of the variables the
+    compose file reads is inherited from the test run.
+    """
+    env_file = tmp_path / "test.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "".join(f"{k}={v}\n" for k, v in settings.items()))
+    names = set(VAR_REF.findall(COMPOSE_FILE.read_text())) | documented_env().keys()
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return subprocess.run(
+        [docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args, "config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+def rendered(tmp_path: Path, **settings: str) -> dict:
+    result = compose_config(tmp_path, {**REQUIRED_SECRETS, **settings})
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]
+
+
+def test_docker_compose_config_accepts_the_file_with_the_example_env_and_the_required_secrets(tmp_path):
     for profile_args in ([], ["--profile", "emulator"]):
-        result = subprocess.run(
-            [binary, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )
+        result = compose_config(tmp_path, REQUIRED_SECRETS, *profile_args)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED_SECRETS))
+def test_compose_refuses_to_render_without_each_required_password(tmp_path, missing):
+    for value in (None, ""):  # unset, and set but empty
+        settings = {k: v for k, v in REQUIRED_SECRETS.items() if k != missing}
+        if value is not None:
+            settings[missing] = value
+        result = compose_config(tmp_path, settings)
+        assert result.returncode != 0, f"compose renders with {missing}={value!r}"
+        assert f"{missing} is not set" in result.stderr, result.stderr
 
 
 def compose_spec_schema() -> dict | None:
@@ -123,16 +170,107 @@ def test_agent_worker_stop_grace_period_outlasts_the_drain(services):
     assert grace >= float(drain) + 5, f"stop_grace_period {grace}s leaves no margin over DRAIN_TIMEOUT_S={drain}"
 
 
-def test_edge_and_control_publish_ports_and_observability_binds_to_localhost(services):
-    assert any(str(p).endswith(":8080") for p in services["edge"]["ports"])
-    assert any(str(p).endswith(":8000") for p in services["control"]["ports"])
-    for name in ("prometheus", "grafana"):
-        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), f"{name} is not public"
-    assert "ports" not in services["redis"], "Redis stays on the compose network"
+def published(service: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of every port a rendered service publishes."""
+    result = []
+    for port in service.get("ports", []):
+        assert isinstance(port, str), f"expected compose's short syntax, got {port!r}"
+        host_ip, host_port, target = port.split("/")[0].rsplit(":", 2)
+        result.append((host_ip, host_port, target))
+    return result
+
+
+def test_only_the_edge_listens_on_every_interface_the_rest_on_loopback_and_redis_nowhere(tmp_path):
+    services = rendered(tmp_path)
+    assert published(services["edge"]) == [("0.0.0.0", "8080", "8080")], "Twilio must reach the edge"
+    assert published(services["control"]) == [("127.0.0.1", "8000", "8000")], "control sits behind a local proxy"
+    assert published(services["prometheus"]) == [("127.0.0.1", "9090", "9090")]
+    assert published(services["grafana"]) == [("127.0.0.1", "3000", "3000")]
+    for name, service in services.items():
+        for host_ip, _, _ in published(service):
+            assert host_ip, f"{name} publishes without a host address, i.e. on every interface"
+            assert name == "edge" or host_ip == "127.0.0.1", f"{name} is published on {host_ip}"
+    assert "ports" not in services["redis"] and "expose" not in services["redis"], "Redis is never published"
+
+
+def test_publish_addresses_and_ports_are_configurable(tmp_path):
+    services = rendered(tmp_path, EDGE_PUBLISH_ADDR="127.0.0.1", EDGE_PUBLISH_PORT="18080",
+                        CONTROL_PUBLISH_ADDR="10.1.2.3", CONTROL_PUBLISH_PORT="18000")
+    assert published(services["edge"]) == [("127.0.0.1", "18080", "8080")]
+    assert published(services["control"]) == [("10.1.2.3", "18000", "8000")]
+
+
+def test_redis_requires_the_password_and_every_service_s_redis_url_carries_it(tmp_path):
+    password = REQUIRED_SECRETS["REDIS_PASSWORD"]
+    services = rendered(tmp_path, REDIS_URL="redis://attacker.example:6379/0")  # .env cannot bypass it
+    command = services["redis"]["command"]
+    assert command[:2] == ["redis-server", "--requirepass"] and command[2] == password, command
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password, "the health check must authenticate"
+    users = [name for name, service in services.items() if "REDIS_URL" in (service.get("environment") or {})]
+    assert sorted(users) == sorted(SWITCHBOARD)
+    for name in users:
+        url = urlsplit(services[name]["environment"]["REDIS_URL"])
+        assert (url.scheme, url.hostname, url.port, url.password) == ("redis", "redis", 6379, password), name
+
+
+def test_grafana_has_no_default_password_no_anonymous_access_and_no_sign_up(tmp_path, compose):
+    environment = rendered(tmp_path)["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED_SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert environment["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert environment["GF_USERS_ALLOW_ORG_CREATE"] == "false"
+
+
+def test_deployed_edges_require_stream_tokens_unless_env_turns_them_off(tmp_path):
+    assert rendered(tmp_path)["edge"]["environment"]["EDGE_REQUIRE_STREAM_TOKEN"] == "true"
+    off = rendered(tmp_path, EDGE_REQUIRE_STREAM_TOKEN="false")
+    assert off["edge"]["environment"]["EDGE_REQUIRE_STREAM_TOKEN"] == "false"
+
+
+def test_no_secret_has_a_default_in_the_compose_file():
+    text = COMPOSE_FILE.read_text()
+    for name, default in DEFAULTED_REF.findall(text):
+        assert not (SECRET_NAME.search(name) and name not in NOT_SECRET), f"${{{name}}} defaults to {default!r}"
+    required = {name for name, _ in REQUIRED_REF.findall(text)}
+    assert required == REQUIRED_SECRETS.keys(), "these must be required with ${NAME:?message}"
+    for name, message in REQUIRED_REF.findall(text):
+        assert f"{name} is not set" in message, "the refusal must say which variable is missing"
+
+
+def test_redis_is_on_an_internal_network_shared_only_with_the_switchboard_services(compose, services):
+    assert compose["networks"]["backend"] == {"internal": True}
+    assert services["redis"]["networks"] == ["backend"]
+    for name, service in services.items():
+        on_backend = "backend" in (service.get("networks") or ["default"])
+        assert on_backend == (name in SWITCHBOARD or name == "redis"), f"{name} on the Redis network: {on_backend}"
+        if name in SWITCHBOARD:
+            assert "default" in service["networks"], f"{name} needs the default network for its port or egress"
+
+
+def test_the_redis_health_check_fails_without_the_password(redis_server):
+    """Run the compose health check's command against a password-protected redis-server."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not installed")
+    test = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["redis"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "redis-cli", test
+    server = procs.RedisServer(extra_args=("--requirepass", "health-pw-123")).start()
+    try:
+        def check(argv: list[str], **env: str) -> int:
+            clean = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+            return subprocess.run([cli, "-p", str(server.port), *argv[2:]], env={**clean, **env},
+                                  capture_output=True, timeout=10).returncode
+        assert check(test, REDISCLI_AUTH="health-pw-123") == 0
+        assert check(test) != 0, "the health check passes against a Redis it cannot use"
+        assert check(test, REDISCLI_AUTH="wrong") != 0
+        # What the old `redis-cli ping` did: exit 0 on a NOAUTH reply, so it proved nothing.
+        assert check(["CMD", "redis-cli", "ping"]) == 0
+    finally:
+        server.stop()
 
 
 def test_redis_has_a_healthcheck_and_services_wait_for_it(services):
-    assert services["redis"]["healthcheck"]["test"][:2] == ["CMD", "redis-cli"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "-e", "ping"]
     for name in SWITCHBOARD:
         depends = services[name]["depends_on"]
         assert depends["redis"]["condition"] == "service_healthy", name
@@ -203,7 +341,7 @@ def test_env_example_sets_no_secret(compose):
 def test_switchboard_secrets_are_only_passed_through(services):
     for name in SWITCHBOARD:
         for key, value in services[name]["environment"].items():
-            if SECRET_NAME.search(key):
+            if SECRET_NAME.search(key) and key not in NOT_SECRET:
                 assert value is None, f"{name}: {key} must come from the environment, with no default"
 
 
@@ -240,9 +378,20 @@ def test_deployment_guide_documents_every_setting(service):
     assert stale == {}, f"docs/deployment.md shows other defaults (shown, actual): {stale}"
 
 
+def test_defaults_compose_sets_itself_are_the_ones_env_example_shows():
+    shown = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.match(r"^#\s?([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            shown[match.group(1)] = match.group(2)
+    own = dict(DEFAULTED_REF.findall(COMPOSE_FILE.read_text()))
+    assert {name: shown.get(name) for name in own} == own
+
+
 def test_defaults_shown_in_env_example_are_the_services_defaults():
-    # Names whose example value is meant to differ: compose's own Redis, a sample public URL.
-    examples_only = {"REDIS_URL", "EDGE_PUBLIC_URL"}
+    # Names whose example value is meant to differ: compose's own Redis, a sample public URL,
+    # and settings compose gives its own default (checked above).
+    examples_only = {"REDIS_URL", "EDGE_PUBLIC_URL"} | dict(DEFAULTED_REF.findall(COMPOSE_FILE.read_text())).keys()
     defaults: dict[str, object] = {}
     for _, spec in SWITCHBOARD.values():
         for name, field in load_settings_class(spec).model_fields.items():
