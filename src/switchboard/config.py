@@ -29,7 +29,12 @@ class CommonSettings(BaseSettings):
     # An empty variable means "not set" (compose passes unset ones through as empty strings).
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or Redis Cluster) URL")
+    # The URL carries everything a Redis client needs, so every client (the services, the
+    # control API's blocking pool, switchboard-journal, redis-cli -u) reads the same string:
+    # the password (redis://:PASSWORD@host), TLS (rediss://) and its files as query
+    # parameters (?ssl_ca_certs=, ssl_certfile=, ssl_keyfile=). repr=False keeps the
+    # password out of any log line or traceback that prints the settings.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False, description="Redis (or Redis Cluster) URL")
     redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster node")
     key_prefix: str = Field("sb:", description="Prefix of every Redis key")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
