@@ -34,7 +34,6 @@ class HookServer:
     tls: ssl.SSLContext | None = None
     connections: int = 0
     requests: list[Seen] = field(default_factory=list)
-    huge_bytes_sent: int = 0
     server_names: list[str | None] = field(default_factory=list)
 
     async def start(self) -> "HookServer":
@@ -103,9 +102,8 @@ class HookServer:
             case "/huge":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
                 chunk = b'"' + b"x" * 65534 + b'"'
-                while self.huge_bytes_sent < HUGE_BYTES:
+                for _ in range(HUGE_BYTES // len(chunk)):
                     writer.write(chunk)
                     await writer.drain()
-                    self.huge_bytes_sent += len(chunk)
             case _:
                 await send("404 Not Found", b"{}")

@@ -108,7 +108,9 @@ class ControlStack:
         self.system = System(
             self.redis_url, self.prefix, self.log_dir, workers=1,
             worker_env={"FUNCTION_SECRET": FUNCTION_SECRET, "TWILIO_ACCOUNT_SID": TWILIO_SID,
-                        "TWILIO_AUTH_TOKEN": "fake-twilio-rest-token", "TWILIO_API_BASE_URL": f"{self.fake.url}/twilio"},
+                        "TWILIO_AUTH_TOKEN": "fake-twilio-rest-token", "TWILIO_API_BASE_URL": f"{self.fake.url}/twilio",
+                        # The fake webhook receiver is local plain http: admitted only by these dev settings.
+                        "WORKER_EGRESS_ALLOW": "127.0.0.1/32", "WORKER_EGRESS_ALLOW_HTTP": "true"},
         ).start()
         service, self.control_port = control_service(self.redis_url, self.prefix)
         self.control = self.system._run(service)

@@ -1,9 +1,12 @@
 """Client-side function calls: Deepgram asks, this worker runs the function and answers.
 
-A function with a `webhook` is POSTed there (timeout, retries, HMAC-signed so the receiver
-can verify it came from Switchboard). `end_call` and `transfer_call` are built in (declare
-them in the profile's functions without a webhook). Every request gets an answer: a failure
-answers with an error content rather than leaving the agent silent.
+A function with a `webhook` is POSTed there (HMAC-signed so the receiver can verify it came
+from Switchboard) through `switchboard.egress`: public https addresses only unless the
+operator's allow-list says otherwise, one deadline per attempt, the answer capped in bytes,
+5xx/429/transport failures retried with jittered backoff inside the function's time budget.
+`end_call` and `transfer_call` are built in (declare them in the profile's functions without
+a webhook). Every request gets an answer: a failure answers with an error content rather
+than leaving the agent silent.
 
 transfer_call redirects the live Twilio call to `<Dial>` TwiML through Twilio's REST API
 (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN on the worker), and only to a destination the
@@ -14,6 +17,7 @@ into anything, so an open transfer would be a toll-fraud hole.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import hmac
 import logging
@@ -24,7 +28,8 @@ from xml.etree import ElementTree as ET
 import httpx
 import orjson
 
-from switchboard import deepgram
+from switchboard import deepgram, egress
+from switchboard.agent_settings import WebhookEndpoint
 
 from . import metrics
 
@@ -77,7 +82,7 @@ class FunctionRunner:
         arguments = str(item.get("arguments") or "{}")
         started = time.perf_counter()
         try:
-            content, outcome = await self._run(name, arguments)
+            content, outcome = await self._run(call_id, name, arguments)
         except Exception as exc:  # task boundary: the agent must get an answer whatever happened
             log.exception("function %s failed", name, extra=self._session.extra)
             content, outcome = _error(f"function failed: {type(exc).__name__}"), "error"
@@ -93,7 +98,7 @@ class FunctionRunner:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def _run(self, name: str, arguments: str) -> tuple[str, str]:
+    async def _run(self, call_id: str, name: str, arguments: str) -> tuple[str, str]:
         session = self._session
         if name == "end_call":
             session.end_after_reply()
@@ -114,25 +119,41 @@ class FunctionRunner:
         secret = session.worker.settings.function_secret
         if secret is not None:
             headers[SIGNATURE_HEADER] = sign(secret.get_secret_value(), str(int(time.time())), body)
-        hook = definition.webhook
-        last_error = ""
-        for attempt in range(hook.retries + 1):
-            try:
-                response = await session.worker.http.post(
-                    str(hook.url), content=body, headers=headers, timeout=hook.timeout_s
-                )
-            except httpx.HTTPError as exc:
-                last_error = type(exc).__name__
+        return await self._call_webhook(call_id, name, definition.webhook, body, headers)
+
+    async def _call_webhook(
+        self, call_id: str, name: str, hook: WebhookEndpoint, body: bytes, headers: dict[str, str]
+    ) -> tuple[str, str]:
+        session = self._session
+        config = session.worker.settings
+        extra = {**session.extra, "function": name, "function_call_id": call_id}
+
+        def failed(attempt: int, failure: egress.Refused | egress.Reply) -> None:
+            if isinstance(failure, egress.Refused):
+                metrics.WEBHOOK_REFUSED.labels(failure.reason).inc()
+                log.warning("function webhook attempt %d refused: %s", attempt + 1, failure, extra=extra)
             else:
-                if response.status_code < 300:
-                    return _as_content(response), "ok"
-                last_error = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code != 429:
-                    break  # the receiver rejected it; asking again will not help
-            if attempt < hook.retries:
-                await asyncio.sleep(0.2 * (attempt + 1))
-        log.warning("function webhook %s failed: %s", name, last_error, extra=session.extra)
-        return _error(f"function {name} failed: {last_error}"), "error"
+                log.warning("function webhook attempt %d answered HTTP %d", attempt + 1, failure.status, extra=extra)
+
+        try:
+            reply = await egress.post_with_retries(
+                session.worker.http, str(hook.url), content=body, headers=headers,
+                attempts=hook.retries + 1, attempt_timeout_s=hook.timeout_s,
+                # The agent (and the caller) wait for this answer: retries share the time the
+                # attempts would have had, they never add to it.
+                budget_s=hook.timeout_s * (hook.retries + 1),
+                max_bytes=config.worker_webhook_max_bytes, policy=config.egress_policy,
+                on_failure=failed, rng=session.worker.random,
+            )
+        except egress.Refused as refused:
+            return _error(f"function {name} failed: {_for_agent(refused)}"), "error"
+        if reply.status >= 300:
+            return _error(f"function {name} failed: HTTP {reply.status}"), "error"
+        content = _as_content(reply)
+        if len(content.encode()) > config.worker_webhook_max_bytes:  # decoding can widen invalid bytes
+            failed(0, egress.Refused("too_large", "the answer grew past the cap when decoded as text"))
+            return _error(f"function {name} failed: the answer is too large"), "error"
+        return content, "ok"
 
     async def _transfer(self, arguments: Any) -> tuple[str, str]:
         session = self._session
@@ -183,13 +204,36 @@ def dial_twiml(destination: str) -> str:
     return ET.tostring(response, encoding="unicode")
 
 
+def _for_agent(refused: egress.Refused) -> str:
+    # The agent may repeat this to the caller: say what went wrong, not which internal address
+    # the webhook's host resolved to (that detail is in the worker's log).
+    match refused.reason:
+        case "private_address" | "scheme" | "bad_url":
+            return "its webhook address is not allowed"
+        case "deadline" | "too_large" | "encoding":
+            return refused.detail
+        case _:
+            return f"the webhook could not be reached ({refused.reason})"
+
+
 def _error(message: str) -> str:
     return orjson.dumps({"error": message}).decode()
 
 
-def _as_content(response: httpx.Response) -> str:
+def _as_content(reply: egress.Reply) -> str:
     # Deepgram wants a string; keep JSON compact and other text as it came.
     try:
-        return orjson.dumps(response.json()).decode()
-    except ValueError:
-        return response.text
+        return orjson.dumps(orjson.loads(reply.body)).decode()
+    except orjson.JSONDecodeError:
+        return reply.body.decode(_charset(reply.headers.get("Content-Type", "")), errors="replace")
+
+
+def _charset(content_type: str) -> str:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "charset":
+            try:
+                return codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
+                break
+    return "utf-8"

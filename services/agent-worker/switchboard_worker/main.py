@@ -13,8 +13,11 @@ from pydantic import ValidationError
 from switchboard import logs
 from switchboard.runtime import install_event_loop
 
+from . import metrics
 from .settings import WorkerSettings
 from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 async def serve(settings: WorkerSettings) -> None:
@@ -24,7 +27,7 @@ async def serve(settings: WorkerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Worker(settings):
         await stop.wait()
-        logging.getLogger(__name__).info("signal received: draining")
+        log.info("signal received: draining")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,5 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as exc:
         sys.exit(f"switchboard-worker: invalid configuration:\n{exc}")
     logs.setup("worker", settings.log_level, settings.worker_id)
+    warn_about_webhook_settings(settings)
     install_event_loop()
     asyncio.run(serve(settings))
+
+
+def warn_about_webhook_settings(settings: WorkerSettings) -> None:
+    """Say once, at start, what makes function webhooks less safe than the defaults."""
+    unsigned = settings.function_secret is None
+    metrics.WEBHOOKS_UNSIGNED.set(int(unsigned))
+    if unsigned:
+        log.warning("FUNCTION_SECRET is not set: function webhooks go out UNSIGNED, so their receivers "
+                    "cannot tell Switchboard's calls from anyone else's; set FUNCTION_SECRET in production")
+    policy = settings.egress_policy
+    if policy.allow_http or policy.allow_networks or policy.allow_hosts:
+        log.warning("webhook egress relaxed for development: plain http %s, allowed beyond public addresses: %s",
+                    "allowed" if policy.allow_http else "refused", settings.worker_egress_allow or "nothing")

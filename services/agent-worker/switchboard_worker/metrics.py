@@ -53,3 +53,12 @@ FREE_SLOTS = Gauge(
     "switchboard_worker_free_slots",
     "Calls this worker can still take, as published for admission control (0 while draining)",
 )
+WEBHOOK_REFUSED = Counter(
+    "switchboard_worker_webhook_refused_total",
+    "Webhook attempts that got no usable answer, by reason: private_address, scheme, bad_url, unresolvable, "
+    "connect, transport, deadline, too_large, encoding",
+    ["reason"],
+)
+WEBHOOKS_UNSIGNED = Gauge(
+    "switchboard_worker_webhooks_unsigned", "1 when FUNCTION_SECRET is unset and function webhooks go out unsigned"
+)

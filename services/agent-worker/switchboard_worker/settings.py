@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from functools import cached_property
+
+from pydantic import Field, SecretStr, field_validator
 
 from switchboard.config import CommonSettings, default_instance_id
+from switchboard.egress_policy import EgressPolicy
 
 
 class WorkerSettings(CommonSettings):
@@ -26,6 +29,25 @@ class WorkerSettings(CommonSettings):
     )
     drain_timeout_s: float = Field(25.0, gt=0, description="SIGTERM: hand over calls before this deadline")
     function_secret: SecretStr | None = Field(None, description="HMAC key that signs function-call webhooks")
+    worker_egress_allow: str = Field(
+        "", description="Development/test only: comma list of CIDRs or host names webhooks may reach although "
+        "they are not public (loopback, private, link-local…)",
+    )
+    worker_egress_allow_http: bool = Field(False, description="Development only: webhooks may use plain http")
+    worker_webhook_max_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024,
+        description="Longest webhook answer read; a longer one answers the agent with an error",
+    )
     twilio_account_sid: str | None = Field(None, description="With TWILIO_AUTH_TOKEN: enables transfer_call")
     twilio_auth_token: SecretStr | None = Field(None, description="Twilio REST credentials for transfer_call")
     twilio_api_base_url: str = Field("https://api.twilio.com", description="Twilio REST base URL (tests: a fake)")
+
+    @field_validator("worker_egress_allow")
+    @classmethod
+    def _valid_allow_list(cls, value: str) -> str:
+        EgressPolicy.parse(value)  # a typo must stop the worker at start, not refuse every webhook later
+        return value
+
+    @cached_property
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(self.worker_egress_allow, allow_http=self.worker_egress_allow_http)
