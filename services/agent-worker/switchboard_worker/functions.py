@@ -151,7 +151,8 @@ class FunctionRunner:
             return _error(f"function {name} failed: HTTP {reply.status}"), "error"
         content = _as_content(reply)
         if len(content.encode()) > config.worker_webhook_max_bytes:  # decoding can widen invalid bytes
-            failed(0, egress.Refused("too_large", "the answer grew past the cap when decoded as text"))
+            metrics.WEBHOOK_REFUSED.labels("too_large").inc()
+            log.warning("function webhook answer grew past the cap when decoded as text", extra=extra)
             return _error(f"function {name} failed: the answer is too large"), "error"
         return content, "ok"
 
