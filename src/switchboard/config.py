@@ -30,7 +30,7 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     # The URL carries everything a Redis client needs, so every client (the services, the
-    # control API's blocking pool, switchboard-journal, redis-cli -u) reads the same string:
+    # control API's blocking pool, switchboard-journal) reads the same string:
     # the password (redis://:PASSWORD@host), TLS (rediss://) and its files as query
     # parameters (?ssl_ca_certs=, ssl_certfile=, ssl_keyfile=). repr=False keeps the
     # password out of any log line or traceback that prints the settings.
