@@ -26,7 +26,8 @@ from test_journal import T0, pcm_channels, synthetic_call
 
 PREFIX = "journal:"
 RETENTION_S = 7200  # longer than the call record (CALL_RETENTION_S 3600 on the worker)
-SECRETS = ("sk-journal-listen-0001", "Bearer sk-journal-llm-0002")
+SECRETS = ("sk-journal-listen-0001", "Bearer sk-journal-llm-0002", "journal-url-pass-0003", "journal-url-key-0004",
+           "journal-camel-0005", "journal-hook-pass-0006", "journal-hook-token-0007")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,12 @@ def records_of(lines: bytes) -> tuple[dict, list]:
 async def test_a_recorded_call_is_exported_heard_and_replayed_with_its_barge_ins(stack, api, tmp_path):
     profile = {
         "listen": {"provider": {"type": "deepgram", "model": "nova-3", "api_key": SECRETS[0]}},
-        "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini"}, "prompt": "Sell cars.",
-                  "endpoint": {"url": "https://llm.example.com/v1", "headers": {"authorization": SECRETS[1]}}},
+        "think": {"provider": {"type": "open_ai", "model": "gpt-4o-mini", "accessToken": SECRETS[4]},
+                  "prompt": "Sell cars.",
+                  "endpoint": {"url": f"https://bot:{SECRETS[2]}@llm.example.com/v1?api_key={SECRETS[3]}",
+                               "headers": {"authorization": SECRETS[1]}},
+                  "functions": [{"name": "lookup", "description": "Never called in this call", "webhook": {
+                      "url": f"https://ops:{SECRETS[5]}@hooks.example.com/lookup?token={SECRETS[6]}"}}]},
         "journal": {"enabled": True, "audio": True, "retention_s": RETENTION_S},
     }
     assert (await api.put("/v1/profiles/journaled", json=profile)).status_code == 200
@@ -125,6 +130,7 @@ async def test_a_recorded_call_is_exported_heard_and_replayed_with_its_barge_ins
     # The control API serves the same journal and the same recording.
     got = await api.get(f"/v1/calls/{ident.call_sid}/journal")
     assert got.status_code == 200 and got.headers["content-type"].startswith("application/x-ndjson")
+    assert not [secret for secret in SECRETS if secret.encode() in got.content]
     assert records_of(got.content)[1] == records
     recording = await api.get(f"/v1/calls/{ident.call_sid}/recording.wav")
     assert recording.status_code == 200 and recording.headers["content-type"] == "audio/wav"

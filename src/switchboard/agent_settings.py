@@ -4,30 +4,101 @@ The audio block is not configurable: Twilio carries 8 kHz mu-law both ways, so S
 always asks Deepgram for exactly that (no container) and the bytes pass through untouched.
 Functions with a `webhook` are run by Switchboard (client-side for Deepgram): the webhook
 is ours, so it is never sent to Deepgram.
+
+Every field has a bound (length, count, size, depth): a document is stored in Redis, read at
+every call start and sent to Deepgram, so none of it may be unbounded. Over a bound is a
+validation error naming the field (the control API answers 422).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic_core import PydanticCustomError
+
+from . import json_limits
+from .redaction import (
+    MASK, MaskedSecretError, holds_secret, is_secret_name, is_url, redact_url, restore_url, same_origin,
+)
+
+__all__ = ["MASK", "MaskedSecretError"]  # re-exported: the control API imports them from here
 
 TWILIO_AUDIO: dict[str, Any] = {
     "input": {"encoding": "mulaw", "sample_rate": 8000},
     "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"},
 }
 
+# --- Bounds ------------------------------------------------------------------------------------
+MAX_PROMPT_CHARS = 25_000
+MAX_SCHEMA_BYTES = 16 * 1024  # one function's `parameters` (JSON schema), compact JSON
+MAX_SCHEMA_DEPTH = 32
+MAX_ENDPOINT_BYTES = 8 * 1024  # `think.endpoint` / `speak.endpoint` ({url, headers})
+MAX_ENDPOINT_DEPTH = 8
+MAX_PROVIDER_EXTRA_FIELDS = 32  # provider fields this model does not name (Deepgram adds new ones)
+MAX_PROVIDER_FIELD_NAME = 64
+MAX_PROVIDER_VALUE_BYTES = 4 * 1024
+MAX_PROVIDER_VALUE_DEPTH = 8
+MAX_TAGS = 20
+MAX_TAG_CHARS = 128
+MAX_KEYTERMS = 100
+MAX_KEYTERM_CHARS = 100
+MAX_FUNCTIONS = 64
+MAX_SETTINGS_BYTES = 256 * 1024  # the whole document: each part within its bound can still add up
+
+
+def _limit_error(exc: json_limits.LimitError, what: str) -> PydanticCustomError:
+    # The message goes through the context, so braces in it are never read as a template.
+    return PydanticCustomError(exc.kind, "{what} is {detail}", {"what": what, "detail": exc.message})
+
+
+def _bounded_json(what: str, *, max_depth: int, max_bytes: int) -> AfterValidator:
+    def check(value: Any) -> Any:
+        try:
+            json_limits.check(value, max_depth=max_depth, max_bytes=max_bytes)
+        except json_limits.LimitError as exc:
+            raise _limit_error(exc, what) from None
+        return value
+
+    return AfterValidator(check)
+
+
+Schema = Annotated[dict[str, Any], _bounded_json("the schema", max_depth=MAX_SCHEMA_DEPTH, max_bytes=MAX_SCHEMA_BYTES)]
+Endpoint = Annotated[
+    dict[str, Any], _bounded_json("the endpoint", max_depth=MAX_ENDPOINT_DEPTH, max_bytes=MAX_ENDPOINT_BYTES)
+]
+
 
 class _Open(BaseModel):
-    # Deepgram keeps adding provider fields; pass unknown ones through rather than reject them.
+    # Deepgram keeps adding provider fields; pass unknown ones through rather than reject them,
+    # within bounds: a few dozen fields of a few kB each.
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> "_Open":
+        extra = self.model_extra or {}
+        if len(extra) > MAX_PROVIDER_EXTRA_FIELDS:
+            raise PydanticCustomError(
+                "too_many_fields", "{count} provider fields this API does not know; at most {limit}",
+                {"count": len(extra), "limit": MAX_PROVIDER_EXTRA_FIELDS},
+            )
+        for name, value in extra.items():
+            if len(name) > MAX_PROVIDER_FIELD_NAME:
+                raise PydanticCustomError(
+                    "too_large", "a provider field name is {length} characters long; at most {limit}",
+                    {"length": len(name), "limit": MAX_PROVIDER_FIELD_NAME},
+                )
+            try:
+                json_limits.check(value, max_depth=MAX_PROVIDER_VALUE_DEPTH, max_bytes=MAX_PROVIDER_VALUE_BYTES)
+            except json_limits.LimitError as exc:
+                raise _limit_error(exc, f"provider field {name!r}") from None
+        return self
 
 
 class ListenProvider(_Open):
     type: Literal["deepgram"] = "deepgram"
     model: str = Field("nova-3", min_length=1, max_length=100, examples=["nova-3"])
-    keyterms: list[str] | None = None
+    keyterms: list[Annotated[str, Field(max_length=MAX_KEYTERM_CHARS)]] | None = Field(None, max_length=MAX_KEYTERMS)
     smart_format: bool | None = None
 
 
@@ -55,7 +126,7 @@ class FunctionDef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", examples=["get_slots"])
     description: str = Field(..., min_length=1, max_length=2000)
-    parameters: dict[str, Any] = Field(
+    parameters: Schema = Field(
         default_factory=lambda: {"type": "object", "properties": {}},
         examples=[{"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]}],
     )
@@ -75,9 +146,9 @@ class FunctionDef(BaseModel):
 class Think(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: ThinkProvider = Field(default_factory=ThinkProvider)
-    prompt: str = Field("You are a helpful car seller.", max_length=25_000)
-    functions: list[FunctionDef] = Field(default_factory=list, max_length=64)
-    endpoint: dict[str, Any] | None = Field(None, description="Bring-your-own LLM endpoint {url, headers}")
+    prompt: str = Field("You are a helpful car seller.", max_length=MAX_PROMPT_CHARS)
+    functions: list[FunctionDef] = Field(default_factory=list, max_length=MAX_FUNCTIONS)
+    endpoint: Endpoint | None = Field(None, description="Bring-your-own LLM endpoint {url, headers}")
 
 
 class SpeakProvider(_Open):
@@ -88,7 +159,7 @@ class SpeakProvider(_Open):
 class Speak(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: SpeakProvider = Field(default_factory=SpeakProvider)
-    endpoint: dict[str, Any] | None = None
+    endpoint: Endpoint | None = None
 
 
 class Heard(BaseModel):
@@ -144,12 +215,25 @@ class AgentSettings(BaseModel):
     think: Think = Field(default_factory=Think)
     speak: Speak = Field(default_factory=Speak)
     greeting: str | None = Field(None, max_length=2000)
-    tags: list[str] = Field(default_factory=list, max_length=20)
+    tags: list[Annotated[str, Field(max_length=MAX_TAG_CHARS)]] = Field(default_factory=list, max_length=MAX_TAGS)
     mip_opt_out: bool = False
     # Switchboard's own behaviour around the agent; never sent to Deepgram.
     heard: Heard = Field(default_factory=Heard)
     dead_air: DeadAir = Field(default_factory=DeadAir)
     journal: Journal = Field(default_factory=Journal)
+
+    @model_validator(mode="after")
+    def _bounded_document(self) -> "AgentSettings":
+        try:
+            size = json_limits.encoded_size(self.model_dump(mode="json", exclude_none=True))
+        except json_limits.LimitError as exc:
+            raise _limit_error(exc, "the settings document") from None
+        if size > MAX_SETTINGS_BYTES:
+            raise PydanticCustomError(
+                "too_large", "the settings document is {size} bytes as JSON; at most {limit}",
+                {"size": size, "limit": MAX_SETTINGS_BYTES},
+            )
+        return self
 
     def think_message(self) -> dict[str, Any]:
         """`agent.think` as Deepgram takes it, in `Settings` and in `UpdateThink`."""
@@ -200,78 +284,142 @@ class AgentSettings(BaseModel):
 
 
 # --- Secrets are write-only -------------------------------------------------------------------
-# Provider credentials and endpoint headers (API keys) are stored, sent to Deepgram, and never
-# shown again: reads replace them with MASK, and a write that sends MASK back keeps the stored
-# value, so a client can GET, edit and PUT a document without knowing its secrets.
+# Provider credentials, endpoint headers and URL credentials are stored, sent to Deepgram (or
+# used by the worker), and never shown again: reads replace them with MASK, and a write that
+# sends MASK back keeps the stored value, so a client can GET, edit and PUT a document without
+# knowing its secrets.
 
-MASK = "***"
-# Whole words of a field name (api_key, x-api-key, secret_access_key), so that e.g. `keyterms` is not one.
-_SECRET_NAME = re.compile(
-    r"(?:^|[_\-])(?:key|apikey|secret|token|password|passwd|credentials?|authorization|auth)(?:$|[_\-])", re.IGNORECASE
-)
-# (block, member) pairs that may hold secrets; prompts and function schemas never do.
-_SECRET_CONTAINERS = (
+# (block, member) pairs whose field *names* say what is secret; prompts and function schemas
+# never do (a schema may well describe a parameter called `api_key`). URL credentials and
+# secret-like query parameters are masked in every URL-valued string of the document.
+_SECRET_CONTAINERS = frozenset({
     ("listen", "provider"),
     ("think", "provider"),
     ("think", "endpoint"),
     ("speak", "provider"),
     ("speak", "endpoint"),
-)
+})
+_ENDPOINTS = (("think", "endpoint"), ("speak", "endpoint"))
+
+# A place in a settings document: dict keys, list indexes, and ("name", n) for the list item
+# whose "name" is n, so that a function's webhook secret follows the function, not its position.
+_Part = str | int | tuple[str, str]
+_Path = tuple[_Part, ...]
 
 
-class MaskedSecretError(ValueError):
-    """A write sent MASK for a secret that has no stored value to keep."""
+def _item_key(item: Any, index: int) -> _Part:
+    if isinstance(item, dict) and isinstance(item.get("name"), str):
+        return ("name", item["name"])
+    return index
 
 
-def _walk(node: Any, path: str, under_headers: bool, visit: Any) -> Any:
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for name, value in node.items():
-        here = f"{path}.{name}"
-        if under_headers or (_SECRET_NAME.search(name) and not isinstance(value, bool)):
-            out[name] = visit(here, value)
+def _shown_path(path: _Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, tuple):
+            out += f"[{part[1]}]"
+        elif isinstance(part, int):
+            out += f"[{part}]"
         else:
-            out[name] = _walk(value, here, name.lower() == "headers", visit)
+            out += f".{part}" if out else part
     return out
 
 
-def _map_secrets(doc: dict[str, Any], visit: Any) -> dict[str, Any]:
-    out = dict(doc)
-    for block, member in _SECRET_CONTAINERS:
-        section = out.get(block)
-        if isinstance(section, dict) and isinstance(section.get(member), dict):
-            section = dict(section)
-            section[member] = _walk(section[member], f"{block}.{member}", False, visit)
-            out[block] = section
-    return out
+def _transform(doc: dict[str, Any], on_secret: Any, on_url: Any) -> dict[str, Any]:
+    def walk(node: Any, path: _Path, names_matter: bool, under_headers: bool) -> Any:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for name, value in node.items():
+                here = (*path, name)
+                if under_headers or (names_matter and is_secret_name(name) and holds_secret(value)):
+                    out[name] = on_secret(here, value)
+                else:
+                    inside = names_matter or here in _SECRET_CONTAINERS
+                    out[name] = walk(value, here, inside, names_matter and name.lower() == "headers")
+            return out
+        if isinstance(node, list):
+            return [walk(item, (*path, _item_key(item, i)), names_matter, under_headers) for i, item in enumerate(node)]
+        if isinstance(node, str) and is_url(node):
+            return on_url(path, node)
+        return node
+
+    return walk(doc, (), False, False)
 
 
 def masked(doc: dict[str, Any]) -> dict[str, Any]:
     """A settings document (JSON dict) with every secret value replaced by MASK."""
-    return _map_secrets(doc, lambda _path, value: MASK if value not in (None, "") else value)
+    return _transform(
+        doc, lambda _path, value: MASK if value not in (None, "") else value, lambda _path, url: redact_url(url)
+    )
 
 
-def _lookup(doc: dict[str, Any] | None, path: str) -> Any:
-    node: Any = doc
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise MaskedSecretError(path)
-        node = node[part]
+class _Missing(Exception):
+    pass
+
+
+def _lookup(doc: Any, path: _Path) -> Any:
+    node = doc
+    for part in path:
+        if isinstance(part, tuple):
+            node = next((i for i in node if isinstance(i, dict) and i.get("name") == part[1]), _Missing) \
+                if isinstance(node, list) else _Missing
+        elif isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else _Missing
+        else:
+            node = node.get(part, _Missing) if isinstance(node, dict) else _Missing
+        if node is _Missing:
+            raise _Missing
     return node
 
 
-def restore_secrets(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
-    """`new` with each MASK replaced by the stored secret at the same place."""
+def _origin_moved(new: dict[str, Any], stored: dict[str, Any] | None) -> set[_Path]:
+    """The endpoints whose URL now points at another scheme, host or port than the stored one."""
+    moved = set()
+    for block, member in _ENDPOINTS:
+        try:
+            old_url = _lookup(stored, (block, member, "url"))
+        except _Missing:
+            continue  # nothing stored there: no secret to keep, MASK is refused anyway
+        try:
+            new_url = _lookup(new, (block, member, "url"))
+        except _Missing:
+            new_url = None
+        if not same_origin(new_url, old_url):
+            moved.add((block, member))
+    return moved
 
-    def keep(path: str, value: Any) -> Any:
+
+def restore_secrets(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """`new` with each MASK replaced by the stored secret at the same place.
+
+    A secret is kept only where it would go to the same place as before: a masked header of an
+    endpoint whose URL now points at another host, or masked URL credentials for another host,
+    must be sent again (MaskedSecretError), or a client could send them to a host of its own.
+    """
+    moved = _origin_moved(new, stored)
+
+    def keep(path: _Path, value: Any) -> Any:
         if value != MASK:
             return value
+        where = _shown_path(path)
+        if path[:2] in moved:
+            raise MaskedSecretError(
+                f"{where} is {MASK!r} but {_shown_path(path[:2])}.url now points elsewhere: send the real value"
+            )
         try:
             return _lookup(stored, path)
-        except MaskedSecretError:
-            raise MaskedSecretError(
-                f"{path} is {MASK!r} but no stored value exists to keep: send the real value"
-            ) from None
+        except _Missing:
+            raise MaskedSecretError(f"{where} is {MASK!r} but no stored value exists to keep: send the real value") \
+                from None
 
-    return _map_secrets(new, keep)
+    def keep_url(path: _Path, value: str) -> str:
+        try:
+            old: Any = _lookup(stored, path)
+        except _Missing:
+            old = None
+        try:
+            return restore_url(value, old)
+        except MaskedSecretError as exc:
+            raise MaskedSecretError(f"{_shown_path(path)}: {exc}") from None
+
+    return _transform(new, keep, keep_url)

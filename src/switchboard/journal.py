@@ -17,9 +17,11 @@ The entry's own `t` is when the worker handled the message (µs since the epoch)
 runs its virtual clock on it. A journal leaves Redis as JSON lines (`to_jsonl`), where
 audio is base64, and comes back with `from_jsonl`, so it can be replayed without Redis.
 
-Secrets never reach the journal: in every message to Deepgram (and the settings in the
-start record) a field whose name is secret-like (api_key, token, authorization, ...), every
-value under `headers`, and secret-like query parameters or passwords of URLs are masked.
+Secrets never reach the journal: in every message to and from Deepgram, every session event
+and the settings in the start record, a field whose name is secret-like (api_key, accessToken,
+client-secret, ...), every value under `headers`, and the credentials and secret-like query
+parameters of every URL are masked (switchboard.redaction). An export masks again, for
+journals recorded before a kind of secret was recognised.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from .agent_settings import _SECRET_NAME, MASK
 from .entries import Entry, EntryError, Kind, now_us
 from .entries import decode as decode_entry
 from .keys import RESUME_PARAMETER
+from .redaction import redact, redact_text
 
 if TYPE_CHECKING:
     from .agent_settings import AgentSettings, Journal
@@ -172,10 +173,11 @@ class Recorder:
         return self._entry(Source.AGENT_AUDIO, frame, t_us)
 
     def from_deepgram(self, text: str, t_us: int) -> Entry | None:
-        """A text frame from Deepgram, as received (it carries none of our secrets)."""
+        """A text frame from Deepgram, as received unless it holds a secret (an error message may
+        quote our endpoint's URL back)."""
         if not self.enabled:
             return None
-        return self._entry(Source.FROM_DEEPGRAM, text.encode(), t_us)
+        return self._entry(Source.FROM_DEEPGRAM, redact_json(text.encode()), t_us)
 
     def to_deepgram(self, message: str | bytes | dict[str, Any], t_us: int) -> Entry | None:
         """A JSON message the worker sends to Deepgram (text, or the dict it was built from), secrets masked."""
@@ -197,64 +199,26 @@ class Recorder:
         return self._entry(Source.TO_TWILIO, _pack_entry(entry.kind, entry.t_us, entry.payload), entry.t_us)
 
     def session_event(self, payload_json: bytes, t_us: int) -> Entry | None:
-        """An event the session appended to :events, so a replay can be compared with it."""
+        """An event the session appended to :events, so a replay can be compared with it (secrets
+        masked: a function's answer or an error may carry a URL with credentials)."""
         if not self.enabled:
             return None
-        return self._entry(Source.EVENT, payload_json, t_us)
+        return self._entry(Source.EVENT, redact_json(payload_json), t_us)
 
 
 # --- redaction -----------------------------------------------------------------------------------
 
 
-def redact(node: Any, *, secret: bool = False) -> Any:
-    """`node` (JSON) with secret values masked, wherever they are.
-
-    Stricter than `agent_settings.masked` (which knows where settings keep secrets): the
-    journal sees every message shape Deepgram has or will have, so any secret-like field
-    name anywhere is masked, and so is everything under `headers`.
-    """
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for name, value in node.items():
-            key = str(name)
-            if secret or (_SECRET_NAME.search(key) and not isinstance(value, bool)):
-                out[key] = _mask(value)
-            elif key.lower() == "headers":
-                out[key] = redact(value, secret=True)
-            elif key.lower() in ("url", "uri", "endpoint") and isinstance(value, str):
-                out[key] = redact_url(value)
-            else:
-                out[key] = redact(value)
-        return out
-    if isinstance(node, list):
-        return [redact(item, secret=secret) for item in node]
-    return _mask(node) if secret else node
-
-
-def _mask(value: Any) -> Any:
-    if isinstance(value, dict):
-        return redact(value, secret=True)
-    if isinstance(value, list):
-        return [_mask(item) for item in value]
-    return value if value in (None, "") else MASK
-
-
-def redact_url(url: str) -> str:
-    """A URL without its password and with secret-like query parameters masked (`?key=...`)."""
+def redact_json(data: bytes) -> bytes:
+    """A JSON text with every secret masked (see switchboard.redaction.redact); the same bytes
+    when there was nothing to mask, so clean messages are recorded exactly as they were."""
     try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-    except ValueError:
-        return MASK  # not a URL we can take apart: do not risk keeping a secret
-    netloc = parts.netloc
-    if parts.password is not None and hostname is not None:
-        port = f":{parts.port}" if parts.port else ""
-        netloc = f"{parts.username}:{MASK}@{hostname}{port}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if _SECRET_NAME.search(k) and v else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data.decode(errors="replace")
+        return data if (clean := redact_text(text)) == text else clean.encode()
+    clean = redact(doc)
+    return data if clean == doc else orjson.dumps(clean)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -334,7 +298,9 @@ def record_to_json(record: JournalRecord) -> dict[str, Any]:
     elif record.source is Source.AGENT_AUDIO:
         line["audio"] = base64.b64encode(record.data).decode()
     else:
-        _put_bytes(line, "text", record.data)
+        # Masked again on the way out: a journal recorded by an older version may hold a secret
+        # that version did not recognise (a no-op for one recorded now).
+        _put_bytes(line, "text", redact_json(record.data))
     return line
 
 
