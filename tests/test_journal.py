@@ -13,6 +13,8 @@ import wave
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from switchboard import entries, journal, procs, wav
 from switchboard.agent_settings import AgentSettings, Journal
@@ -125,7 +127,7 @@ def test_a_settings_message_to_deepgram_never_stores_a_secret_but_keeps_everythi
                                            "api_key": "***"}
     assert set(agent["think"]["provider"]["credentials"].values()) == {"***"}  # the shape stays, no value
     assert agent["think"]["endpoint"] == {
-        "url": "https://user:***@llm.example.com/v1/chat?key=***&model=m",
+        "url": "https://***@llm.example.com/v1/chat?key=***&model=m",
         "headers": {"Authorization": "***", "x-custom": "***"},
     }
     assert agent["speak"]["provider"]["voice"] == "alloy"
@@ -251,6 +253,98 @@ def test_a_journal_without_audio_has_no_wav():
                               rec.to_twilio(entries.clear()).fields()])
     with pytest.raises(wav.NoAudio, match="journal.audio off"):
         wav.render(records)
+
+
+def in_pages(records: list[journal.JournalRecord], size: int):  # noqa: ANN201
+    return lambda: (records[i:i + size] for i in range(0, len(records), size))
+
+
+def test_the_streamed_wav_is_the_rendered_one_byte_for_byte_at_any_page_size():
+    records = synthetic_call()
+    rendered = wav.render(records).wav()
+    for size in (1, 2, 3, 7, 1000):
+        assert b"".join(wav.stream(in_pages(records, size))) == rendered, size
+    # The header is the one the stdlib's wave module writes.
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(rendered[44:])
+    assert buf.getvalue() == rendered
+
+
+@st.composite
+def journals(draw: st.DrawFn) -> list[journal.JournalRecord]:
+    """Caller frames (stamped by the edge, sometimes late or out of order), agent bursts faster
+    than real time, clears: what a worker records, in the order it recorded it."""
+    rec = Recorder(ON)
+    made: list[Entry] = []
+    t = T0
+    for _ in range(draw(st.integers(1, 60))):
+        t += draw(st.integers(0, 400_000))
+        what = draw(st.sampled_from(["caller", "caller", "agent", "clear"]))
+        if what == "caller":
+            skew = draw(st.integers(-50_000, 50_000))
+            frame = bytes([draw(st.integers(0, 255))]) * draw(st.sampled_from([80, 160, 320]))
+            rec._clock = lambda t=t: t
+            made.append(rec.caller_entry(audio_fields(frame, max(1, t + skew))))
+        elif what == "agent":
+            for n in range(draw(st.integers(1, 8))):
+                made.append(rec.agent_audio(bytes([draw(st.integers(0, 255))]) * 160, t + n * 1000))
+        else:
+            made.append(rec.to_twilio(Entry(Kind.CLEAR, b"", t)))
+    return decode_journal([e.fields() for e in made])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=journals(), size=st.integers(1, 12))
+def test_any_journal_streams_to_the_same_wav_it_renders_to(records, size):
+    try:
+        rendered = wav.render(records).wav()
+    except wav.NoAudio:
+        with pytest.raises(wav.NoAudio):
+            b"".join(wav.stream(in_pages(records, size)))
+        return
+    assert b"".join(wav.stream(in_pages(records, size))) == rendered
+
+
+def test_streaming_a_half_hour_call_holds_about_a_page_of_audio_not_the_call():
+    """Half an hour of caller frames and a reply every 10 s (some cut by a clear), generated page by
+    page and never held whole: the mixer keeps a few seconds of samples at a time."""
+    page_entries = 1000
+    rec = Recorder(ON)
+
+    def pages():  # noqa: ANN202
+        page: list[Entry] = []
+        for n in range(1800 * 50):  # 20 ms frames
+            t = T0 + n * 20_000
+            rec._clock = lambda t=t: t + 2000
+            page.append(rec.caller_entry(audio_fields(b"\x7f" * 160, t)))
+            if n % 500 == 0:  # a 2 s reply, received in 0.1 s, cut by the caller every other time
+                page += [rec.agent_audio(b"\x10" * 160, t + k * 1000) for k in range(100)]
+                if n % 1000 == 0:
+                    page.append(rec.to_twilio(Entry(Kind.CLEAR, b"", t + 500_000)))
+            if len(page) >= page_entries:
+                yield decode_journal([e.fields() for e in page])
+                page = []
+        yield decode_journal([e.fields() for e in page])
+
+    survey = wav.Survey()
+    for records in pages():
+        survey.feed(records)
+    planner = wav.Planner(survey.start_us)
+    for records in pages():
+        planner.feed(records)
+    mixer = wav.Mixer(planner.plan())
+    size, held = len(mixer.header()), 0
+    for records in pages():
+        size += len(mixer.feed(records))
+        held = max(held, len(mixer.caller.samples) + len(mixer.agent.samples))
+    size += len(mixer.finish())
+    assert mixer.plan.frames == 1800 * 8000
+    assert size == 44 + 4 * mixer.plan.frames  # 58 MB of WAV
+    assert held < 8000 * 10  # samples held at once: a few seconds of both tracks
 
 
 # --- JSON lines --------------------------------------------------------------------------------------
