@@ -19,6 +19,7 @@ import pytest
 import redis as redis_sync
 
 from switchboard import procs
+from switchboard.keys import Keys
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
@@ -415,9 +416,10 @@ async def test_twiml_webhook_checks_twilios_signature_and_connects_the_stream(st
     token = params.pop("sb_token")  # one-time, for the edge to check (replay protection)
     assert params == {"profile": "booking", "CallSid": form["CallSid"], "From": form["From"], "To": form["To"],
                       "Direction": "inbound"}
+    token_key = Keys(PREFIX).stream_token(form["CallSid"])
     with redis_sync.Redis.from_url(stack.redis_url) as client:
-        assert client.get(f"{PREFIX}streamtoken:{form['CallSid']}").decode() == token
-        assert 0 < client.ttl(f"{PREFIX}streamtoken:{form['CallSid']}") <= 120
+        assert client.get(token_key).decode() == token
+        assert 0 < client.ttl(token_key) <= 120
     assert root.find("Redirect").text == f"{PUBLIC_URL}/twiml/continue?profile=booking&attempt=1"
     assert root.find("Redirect").get("method") == "POST"
 

@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 @pytest.fixture(scope="module")
 def control_url(redis_url, tmp_path_factory):
-    service, port = control_service(redis_url, "ctlschema:")
+    service, port = control_service(redis_url, "ctlschema:", CONTROL_PUBLIC_DOCS="true")
     service.start(tmp_path_factory.mktemp("control-schema"))
     yield f"http://127.0.0.1:{port}"
     service.stop()

@@ -90,7 +90,9 @@ class LocalSystem:
             return
         env = {**common, "REDIS_URL": self.redis_url, "CONTROL_PORT": str(self.args.control_port),
                "CONTROL_HOST": "127.0.0.1", "CONTROL_API_TOKEN": self.control_token,
-               "EDGE_PUBLIC_URL": os.environ.get("EDGE_PUBLIC_URL", f"ws://127.0.0.1:{self.args.edge_port}/twilio")}
+               "EDGE_PUBLIC_URL": os.environ.get("EDGE_PUBLIC_URL", f"ws://127.0.0.1:{self.args.edge_port}/twilio"),
+               # A local run serves the API's browsable docs (production keeps them off).
+               "CONTROL_PUBLIC_DOCS": os.environ.get("CONTROL_PUBLIC_DOCS", "true")}
         if not os.environ.get("TWILIO_AUTH_TOKEN"):
             env["CONTROL_INSECURE_NO_AUTH"] = "false"
             env["CONTROL_INSECURE_TWIML"] = "true"

@@ -10,6 +10,7 @@ concurrency) and incremented atomically: two writers never both get version n+1.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import orjson
@@ -54,6 +55,23 @@ end
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+
+# KEYS[1] the set of profile names; ARGV[1] a name, ARGV[2] the most names allowed.
+# Returns 1 the name was there already, 2 it was added, 0 the set is full. One script, so two
+# writers of new profiles can never both take the last place.
+_RESERVE_NAME = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 2
+"""
+
+
+class NameReservation(enum.Enum):
+    EXISTING = 1
+    ADDED = 2
+    FULL = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +139,8 @@ async def delete(client: redis.Redis, key: str, *, expect_version: int | None = 
         current = await read(client, key)
         raise VersionConflict(current[1] if current else 0)
     return result == 1
+
+
+async def reserve_name(client: redis.Redis, names_key: str, name: str, max_names: int) -> NameReservation:
+    """Add `name` to the set at `names_key` unless it would then hold more than `max_names`."""
+    return NameReservation(int(await client.eval(_RESERVE_NAME, 1, names_key, name, str(max_names))))

@@ -17,11 +17,14 @@ from redis.exceptions import RedisError
 from switchboard.config import redis_client
 from switchboard.keys import Keys
 
+from . import refusals
 from .deps import State
+from .limits import TWIML_MAX_BODY, BodyLimitMiddleware
 from .metrics import MetricsMiddleware
 from .routes import calls, health, journal, twiml
 from .routes import settings as settings_routes
 from .settings import ControlSettings
+from .sse_slots import SseSlots
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,8 @@ def _blocking_client(settings: ControlSettings) -> redis.Redis:
 def create_app(settings: ControlSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = State(settings, Keys(settings.key_prefix), redis_client(settings), _blocking_client(settings))
+        state = State(settings, Keys(settings.key_prefix), redis_client(settings), _blocking_client(settings),
+                      SseSlots(settings.control_sse_max_per_token, settings.control_sse_max_total))
         app.state.control = state
         try:
             yield
@@ -57,11 +61,16 @@ def create_app(settings: ControlSettings) -> FastAPI:
             await state.redis.aclose()
             await state.redis_block.aclose()
 
+    # The schema and its browsers map every endpoint for whoever asks: served only when asked for.
+    docs = settings.control_public_docs
     app = FastAPI(
         title="Switchboard control API",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         openapi_tags=[
             {"name": "settings", "description": "Agent settings: default, profiles, per call"},
             {"name": "calls", "description": "Live calls, transcripts, events and commands"},
@@ -70,7 +79,11 @@ def create_app(settings: ControlSettings) -> FastAPI:
         ],
     )
     app.add_middleware(MetricsMiddleware)
+    # Added last, so it runs first: nothing (routing, auth, parsing) reads a body it refuses.
+    app.add_middleware(BodyLimitMiddleware, default_limit=settings.control_max_body_bytes,
+                       path_limits={"/twiml": TWIML_MAX_BODY})
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
+    app.add_exception_handler(RecursionError, _too_deep)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(orjson.JSONEncodeError, _unencodable)  # type: ignore[arg-type]
     for module in (health, settings_routes, calls, journal, twiml):
@@ -78,13 +91,29 @@ def create_app(settings: ControlSettings) -> FastAPI:
     return app
 
 
-async def _invalid_input(_request: Request, exc: RequestValidationError) -> JSONResponse:
+# Validation error types that mean "over a bound" rather than "wrong": counted as refusals.
+_LIMIT_ERRORS = {"too_deep": "too_deep", "too_large": "field_limit", "too_many_fields": "field_limit",
+                 "string_too_long": "field_limit", "too_long": "field_limit"}
+
+
+async def _invalid_input(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default echoes the input back; in settings that may be an API key.
     errors: list[dict[str, Any]] = [
         {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "invalid")), "type": str(error.get("type", ""))}
         for error in exc.errors()
     ]
+    for reason in sorted({_LIMIT_ERRORS[e["type"]] for e in errors if e["type"] in _LIMIT_ERRORS}):
+        refusals.count(reason, "request over a size or depth limit", path=request.url.path,
+                       fields=[".".join(map(str, e["loc"])) for e in errors][:5])
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _too_deep(request: Request, _exc: RecursionError) -> JSONResponse:
+    # Bounds on every open-ended field keep input far from Python's recursion limit; should one
+    # be missed, the client still gets its 4xx and the reason is counted, not a 500.
+    refusals.count("too_deep", "request nested too deep to process", path=request.url.path)
+    detail = [{"loc": ["body"], "msg": "nested too deep to process", "type": "too_deep"}]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 async def _unencodable(_request: Request, exc: orjson.JSONEncodeError) -> JSONResponse:

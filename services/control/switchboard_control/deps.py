@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from switchboard.keys import Keys
 
 from .settings import ControlSettings
+from .sse_slots import SseSlots
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class State:
     keys: Keys
     redis: redis.Redis  # short commands
     redis_block: redis.Redis  # XREAD BLOCK waits (SSE, command acks): never starves short commands
+    sse: SseSlots
 
 
 def get_state(request: Request) -> State:

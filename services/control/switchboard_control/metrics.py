@@ -73,3 +73,10 @@ QUEUE_WAIT = Histogram(
     "Time a caller spent on hold before a slot freed",
     buckets=(1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600),
 )
+REFUSED = Counter(
+    "switchboard_control_refused_total",
+    "Requests refused for their size, depth or count, by reason "
+    "(body_too_large|bad_length|too_deep|field_limit|too_many_profiles|sse_limit)",
+    ["reason"],
+)
+SSE_CLIENTS = Gauge("switchboard_control_sse_clients", "Live-event (SSE) streams open on this replica")

@@ -27,6 +27,23 @@ class ControlSettings(CommonSettings):
         False, description="Development only: /twiml answers unsigned requests (the API keeps its token)"
     )
     metrics_public: bool = Field(True, description="Serve /metrics without a bearer token")
+    control_public_docs: bool = Field(
+        False, description="Serve /docs, /redoc and /openapi.json (development; off in production: they map the API)"
+    )
+    control_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="Largest request body (Twilio's /twiml has its own 64 KiB); refused with 413 before it is read",
+    )
+    control_max_profiles: int = Field(
+        500, ge=1, le=100_000, description="Most named profiles; a new one beyond is refused with 409"
+    )
+    control_sse_max_per_token: int = Field(
+        50, ge=1, description="Most live-event streams one bearer token holds open on a replica (over: 429)"
+    )
+    control_sse_max_total: int = Field(
+        200, ge=1,
+        description="Most live-event streams a replica serves (over: 429); each holds a blocking Redis connection",
+    )
     command_ack_timeout_s: float = Field(3.0, gt=0, le=60, description="How long a command waits for its owner")
     call_settings_ttl_s: int = Field(
         6 * 3600, ge=60, description="Per-call settings expire this long after their last write"
@@ -68,6 +85,11 @@ class ControlSettings(CommonSettings):
             )
         if self.control_api_token is not None and len(self.control_api_token.get_secret_value()) < 16:
             raise ValueError("CONTROL_API_TOKEN must be at least 16 characters")
+        if self.control_sse_max_total >= self.redis_blocking_connections:
+            raise ValueError(
+                "CONTROL_SSE_MAX_TOTAL must be below REDIS_BLOCKING_CONNECTIONS: every live-event stream holds one "
+                "of those connections, and command acknowledgements need some too"
+            )
         if not self.edge_public_url.startswith(("wss://", "ws://")) or "?" in self.edge_public_url:
             raise ValueError("EDGE_PUBLIC_URL must be a wss:// URL without a query string")
         return self

@@ -22,12 +22,13 @@ from redis.exceptions import RedisError
 from switchboard import settings_store
 from switchboard.agent_settings import MASK, MaskedSecretError, restore_secrets
 
-from .. import callstate, commander
+from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
 from ..models import (
     CALL_SID, CallDetail, CallList, CommandResult, HangupRequest, Problem, PromptRequest, SayRequest,
     UserMessageRequest, VoiceRequest,
 )
+from ..sse_slots import SlotStreamingResponse, client_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
@@ -41,6 +42,7 @@ COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": Problem, "description": "The call has ended"},
     504: {"model": Problem, "description": "No acknowledgement in time; the command expires unapplied"},
 }
+SSE_RETRY_AFTER_S = 5
 # The event types the live stream sends by default (a timeline, not every mark).
 SSE_EVENT_TYPES = "transcript,barge_in,function_call,error,warning,prompt_updated,speak_updated,injection_refused,"\
     "agent_started_speaking,agent_audio_done,dtmf,hangup_requested,command_result,deepgram_connected,call_ended,"\
@@ -72,6 +74,7 @@ async def get_call(call_sid: CallSid, state: StateDep) -> CallDetail:
               "description": "Server-sent events: `id` = stream entry id, `event` = type, `data` = JSON"},
         401: {"model": Problem},
         404: {"model": Problem},
+        429: {"model": Problem, "description": "Too many open event streams (per token or in all); see Retry-After"},
     },
 )
 async def call_events(
@@ -82,12 +85,18 @@ async def call_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")] = None,
 ) -> StreamingResponse:
     """The call's events as they happen: history first (from `Last-Event-ID` if given), then live,
-    until `call_ended`."""
+    until `call_ended`. Each replica serves at most CONTROL_SSE_MAX_PER_TOKEN streams per token
+    and CONTROL_SSE_MAX_TOTAL in all; over that the answer is 429 with Retry-After."""
     record = await callstate.require(state, call_sid)
     wanted = None if types == "all" else frozenset(types.split(","))
+    slot = state.sse.take(client_key(request.headers.get("authorization")))
+    if slot is None:
+        refusals.count("sse_limit", "too many live-event streams", call_sid=call_sid, open=state.sse.open)
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many open event streams: close one, or retry later",
+                            headers={"Retry-After": str(SSE_RETRY_AFTER_S)})
     stream = _sse(state, request, record, last_event_id or "0-0", wanted)
-    return StreamingResponse(
-        stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return SlotStreamingResponse(
+        stream, slot, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
 
 

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Body, Header, HTTPException, Path, Response, stat
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from switchboard import settings_store
+from switchboard import json_limits, settings_store
 from switchboard.agent_settings import AgentSettings, MaskedSecretError, masked, restore_secrets
 
-from .. import callstate, commander
+from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
 from ..models import (
     CALL_SID, PROFILE_NAME, CallSettingsDocument, CommandResult, LiveChanges, Problem, ProfileList, ProfileSummary,
@@ -34,6 +34,13 @@ IfMatch = Annotated[
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 404: {"model": Problem}, 412: {"model": Problem}
 }
+PROFILE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 409: {"model": Problem, "description": "CONTROL_MAX_PROFILES profiles exist already"}
+}
+# A settings document nests about five levels above a function's schema (itself at most
+# agent_settings.MAX_SCHEMA_DEPTH): a merge patch deeper than this cannot be valid, and is
+# refused before the merge walks it.
+MAX_PATCH_DEPTH = 64
 SETTINGS_EXAMPLE = {
     "language": "en",
     "listen": {"provider": {"type": "deepgram", "model": "nova-3"}},
@@ -137,16 +144,27 @@ async def get_profile(name: ProfileName, state: StateDep, response: Response) ->
     return _document(stored[0], stored[1], f"profile:{name}", response)
 
 
-@router.put("/profiles/{name}", response_model=SettingsDocument, responses=ERRORS)
+@router.put("/profiles/{name}", response_model=SettingsDocument, responses=PROFILE_ERRORS)
 async def put_profile(
     name: ProfileName, body: SettingsBody, state: StateDep, response: Response, if_match: IfMatch = None
 ) -> SettingsDocument:
-    """Create or replace a profile; calls select it with `<Parameter name="profile" value="…">`."""
+    """Create or replace a profile; calls select it with `<Parameter name="profile" value="…">`.
+    At most CONTROL_MAX_PROFILES profiles exist: a new one beyond that is refused with 409."""
     key = state.keys.profile(name)
     stored = await settings_store.read(state.redis, key)
     settings = _validated(body.model_dump(mode="json", exclude_none=True), stored[0] if stored else None)
-    version = await _write(state, key, settings, if_match)
-    await state.redis.sadd(state.keys.profiles(), name)
+    most = state.settings.control_max_profiles
+    reserved = await settings_store.reserve_name(state.redis, state.keys.profiles(), name, most)
+    if reserved is settings_store.NameReservation.FULL:
+        refusals.count("too_many_profiles", "profile limit reached", limit=most)
+        raise HTTPException(status.HTTP_409_CONFLICT, f"there are {most} profiles already (CONTROL_MAX_PROFILES): "
+                                                      "delete one, or replace an existing one")
+    try:
+        version = await _write(state, key, settings, if_match)
+    except HTTPException:
+        if reserved is settings_store.NameReservation.ADDED:
+            await state.redis.srem(state.keys.profiles(), name)  # nothing was stored under it
+        raise
     return _document(settings, version, f"profile:{name}", response)
 
 
@@ -236,6 +254,10 @@ async def patch_call_settings(
     call_sid: CallSid, patch: PatchBody, state: StateDep, response: Response, if_match: IfMatch = None
 ) -> CallSettingsDocument:
     """Change some fields of this call's settings (starting from its profile's or the default if none)."""
+    if json_limits.depth(patch, stop_after=MAX_PATCH_DEPTH) > MAX_PATCH_DEPTH:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": f"nested more than {MAX_PATCH_DEPTH} levels deep", "type": "too_deep"}]
+        )
     record = await callstate.find(state, call_sid)
     base = (await _effective(state, call_sid, record)).settings.model_dump(mode="json", exclude_none=True)
     return await _store_call_settings(state, call_sid, _merge_patch(base, patch), if_match, response)
