@@ -13,6 +13,7 @@ import orjson
 from fastapi import HTTPException, status
 
 from switchboard.agent_settings import Speak, masked
+from switchboard.redaction import redact
 
 from .deps import State
 from .models import CallDetail, CallSummary, FunctionCallRecord, TranscriptLine, TurnLatency
@@ -108,11 +109,13 @@ async def events(state: State, stream_sid: str) -> list[tuple[str, dict[str, Any
 
 
 def decode_event(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """An event of a call's :events stream as every read path shows it: secrets masked (an
+    error or a function's answer may quote a URL with credentials)."""
     try:
         event = orjson.loads(fields.get(b"p", b""))
     except orjson.JSONDecodeError:
         return None
-    return event if isinstance(event, dict) and "type" in event else None
+    return redact(event) if isinstance(event, dict) and "type" in event else None
 
 
 def _overrides(raw: str | None) -> dict[str, Any]:
