@@ -227,6 +227,10 @@ def test_deployed_edges_require_stream_tokens_unless_env_turns_them_off(tmp_path
     assert off["edge"]["environment"]["EDGE_REQUIRE_STREAM_TOKEN"] == "false"
 
 
+def test_the_deployed_control_api_serves_no_public_docs(tmp_path):
+    assert rendered(tmp_path)["control"]["environment"]["CONTROL_PUBLIC_DOCS"] == "false"
+
+
 def test_no_secret_has_a_default_in_the_compose_file():
     text = COMPOSE_FILE.read_text()
     for name, default in DEFAULTED_REF.findall(text):

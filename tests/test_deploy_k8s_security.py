@@ -237,8 +237,9 @@ def test_pods_meet_the_restricted_pod_security_profile(deployment):
 
 
 # --- what the deployed services are told --------------------------------------------------------------------
-def test_deployed_edges_require_stream_tokens():
+def test_deployed_edges_require_stream_tokens_and_control_serves_no_public_docs():
     assert container_env("edge")["EDGE_REQUIRE_STREAM_TOKEN"] == "true"
+    assert container_env("control")["CONTROL_PUBLIC_DOCS"] == "false"
 
 
 def test_the_secret_template_shows_a_tls_redis_url_with_credentials():
