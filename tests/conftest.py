@@ -1,6 +1,6 @@
 """Shared fixtures: a private redis-server per test session (or REDIS_URL if given).
 
-Processes under test are started through `switchboard.procs`, the same code the local
+Processes under test are started through `switchboard_dev.procs`, the same code the local
 runner uses, and always against this private Redis, never the machine's default one.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 
-from switchboard import procs
+from switchboard_dev import procs
 
 LOG_ROOT = Path(os.environ.get("SB_TEST_LOGS", "/tmp/switchboard-test-logs"))
 

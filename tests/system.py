@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import redis as redis_sync
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard.keys import Keys
 
 EMULATOR_KEY = "test-deepgram-key"

@@ -20,7 +20,8 @@ import redis.asyncio as redis_async
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from switchboard import capacity, procs
+from switchboard import capacity
+from switchboard_dev import procs
 from switchboard.keys import Keys
 from switchboard_callsim.call import CallResult, SimConfig, run_call
 from switchboard_callsim.script import CallScript

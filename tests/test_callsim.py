@@ -11,7 +11,7 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from switchboard.testaudio import CALLER_MAGIC, FRAME_BYTES, SILENCE, agent_frame, caller_frame, parse_frame
+from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, SILENCE, agent_frame, caller_frame, parse_frame
 from switchboard_callsim.audiocheck import AgentAudioChecker
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import percentiles

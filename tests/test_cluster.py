@@ -11,7 +11,7 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard.keys import Keys
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript

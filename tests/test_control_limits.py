@@ -26,7 +26,8 @@ import psutil
 import pytest
 import redis as redis_sync
 
-from switchboard import entries, procs, wav
+from switchboard import entries, wav
+from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.journal import Recorder, decode_journal
 from switchboard.keys import Keys

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from switchboard import procs
+from switchboard_dev import procs
 
 from test_control_api import API_TOKEN, control_service
 

@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from switchboard import procs
+from switchboard_dev import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard import procs
+from switchboard_dev import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

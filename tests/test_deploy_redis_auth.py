@@ -22,7 +22,7 @@ import pytest
 import redis as redis_sync
 from redis.exceptions import AuthenticationError, ResponseError
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 

@@ -13,7 +13,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from switchboard import procs, signature
+from switchboard import signature
+from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity

@@ -23,7 +23,7 @@ from deepgram_spec import SPEC_AVAILABLE, requires_spec, validate_client_message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from switchboard.testaudio import AGENT_MAGIC, FRAME_BYTES, SILENCE, caller_frame, parse_frame
+from switchboard_dev.testaudio import AGENT_MAGIC, FRAME_BYTES, SILENCE, caller_frame, parse_frame
 from switchboard_emulator.config import EmulatorConfig
 from switchboard_emulator.server import EmulatorServer
 from switchboard_emulator.vad import ENDED, STARTED, Framer, VoiceActivity, detector_for

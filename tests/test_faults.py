@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from switchboard import procs
+from switchboard_dev import procs
 from switchboard.httpserver import MAX_HEADERS, HealthServer, Refusal, Request, parse_head
 
 

@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from switchboard import entries, journal, procs, wav
+from switchboard import entries, journal, wav
+from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.conversation import Conversation, ConversationConfig, Emit, ToCaller
 from switchboard.entries import Entry, Kind
 from switchboard.journal import JournalError, Recorder, Source, decode_journal, from_jsonl, to_jsonl
-from switchboard.testaudio import caller_frame, agent_frame
+from switchboard_dev.testaudio import caller_frame, agent_frame
 
 from switchboard_journal.replay import replay
 

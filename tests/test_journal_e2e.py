@@ -14,10 +14,11 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from switchboard import procs, wav
+from switchboard import wav
+from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.journal import Recorder, Source, decode_journal, from_jsonl
-from switchboard.testaudio import CALLER_MAGIC, FRAME_BYTES, parse_frame
+from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, parse_frame
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 

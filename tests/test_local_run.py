@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from switchboard import procs
+from switchboard_dev import procs
 
 
 def test_the_run_command_places_a_call_and_reports_it(redis_url, tmp_path):

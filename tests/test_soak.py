@@ -15,7 +15,7 @@ import pytest
 from switchboard_callsim.call import SimConfig
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript
-from switchboard.testaudio import SILENCE, caller_frame
+from switchboard_dev.testaudio import SILENCE, caller_frame
 from switchboard_callsim.twiliomsg import CallIdentity
 
 from system import System, scrape, wait_for

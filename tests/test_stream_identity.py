@@ -20,7 +20,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from switchboard import procs, signature
+from switchboard import signature
+from switchboard_dev import procs
 from switchboard.keys import RESUME_PARAMETER, STREAM_TOKEN_PARAMETER
 from switchboard_callsim.call import CallResult, SimConfig, run_call
 from switchboard_callsim.script import CallScript

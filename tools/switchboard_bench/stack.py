@@ -1,4 +1,4 @@
-"""The two systems under test, each started fresh per level from `switchboard.procs`:
+"""The two systems under test, each started fresh per level from `switchboard_dev.procs`:
 
 - `SwitchboardStack`: private redis-server, emulator, edge, N agent workers;
 - `RelayStack`: emulator and the single-process direct relay (no Redis).
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from switchboard import procs
+from switchboard_dev import procs
 
 EMULATOR_KEY = "bench-deepgram-key"
 SYSTEM_ROLES = ("redis", "edge", "worker", "relay")

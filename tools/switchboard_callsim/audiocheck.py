@@ -8,7 +8,7 @@ frame of that reply (or an older one) may follow, since the caller would hear st
 
 from __future__ import annotations
 
-from switchboard.testaudio import AGENT_MAGIC, FRAME_BYTES, FrameInfo, parse_frame
+from switchboard_dev.testaudio import AGENT_MAGIC, FRAME_BYTES, FrameInfo, parse_frame
 
 MAX_REASONS = 5
 

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from switchboard import signature
-from switchboard.testaudio import FRAME_BYTES, FRAME_MS, SILENCE, caller_frame
+from switchboard_dev.testaudio import FRAME_BYTES, FRAME_MS, SILENCE, caller_frame
 
 from .audiocheck import AgentAudioChecker
 from .emucheck import caller_audio_verdict

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from switchboard.testaudio import FRAME_MS
+from switchboard_dev.testaudio import FRAME_MS
 
 from .playback import Playback
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from switchboard.testaudio import SILENCE
+from switchboard_dev.testaudio import SILENCE
 
 SILENCE_B64 = base64.b64encode(SILENCE)
 MALFORMED = 31950

@@ -7,7 +7,7 @@ import time
 
 from websockets.asyncio.server import ServerConnection
 
-from switchboard.testaudio import FRAME_MS, agent_frame
+from switchboard_dev.testaudio import FRAME_MS, agent_frame
 
 from .config import EmulatorConfig
 from .faults import Faults

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any, Final
 
-from switchboard.testaudio import AGENT_MAGIC, CALLER_MAGIC, FRAME_BYTES, parse_frame
+from switchboard_dev.testaudio import AGENT_MAGIC, CALLER_MAGIC, FRAME_BYTES, parse_frame
 
 MAX_CLOSED: Final = 10_000
 MAX_EVENTS: Final = 1_000

@@ -19,7 +19,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from switchboard.testaudio import FRAME_BYTES
+from switchboard_dev.testaudio import FRAME_BYTES
 
 from . import protocol as p
 from .config import EmulatorConfig

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from switchboard.testaudio import FRAME_MS, loud_fraction
+from switchboard_dev.testaudio import FRAME_MS, loud_fraction
 
 SPEECH_THRESHOLD: Final = 0.2
 NOTHING: Final = 0

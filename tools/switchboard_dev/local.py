@@ -21,7 +21,7 @@ import orjson
 import redis as redis_sync
 
 from . import procs
-from .keys import Keys
+from switchboard.keys import Keys
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
