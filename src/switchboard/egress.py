@@ -26,7 +26,8 @@ from ipaddress import ip_address
 
 import httpx
 
-from .egress_policy import EgressPolicy, IPAddress, Refused, Target, backoff_s, check_addresses, check_url
+from .egress_policy import BACKOFF_BASE_S, BACKOFF_CAP_S, EgressPolicy, IPAddress, Refused, Target, check_addresses, check_url
+from .retry import Retry
 
 __all__ = ["EgressPolicy", "Refused", "Reply", "Resolver", "post", "post_with_retries", "system_resolver"]
 
@@ -100,28 +101,25 @@ async def post_with_retries(
     Returns the last answer (possibly an error status) or raises the last `Refused`. Each
     failed attempt is reported to `on_failure` (for metrics and logs with the caller's ids).
     """
-    loop = asyncio.get_running_loop()
-    jitter = rng or random.Random()
-    deadline = loop.time() + budget_s
-    attempt = 0
+    backoff = Retry(base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S, attempts=attempts, deadline_s=budget_s,
+                    min_attempt_s=MIN_ATTEMPT_S).backoff(unit=(rng or random.Random()).random,
+                                                         clock=asyncio.get_running_loop().time)
     while True:
-        remaining = deadline - loop.time()
         try:
             reply = await post(client, url, content=content, headers=headers,
-                               deadline_s=min(attempt_timeout_s, remaining), max_bytes=max_bytes,
+                               deadline_s=min(attempt_timeout_s, backoff.remaining_s), max_bytes=max_bytes,
                                policy=policy, resolve=resolve)
         except Refused as refused:
-            on_failure(attempt, refused)
+            on_failure(backoff.failures, refused)
             outcome: Refused | Reply = refused
             retry = refused.retryable
         else:
             if reply.status < 300:
                 return reply
-            on_failure(attempt, reply)
+            on_failure(backoff.failures, reply)
             outcome, retry = reply, reply.retryable
-        attempt += 1
-        pause = backoff_s(attempt - 1, jitter.random())
-        if not retry or attempt >= attempts or deadline - loop.time() - pause < MIN_ATTEMPT_S:
+        pause = backoff.next_pause(outcome if isinstance(outcome, Refused) else None) if retry else None
+        if pause is None:
             if isinstance(outcome, Refused):
                 raise outcome
             return outcome

@@ -19,8 +19,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from typing import Literal
 from urllib.parse import unquote
 
+from .retry import Retry
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
+
+# Retries of one outbound request: 0.1-0.2 s, then 0.2-0.4 s, ... up to 1-2 s.
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.2, 2.0
 
 # Why an outbound request did not produce an answer. Each is a label value of the callers'
 # refusal metric, so the set stays small and fixed.
@@ -194,13 +199,13 @@ def numeric_host(host: str) -> IPAddress | None:
     return IPv4Address(number << (8 * (4 - len(head))) | last)
 
 
-def backoff_s(attempt: int, unit: float, *, base_s: float = 0.2, cap_s: float = 2.0) -> float:
+def backoff_s(attempt: int, unit: float, *, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> float:
     """Pause before retry `attempt + 1`: exponential, half of it jittered by `unit` in [0, 1).
 
     The jitter keeps many calls whose webhook failed at the same moment from retrying in step.
+    The shared `Retry` policy decides it; this is its egress shape.
     """
-    ceiling = min(cap_s, base_s * 2 ** attempt)
-    return ceiling / 2 + ceiling / 2 * unit
+    return Retry(base_s=base_s, cap_s=cap_s).pause_s(attempt, unit)
 
 
 def _inet_aton_part(part: str) -> int:
