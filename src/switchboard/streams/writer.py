@@ -1,34 +1,28 @@
-"""Redis Streams I/O shared by edge and worker: one coalescing writer, one multi-key reader.
+"""The coalescing writer: every call on an instance appends here without awaiting.
 
-Writer: every call on an instance appends here without awaiting; once per loop tick (or
-after a configurable window) all pending entries of all calls go out in ONE pipeline.
-Only one pipeline is in flight at a time, so a call's entries reach Redis in the order
-they were appended. When Redis is slow, consecutive audio of a call is merged into one
-entry instead of waiting: latency never grows to buy throughput.
-
-Reader: one blocking XREAD over all the streams an instance follows, woken by an entry in
-the instance's own wake stream when a stream is added (no blocked connection per call).
+Once per loop tick (or after a configurable window) all pending entries of all calls go out
+in ONE pipeline. Only one pipeline is in flight at a time, so a call's entries reach Redis in
+the order they were appended. When Redis is slow, consecutive audio of a call is merged into
+one entry instead of waiting: latency never grows to buy throughput. When Redis is away the
+batch is put back in front and retried (`WRITE_RETRY`), with bounded audio and journal queues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
-from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import resp
-
-from . import keys as keyspace
-from .entries import Entry, Kind
+from .. import keys as keyspace
+from .. import resp
+from ..entries import Entry, Kind
+from ..retry import Retry
+from .direct import WRITE_TIMEOUT_S, DirectConnection, single_node
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +32,9 @@ MAX_PENDING_AUDIO_BYTES = 8000 * 4
 # A call journal is best effort: while Redis is away its oldest unsent records go first
 # (with audio on, a journal grows by ~16 kB/s per call).
 MAX_PENDING_JOURNAL_ITEMS = 2000
-
-
-WRITE_TIMEOUT_S = 5.0
-CLUSTER_BLOCK_MS = 250
-
-
-class DirectConnection:
-    """A connection of our own to one Redis node, for the hand-packed hot-path commands.
-
-    No per-command timeout task (redis-py wraps every send in `wait_for` when a socket timeout
-    is set); the caller bounds a whole batch instead. Any failure drops the connection, so
-    unread replies can never be mistaken for the next batch's; the next use reconnects.
-    """
-
-    def __init__(self, client: redis.Redis) -> None:
-        self._conn = client.connection_pool.make_connection()
-        self._conn.socket_timeout = None
-
-    async def execute(self, parts: list[bytes], replies: int, timeout_s: float | None) -> list:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._conn.send_packed_command(parts, check_health=False)
-                return [await self._conn.read_response() for _ in range(replies)]
-        except BaseException as exc:
-            await self._conn.disconnect(nowait=True)
-            if isinstance(exc, TimeoutError):
-                raise RedisTimeoutError(f"no reply from Redis within {timeout_s}s") from None
-            if isinstance(exc, OSError):
-                raise RedisConnectionError(str(exc)) from exc
-            raise
-
-    async def close(self) -> None:
-        await self._conn.disconnect()
-
-
-def _single_node(client: redis.Redis) -> bool:
-    return not isinstance(client, redis.RedisCluster)
+# A failed batch is retried until Redis is back (the queues above bound what waits): 25-50 ms
+# first, doubling up to 0.5-1 s, so a restarted Redis is written to within a second.
+WRITE_RETRY = Retry(base_s=0.05, cap_s=1.0)
 
 
 @dataclass(slots=True)
@@ -119,7 +79,7 @@ class StreamWriter:
         self._on_flush = on_flush
         self._on_error = on_error
         # Redis Cluster routes each key to its node: only a single node takes the fast path.
-        self._direct = DirectConnection(client) if _single_node(client) else None
+        self._direct = DirectConnection(client) if single_node(client) else None
         self._xadd = resp.XaddPacker()
         self._stopping = False
 
@@ -199,7 +159,7 @@ class StreamWriter:
         self._wakeup.set()
 
     async def run(self) -> None:
-        backoff = 0.05
+        backoff = WRITE_RETRY.backoff()
         while not self._stopping:
             await self._wakeup.wait()
             if self._stopping:
@@ -226,10 +186,9 @@ class StreamWriter:
                     self._on_error(exc)
                 log.warning("redis write failed, will retry: %s", exc, extra={"streams": len(batch)})
                 self._requeue(batch)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 1.0)
+                await backoff.wait(exc)
                 continue
-            backoff = 0.05
+            backoff.reset()
             self._generation = max(self._generation, target)
             if self._on_flush and count:
                 self._on_flush(count, time.perf_counter() - started)
@@ -317,181 +276,3 @@ class StreamWriter:
             else:
                 still.append((target, future))
         self._waiters = still
-
-
-StreamHandler = Callable[[str, list[tuple[bytes, dict[bytes, bytes]]]], None]
-
-
-class StreamReader:
-    """Follows many streams with one blocking XREAD; hands each batch to a sync handler."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        waker: redis.Redis,
-        wake_key: str,
-        handler: StreamHandler,
-        *,
-        count: int = 1000,
-        block_ms: int = 2000,
-        on_error: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        self._redis = client  # dedicated: it spends its life blocked in XREAD
-        self._waker = waker
-        self._wake_key = wake_key
-        self._handler = handler
-        self._count = count
-        self._block_ms = block_ms
-        self._streams: dict[str, bytes | str] = {}
-        # A concrete id (not "$"): a wake written just before the XREAD reaches Redis is still seen.
-        self._wake_last: bytes | str = "0-0"
-        self._blocked = False
-        self._on_error = on_error
-        self._wake_pending = False
-        self._rewake = False
-        self._wake_task: asyncio.Task[None] | None = None
-        self._last_failure: float | None = None
-        self._direct = DirectConnection(client) if _single_node(client) else None
-        self._xread = resp.XreadPacker(count, block_ms)
-        self._slots: dict[int, set[str]] | None = None if _single_node(client) else {}
-        self._slots_changed = asyncio.Event()
-        self._stopping = False
-
-    def add(self, key: str, last_id: bytes | str = "0-0") -> None:
-        self._streams[key] = last_id
-        if self._slots is not None:
-            self._slots.setdefault(key_slot(key.encode()), set()).add(key)
-            self._slots_changed.set()
-            return
-        self._wake()
-
-    def remove(self, key: str) -> None:
-        self._streams.pop(key, None)
-        self._xread.forget(key)
-        if self._slots is not None:
-            self._slots.get(key_slot(key.encode()), set()).discard(key)
-
-    async def _read(self, request: dict[str, bytes | str]) -> list:
-        if self._direct is None:
-            return await self._redis.xread(request, count=self._count, block=self._block_ms)
-        # The server answers within BLOCK; a silent network is noticed a little after that.
-        timeout_s = self._block_ms / 1000 + WRITE_TIMEOUT_S
-        (raw,) = await self._direct.execute(self._xread.pack(request.items()), 1, timeout_s)
-        return resp.entries_from_xread(raw)
-
-    async def close(self) -> None:
-        if self._direct is not None:
-            await self._direct.close()
-
-    def healthy_for(self, seconds: float) -> bool:
-        """True if reads have not failed within the last `seconds`."""
-        failed_at = self._last_failure
-        return failed_at is None or time.monotonic() - failed_at > seconds
-
-    def _wake(self) -> None:
-        if not self._blocked:
-            return  # the next XREAD includes the new stream anyway
-        if self._wake_pending:
-            self._rewake = True  # that wake may already have been read: send another after it
-            return
-        self._wake_pending = True
-        self._wake_task = asyncio.get_running_loop().create_task(self._send_wake())
-
-    async def _send_wake(self) -> None:
-        try:
-            pipe = self._waker.pipeline(transaction=False)
-            pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
-            pipe.expire(self._wake_key, keyspace.WAKE_TTL_S)  # instances come and go; their wake keys too
-            await pipe.execute()
-        except RedisError as exc:
-            log.warning("could not wake stream reader: %s", exc)
-        finally:
-            self._wake_pending = False
-            if self._rewake:
-                self._rewake = False
-                self._wake()
-
-    def stop(self) -> None:
-        """End `run` after the read in flight, even if the task's cancellation is lost."""
-        self._stopping = True
-        self._slots_changed.set()
-
-    async def run(self) -> None:
-        if self._slots is not None:
-            await self._run_per_slot()
-            return
-        backoff = 0.05
-        while not self._stopping:
-            request = {self._wake_key: self._wake_last, **self._streams}
-            self._blocked = True
-            try:
-                response = await self._read(request)
-            except RedisError as exc:
-                self._blocked = False
-                await self._failed(exc, backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self._blocked = False
-            backoff = 0.05
-            self._dispatch(response)
-
-    async def _failed(self, exc: RedisError, backoff: float) -> None:
-        self._last_failure = time.monotonic()
-        if self._on_error:
-            self._on_error(exc)
-        log.warning("redis read failed, will retry: %s", exc)
-        await asyncio.sleep(backoff * (0.5 + random.random()))
-
-    def _dispatch(self, response: list) -> None:
-        for raw_key, entries in response or ():
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-            if not entries:
-                continue
-            if key == self._wake_key:
-                self._wake_last = entries[-1][0]
-                continue
-            if key not in self._streams:
-                continue  # removed while the read was in flight
-            self._streams[key] = entries[-1][0]
-            try:
-                self._handler(key, entries)
-            except Exception:
-                log.exception("stream handler failed", extra={"stream": key})
-
-    # --- Redis Cluster ----------------------------------------------------------------------
-    # XREAD cannot span hash slots, and every call has its own slot: on a cluster there is one
-    # reader per slot in use (in practice one per call), each blocking briefly so that a key
-    # added to a slot already being read is picked up within CLUSTER_BLOCK_MS.
-
-    async def _run_per_slot(self) -> None:
-        assert self._slots is not None
-        tasks: dict[int, asyncio.Task[None]] = {}
-        try:
-            while not self._stopping:
-                await self._slots_changed.wait()
-                self._slots_changed.clear()
-                for slot, keys in list(self._slots.items()):
-                    if keys and (slot not in tasks or tasks[slot].done()):
-                        tasks[slot] = asyncio.create_task(self._read_slot(slot))
-                for slot in [s for s, task in tasks.items() if task.done()]:
-                    del tasks[slot]
-        finally:
-            for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
-
-    async def _read_slot(self, slot: int) -> None:
-        assert self._slots is not None
-        backoff = 0.05
-        while not self._stopping and (keys := self._slots.get(slot)):
-            request = {key: self._streams[key] for key in keys if key in self._streams}
-            try:
-                response = await self._redis.xread(request, count=self._count, block=CLUSTER_BLOCK_MS)
-            except RedisError as exc:
-                await self._failed(exc, backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            self._dispatch(response)
-        self._slots.pop(slot, None)
-        self._slots_changed.set()
