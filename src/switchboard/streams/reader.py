@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from .. import keys as keyspace
 from .. import resp
+from ..besteffort import best_effort
 from ..retry import Backoff, Retry
 from .direct import WRITE_TIMEOUT_S, DirectConnection, single_node
 
@@ -109,12 +110,12 @@ class StreamReader:
 
     async def _send_wake(self) -> None:
         try:
-            pipe = self._waker.pipeline(transaction=False)
-            pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
-            pipe.expire(self._wake_key, keyspace.WAKE_TTL_S)  # instances come and go; their wake keys too
-            await pipe.execute()
-        except RedisError as exc:
-            log.warning("could not wake stream reader: %s", exc)
+            # Lost, the wake only delays the new stream's first read to the end of the current BLOCK.
+            async with best_effort("wake the stream reader", logger=log):
+                pipe = self._waker.pipeline(transaction=False)
+                pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=keyspace.WAKE_STREAM_MAXLEN, approximate=True)
+                pipe.expire(self._wake_key, keyspace.WAKE_TTL_S)  # instances come and go; their wake keys too
+                await pipe.execute()
         finally:
             self._wake_pending = False
             if self._rewake:
