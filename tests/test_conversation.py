@@ -10,10 +10,13 @@ from switchboard.conversation import (
     SEGMENT_BYTES,
     Conversation,
     ConversationConfig,
+    Count,
     Emit,
+    GiveUp,
     Hangup,
     Observe,
     Reconnect,
+    Record,
     ToAgent,
     ToCaller,
     heard_prefix,
@@ -27,7 +30,9 @@ TEXT = "One two three four five six seven eight nine ten."
 
 
 def conversation(**blocks) -> Conversation:
-    return Conversation(ConversationConfig.from_settings(AgentSettings.model_validate(blocks)), 0.0, "s1")
+    conv = Conversation(ConversationConfig.from_settings(AgentSettings.model_validate(blocks)), 0.0, "s1")
+    conv.on_agent_connected(0.0)  # the watchdogs run while a Deepgram session is up
+    return conv
 
 
 def emitted(actions, kind: str) -> list[dict]:
@@ -183,10 +188,10 @@ def test_a_silent_line_is_reengaged_then_ended_politely():
     assert emitted(conv.tick(10.0), "dead_air")[0]["attempt"] == 2
     last = conv.tick(15.0)
     assert emitted(last, "dead_air")[0]["action"] == "end_call"
-    assert Hangup("dead_air_caller_idle", after_reply=True) in last
+    assert not any(isinstance(a, Hangup) for a in last)  # after the goodbye, not over it
     # The goodbye was refused (someone was speaking): hang up anyway rather than leave dead air.
-    assert conv.on_agent_message({"type": "InjectionRefused", "message": "busy"}, 15.1) == [
-        Hangup("dead_air_caller_idle")]
+    refused = conv.on_agent_message({"type": "InjectionRefused", "message": "busy"}, 15.1)
+    assert Hangup("dead_air_caller_idle") in refused
 
 
 def test_the_caller_speaking_resets_the_reengage_budget_and_playback_is_not_dead_air():
@@ -228,7 +233,7 @@ def test_an_agent_stalled_mid_reply_is_reconnected_once():
     actions = conv.tick(2.3)
     assert Reconnect("agent_stall") in actions and emitted(actions, "dead_air")[0]["kind"] == "agent_stall"
     assert conv.tick(10) == []  # reported once
-    ended = conv.on_agent_reconnect(10.0)
+    ended = conv.on_agent_closed(10.0)  # the session aborts the stalled Deepgram socket
     assert marks(ended) == ["sb:s1:1:1600:end"] and not conv.agent_speaking
 
 
@@ -243,3 +248,84 @@ def test_heard_prefix_cuts_at_whole_words():
     assert heard_prefix("Hello there world", 0.4) == "Hello"
     assert heard_prefix("Hello there world", 0.65) == "Hello there"
     assert heard_prefix("Hello there world", 1.0) == "Hello there world"
+
+
+# --- the Deepgram session and the end of the call ---------------------------------------------------
+def hangup_entries(actions) -> list[str]:
+    return [a.entry.payload.decode() for a in actions if isinstance(a, ToCaller) and a.entry.kind is Kind.HANGUP]
+
+
+def test_a_hangup_after_the_reply_waits_for_the_agent_s_audio_and_happens_once():
+    conv = conversation()
+    assert conv.request_hangup("end_call", after_reply=True) == []  # the goodbye is still to come
+    speak(conv, 1.0, 1600)
+    done = conv.on_agent_message({"type": "AgentAudioDone"}, 1.5)
+    assert hangup_entries(done) == ["end_call"] and Hangup("end_call") in done
+    assert Record({"hangup_requested": "end_call"}) in done and emitted(done, "hangup_requested") == [
+        {"reason": "end_call"}]
+    assert conv.request_hangup("command") == [] and conv.hangup_reason == "end_call"
+    assert conv.tick(100.0) == []  # no dead air once the call is ending
+
+
+def test_a_dropped_session_is_reopened_until_the_budget_is_spent_and_a_stable_one_resets_it():
+    conv = conversation()
+    conv.config = ConversationConfig(max_reconnects=2)
+    assert Reconnect("closed") in conv.on_agent_closed(1.0)
+    conv.on_agent_connected(1.5)
+    assert Reconnect("closed") in conv.on_agent_closed(2.0)
+    conv.on_agent_connected(2.5)
+    gave_up = conv.on_agent_closed(3.0)
+    assert GiveUp("deepgram_gone") in gave_up and hangup_entries(gave_up) == ["deepgram_gone"]
+    fresh = conversation()
+    fresh.config = ConversationConfig(max_reconnects=1)
+    assert Reconnect("closed") in fresh.on_agent_closed(1.0)
+    fresh.on_agent_connected(2.0)
+    assert Reconnect("closed") in fresh.on_agent_closed(40.0)  # 38 s of healthy session: budget reset
+
+
+def test_an_error_deepgram_cannot_recover_from_ends_the_call_and_a_recoverable_one_reconnects():
+    conv = conversation()
+    conv.on_agent_message({"type": "Error", "code": "FAILED_TO_THINK", "description": "x"}, 1.0)
+    assert Reconnect("FAILED_TO_THINK") in conv.on_agent_closed(1.1)
+    conv.on_agent_connected(2.0)
+    conv.on_agent_message({"type": "Error", "code": "UNPARSABLE_CLIENT_MESSAGE", "description": "x"}, 3.0)
+    ended = conv.on_agent_closed(3.1)
+    assert GiveUp("deepgram_UNPARSABLE_CLIENT_MESSAGE") in ended
+    assert hangup_entries(ended) == ["deepgram_error_UNPARSABLE_CLIENT_MESSAGE"]
+    assert conversation().on_agent_closed(1.0, expected=True) == []  # the call was ending anyway
+
+
+def test_after_a_stall_the_new_session_answers_again_and_an_unanswered_utterance_is_asked_again():
+    events = [{"type": "transcript", "role": "user", "content": "Hi"},
+              {"type": "transcript", "role": "assistant", "content": "Hello, how can I help?"},
+              {"type": "transcript", "role": "user", "content": "Book a car"},
+              {"type": "transcript", "role": "assistant", "content": "Sure, which"}]
+    conv = conversation(dead_air={"agent_stall_s": 1})
+    speak(conv, 0.0, 800)
+    assert Reconnect("agent_stall") in conv.tick(1.2)
+    context = conv.context(events)
+    assert [m["content"] for m in context] == ["Hi", "Hello, how can I help?"]  # "Sure, which" was never heard
+    reask = conv.on_agent_connected(2.0)
+    assert [orjson.loads(a.message) for a in reask if isinstance(a, ToAgent)] == [
+        {"type": "InjectUserMessage", "content": "Book a car"}]
+    assert emitted(reask, "reask") == [{"content": "Book a car"}]
+    assert conv.on_agent_connected(3.0) == []  # asked once
+    # A plain drop: what the agent said stays in the context.
+    assert [m["content"] for m in conversation().context(events)][-1] == "Sure, which"
+
+
+def test_each_utterance_s_start_is_recorded_for_a_takeover_and_marked_answered_by_its_transcript():
+    conv = Conversation(ConversationConfig(), 100.0, "s1", wall_offset_s=1_700_000_000.0)
+    started = conv.on_agent_message({"type": "UserStartedSpeaking"}, 101.0)
+    assert Record({"utt_pos": "1700000100300-0"}) in started
+    answered = conv.on_agent_message({"type": "ConversationText", "role": "user", "content": "yes"}, 102.0)
+    assert Count("turns") in answered and Record({"utt_answered": "1700000100300-0"}) in answered
+
+
+def test_nothing_is_watched_before_a_session_is_up_or_after_the_caller_left():
+    conv = Conversation(ConversationConfig(caller_idle_s=1), 0.0, "s1")
+    assert conv.tick(50.0) == []
+    conv.on_agent_connected(50.0)
+    assert emitted(conv.tick(52.0), "dead_air")
+    conv.on_caller_stop()
+    assert conv.tick(100.0) == []

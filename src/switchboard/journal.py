@@ -140,16 +140,20 @@ class Recorder:
         return Entry(Kind.JOURNAL, source.value + data, t_us)
 
     def start(
-        self, call_sid: str, stream_sid: str, settings: AgentSettings, t_us: int, session_id: str | None = None
+        self, call_sid: str, stream_sid: str, settings: AgentSettings, t_us: int, session_id: str | None = None,
+        max_reconnects: int | None = None,
     ) -> Entry | None:
-        """The first record of a session: the call, the settings it runs with and the Conversation's
-        session id (its mark names), which a replay needs to behave the same."""
+        """The first record of a session: the call, the settings it runs with, the Conversation's
+        session id (its mark names) and the worker's reconnect budget, which a replay needs to
+        behave the same."""
         if not self.enabled:
             return None
         doc: dict[str, Any] = {"call_sid": call_sid, "stream_sid": stream_sid,
                                "settings": redact(settings.model_dump(mode="json", exclude_none=True))}
         if session_id is not None:
             doc["session_id"] = session_id
+        if max_reconnects is not None:
+            doc["max_reconnects"] = max_reconnects
         return self._entry(Source.START, orjson.dumps(doc), t_us)
 
     def caller_entry(self, fields: dict[bytes, bytes]) -> Entry | None:

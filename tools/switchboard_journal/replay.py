@@ -3,13 +3,16 @@
 Every recorded Deepgram text frame goes through `switchboard.deepgram.parse_server`, every
 caller entry through `switchboard.entries.decode`, and both are fed in recorded order into a
 fresh `Conversation` on a virtual clock (the recorded timestamps), with `tick()` every 0.5 s
-of virtual time while the session would tick it. What the replay decides (events, hang-ups,
-reconnects) is set beside what the session recorded: the same call reproduced offline,
-without Redis, sockets or waiting.
+of virtual time, as the worker's session feeds it live; so are the Deepgram session opening
+and closing (`deepgram_connected` / `deepgram_closed` events) and the edge's stop. What the
+replay decides (events, hang-ups, reconnects, the context a new Deepgram session gets and
+the caller's words it is asked again) is set beside what the session recorded: the same
+call, reconnects and re-asks included, reproduced offline without Redis, sockets or waiting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +22,7 @@ from pydantic import ValidationError
 from switchboard import deepgram
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
-    Action, Conversation, ConversationConfig, Emit, Hangup, Reconnect, parse_mark,
+    Action, Conversation, ConversationConfig, Emit, GiveUp, Hangup, Reconnect, parse_mark,
 )
 from switchboard.entries import Entry, Kind
 from switchboard.journal import JournalRecord, Source
@@ -29,10 +32,13 @@ TICK_S = 0.5  # the worker ticks every session twice a second
 # the call, ...) come from other parts of the worker and are not replayed.
 CONVERSATION_EVENTS = frozenset({
     "transcript", "user_started_speaking", "barge_in", "agent_started_speaking", "agent_audio_done",
-    "reply_heard", "turn_latency", "dtmf", "dead_air",
+    "reply_heard", "turn_latency", "dtmf", "dead_air", "hangup_requested", "agent_reconnect", "reask",
 })
+# Recorded parts of a call that had no session events of its own here: its context cannot be checked.
+CARRIED_FROM_ELSEWHERE = "resumed_from_stream"
 # Values that depend on when the worker's clock happened to run, not on what happened.
 TOLERANCE = {"silent_s": TICK_S + 0.1, "caller_to_deepgram": 50.0, "switchboard_ms": 50.0}
+DEFAULT_MAX_RECONNECTS = 3  # the worker's default, for journals that do not say
 GAP_S = 1.0  # a longer pause in a continuous audio stream is shown in the timeline
 
 
@@ -93,11 +99,9 @@ class _Replay:
         self.t0 = records[0].t_us / 1e6 if records else 0.0
         self.conv: Conversation | None = None
         self.next_tick = 0.0
-        self.ready = False  # the session ticks only while Deepgram is attached
-        self.stopped = False
-        self.hangup = False
-        self.end_after_reply = False
         self.settings_sent = 0
+        self.history: list[dict[str, Any]] = []  # the session events so far: what a new Deepgram session is told
+        self.context_checkable = True
         self.last_caller_audio: float | None = None
         self.last_agent_audio: float | None = None
         self.agent_speaking = False
@@ -146,14 +150,13 @@ class _Replay:
             self._to_twilio(record.entry, now)
         elif source is Source.EVENT:
             event = record.json()
-            if isinstance(event, dict) and event.get("type") in CONVERSATION_EVENTS:
-                self.result.recorded.append({"t": round(now - self.t0, 3), **event})
+            if isinstance(event, dict):
+                self._session_event(event, now)
 
     def _start(self, index: int, info: dict[str, Any], now: float) -> None:
         settings = self.override or _settings(info.get("settings"), self.result.notes)
         session_id = info.get("session_id") or self._session_id_from_marks(index)
-        self.conv = Conversation(ConversationConfig.from_settings(settings), now, session_id)
-        self.ready = self.stopped = self.hangup = self.end_after_reply = False
+        self.conv = Conversation(ConversationConfig.from_settings(settings, _max_reconnects(info)), now, session_id)
         self.settings_sent = 0
         self.next_tick = now + TICK_S
         if info:
@@ -172,8 +175,7 @@ class _Replay:
 
     def _tick_until(self, now: float) -> None:
         while self.conv is not None and self.next_tick <= now:
-            if self.ready and not self.stopped and not self.hangup:
-                self._apply(self.conv.tick(self.next_tick), self.next_tick)
+            self._apply(self.conv.tick(self.next_tick), self.next_tick)  # the core knows when to watch
             self.next_tick += TICK_S
 
     def _caller(self, entry: Entry, t_us: int, now: float) -> None:
@@ -187,7 +189,7 @@ class _Replay:
                 self.conv.on_caller_transit(t_us - entry.t_us)
             return
         if entry.kind is Kind.STOP:
-            self.stopped = True
+            self.conv.on_caller_stop()
             self._line(now, "twilio", f"stream stopped ({entry.payload.decode(errors='replace') or 'no reason'})")
             return
         if entry.kind is Kind.DTMF:
@@ -206,7 +208,6 @@ class _Replay:
     def _from_deepgram(self, msg: dict[str, Any], now: float) -> None:
         assert self.conv is not None
         kind = msg["type"]
-        self.ready = True
         if kind == "UserStartedSpeaking":
             self._line(now, "caller", "starts speaking")
         elif kind == "ConversationText":
@@ -219,8 +220,6 @@ class _Replay:
             self._line(now, "agent", f"starts speaking{suffix}")
         elif kind == "AgentAudioDone":
             self.agent_speaking = False
-            if self.end_after_reply:
-                self.hangup = True
         elif kind == "FunctionCallRequest":
             names = ", ".join(str(f.get("name")) for f in msg.get("functions", []) if isinstance(f, dict))
             self._line(now, "agent", f"calls {names or 'a function'}")
@@ -235,13 +234,16 @@ class _Replay:
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind == "Settings":
             self.settings_sent += 1
-            if self.settings_sent > 1:
-                # The worker opened a new Deepgram session mid-call (drop, error or stall).
-                self._apply(self.conv.on_agent_reconnect(now), now)
-                context = len(((msg.get("agent") or {}).get("context") or {}).get("messages") or [])
-                self._line(now, "worker", f"reconnects to Deepgram with {context} messages of context")
+            context = (msg.get("agent") or {}).get("context")
+            if context is not None:
+                # A session opened with the conversation so far (a reconnect or a takeover): the
+                # replay builds that context from the same events and asks again what was unanswered.
+                recorded = context.get("messages") or [] if isinstance(context, dict) else []
+                self._check_context(self.conv.context(self.history), recorded, now)
+                self._line(now, "worker", f"opens a Deepgram session with {len(recorded)} messages of context")
         elif kind == "UpdatePrompt" and isinstance(self.conv.config.think, dict):
-            self.conv.set_think({**self.conv.config.think, "prompt": str(msg.get("prompt", ""))})
+            think = {**self.conv.config.think, "prompt": str(msg.get("prompt", ""))}
+            self.conv.config = dataclasses.replace(self.conv.config, think=think)
         elif kind == "InjectAgentMessage":
             self._line(now, "worker", f"makes the agent say “{msg.get('message', '')}”")
         elif kind == "UpdateThink":
@@ -249,8 +251,32 @@ class _Replay:
 
     def _to_twilio(self, entry: Entry, now: float) -> None:
         if entry.kind is Kind.HANGUP:
-            self.hangup = True
-            self._line(now, "worker", f"asks the edge to hang up ({entry.payload.decode(errors='replace')})")
+            reason = entry.payload.decode(errors="replace")
+            self._line(now, "worker", f"asks the edge to hang up ({reason})")
+            assert self.conv is not None
+            # A hang-up the replay did not decide itself (a command, end_call): it happened all the same.
+            self._apply(self.conv.request_hangup(reason), now)
+
+    def _session_event(self, event: dict[str, Any], now: float) -> None:
+        assert self.conv is not None
+        kind = event.get("type")
+        if kind in CONVERSATION_EVENTS:
+            self.result.recorded.append({"t": round(now - self.t0, 3), **event})
+        if kind in ("transcript", "function_call"):
+            self.history.append(event)
+        elif kind == CARRIED_FROM_ELSEWHERE:
+            self.context_checkable = False  # its transcript came from another stream's journal
+        elif kind == "deepgram_connected":
+            self._apply(self.conv.on_agent_connected(now), now)
+        elif kind == "deepgram_closed":
+            self._apply(self.conv.on_agent_closed(now, expected=bool(event.get("expected"))), now)
+
+    def _check_context(self, replayed: list[dict[str, Any]], recorded: list[Any], now: float) -> None:
+        if not self.context_checkable:
+            self.result.notes.append("a Deepgram context carried over from another stream was not checked")
+            return
+        self.result.recorded.append({"t": round(now - self.t0, 3), "type": "agent_context", "messages": recorded})
+        self.result.replayed.append({"t": round(now - self.t0, 3), "type": "agent_context", "messages": replayed})
 
     # --- what the replay decided ------------------------------------------------------------------
     def _apply(self, actions: list[Action], now: float) -> None:
@@ -259,11 +285,9 @@ class _Replay:
                 self.result.replayed.append({"t": round(now - self.t0, 3), "type": action.type, **action.data})
                 self._describe(action, now)
             elif isinstance(action, Hangup):
-                if action.after_reply:
-                    self.end_after_reply = True
-                else:
-                    self.hangup = True
-                self._line(now, "replay", f"hang up: {action.reason}{' after the reply' if action.after_reply else ''}")
+                self._line(now, "replay", f"hang up: {action.reason}")
+            elif isinstance(action, GiveUp):
+                self._line(now, "replay", f"give up on Deepgram: {action.outcome}")
             elif isinstance(action, Reconnect):
                 self._line(now, "replay", f"reconnect Deepgram: {action.reason}")
 
@@ -316,6 +340,11 @@ def _same(name: str, a: Any, b: Any) -> bool:
     if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
         return abs(a - b) <= TOLERANCE.get(name, 1e-6)
     return a == b
+
+
+def _max_reconnects(info: dict[str, Any]) -> int:
+    value = info.get("max_reconnects")
+    return value if isinstance(value, int) and not isinstance(value, bool) else DEFAULT_MAX_RECONNECTS
 
 
 def _settings(raw: Any, notes: list[str]) -> AgentSettings:

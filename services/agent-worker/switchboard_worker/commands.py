@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -20,15 +20,14 @@ from switchboard import deepgram
 from switchboard.agent_settings import Speak
 from switchboard.entries import Kind
 
-if TYPE_CHECKING:
-    from .session import CallSession
+from .port import CallHandle
 
 log = logging.getLogger(__name__)
 
 SAY_BEHAVIORS = frozenset({"default", "queue", "interrupt"})
 
 
-def on_command_entries(session: "CallSession", batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+def on_command_entries(session: CallHandle, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
     for entry_id, fields in batch:
         if fields.get(b"k") != Kind.COMMAND.value:
             continue
@@ -43,12 +42,12 @@ def on_command_entries(session: "CallSession", batch: list[tuple[bytes, dict[byt
         log.info("command %s: %s", command.get("op"), detail, extra={**session.extra, "ok": ok})
         session.event(
             "command_result", id=command.get("id"), op=command.get("op"), ok=ok, detail=detail,
-            worker=session.worker.settings.worker_id,
+            worker=session.port.settings.worker_id,
         )
-        session.worker.spawn_advance(session.call_key, "cmd_pos", entry_id)
+        session.port.bookkeeping.advance(session.call_key, "cmd_pos", entry_id)
 
 
-def apply(session: "CallSession", command: dict[str, Any]) -> tuple[bool, str]:
+def apply(session: CallHandle, command: dict[str, Any]) -> tuple[bool, str]:
     expires_at = command.get("expires_at")
     if isinstance(expires_at, (int, float)) and time.time() > expires_at:
         return False, "expired before this worker got it; not applied"
@@ -93,7 +92,7 @@ def apply(session: "CallSession", command: dict[str, Any]) -> tuple[bool, str]:
         return True, "InjectUserMessage sent"
     if op == "hangup":
         if command.get("after_reply") and session.agent_speaking:
-            session.end_after_reply()
+            session.request_hangup("command", after_reply=True)
             return True, "hanging up after the current reply"
         session.request_hangup("command")
         return True, "hanging up"

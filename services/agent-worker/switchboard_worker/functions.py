@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -32,9 +32,7 @@ from switchboard import deepgram, egress
 from switchboard.agent_settings import WebhookEndpoint
 
 from . import metrics
-
-if TYPE_CHECKING:
-    from .session import CallSession
+from .port import CallHandle
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def verify(secret: str, header: str | None, body: bytes, *, tolerance_s: float =
 
 
 class FunctionRunner:
-    def __init__(self, session: "CallSession") -> None:
+    def __init__(self, session: CallHandle) -> None:
         self._session = session
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,7 +99,7 @@ class FunctionRunner:
     async def _run(self, call_id: str, name: str, arguments: str) -> tuple[str, str]:
         session = self._session
         if name == "end_call":
-            session.end_after_reply()
+            session.request_hangup("end_call", after_reply=True)
             return orjson.dumps({"ok": True, "note": "the call ends after your goodbye"}).decode(), "ok"
         try:
             parsed = orjson.loads(arguments)
@@ -116,7 +114,7 @@ class FunctionRunner:
             {"call_sid": session.call_sid, "stream_sid": session.stream_sid, "name": name, "arguments": parsed}
         )
         headers = {"Content-Type": "application/json"}
-        secret = session.worker.settings.function_secret
+        secret = session.port.settings.function_secret
         if secret is not None:
             headers[SIGNATURE_HEADER] = sign(secret.get_secret_value(), str(int(time.time())), body)
         return await self._call_webhook(call_id, name, definition.webhook, body, headers)
@@ -125,7 +123,7 @@ class FunctionRunner:
         self, call_id: str, name: str, hook: WebhookEndpoint, body: bytes, headers: dict[str, str]
     ) -> tuple[str, str]:
         session = self._session
-        config = session.worker.settings
+        config = session.port.settings
         extra = {**session.extra, "function": name, "function_call_id": call_id}
 
         def failed(attempt: int, failure: egress.Refused | egress.Reply) -> None:
@@ -137,13 +135,13 @@ class FunctionRunner:
 
         try:
             reply = await egress.post_with_retries(
-                session.worker.http, str(hook.url), content=body, headers=headers,
+                session.port.http, str(hook.url), content=body, headers=headers,
                 attempts=hook.retries + 1, attempt_timeout_s=hook.timeout_s,
                 # The agent (and the caller) wait for this answer: retries share the time the
                 # attempts would have had, they never add to it.
                 budget_s=hook.timeout_s * (hook.retries + 1),
                 max_bytes=config.worker_webhook_max_bytes, policy=config.egress_policy,
-                on_failure=failed, rng=session.worker.random,
+                on_failure=failed, rng=session.port.random,
             )
         except egress.Refused as refused:
             return _error(f"function {name} failed: {_for_agent(refused)}"), "error"
@@ -158,7 +156,7 @@ class FunctionRunner:
 
     async def _transfer(self, arguments: Any) -> tuple[str, str]:
         session = self._session
-        config = session.worker.settings
+        config = session.port.settings
         if not config.twilio_account_sid or config.twilio_auth_token is None:
             return _error(
                 "transfer_call is not available: the worker has no Twilio REST credentials "
@@ -178,7 +176,7 @@ class FunctionRunner:
             f"/Calls/{session.call_sid}.json"
         )
         try:
-            response = await session.worker.http.post(
+            response = await session.port.http.post(
                 url,
                 data={"Twiml": dial_twiml(str(to))},
                 auth=(config.twilio_account_sid, config.twilio_auth_token.get_secret_value()),

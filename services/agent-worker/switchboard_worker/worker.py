@@ -26,7 +26,9 @@ from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter
 
-from . import commands, metrics
+from . import metrics
+from .bookkeeping import Bookkeeping
+from .port import WorkerPort
 from .session import CallSession
 from .settings import WorkerSettings
 
@@ -42,21 +44,6 @@ if owner == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 if not owner then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0
 """
-
-# HSET a stream id only if it is past the stored one (ids are "<ms>-<seq>").
-_ADVANCE = """
-local current = redis.call('hget', KEYS[1], ARGV[1])
-if current then
-  local cm, cs = string.match(current, '(%d+)-(%d+)')
-  local nm, ns = string.match(ARGV[2], '(%d+)-(%d+)')
-  if cm and nm and (tonumber(cm) > tonumber(nm) or (tonumber(cm) == tonumber(nm) and tonumber(cs) >= tonumber(ns))) then
-    return 0
-  end
-end
-redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
@@ -78,6 +65,10 @@ class Worker:
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
         )
         self.http = httpx.AsyncClient(follow_redirects=False)
+        self.bookkeeping = Bookkeeping(self.redis)
+        self.port = WorkerPort(settings=settings, keys=self.keys, redis=self.redis, http=self.http,
+                               writer=self.writer, reader=self.reader, bookkeeping=self.bookkeeping,
+                               random=self.random)
         self.sessions: dict[str, CallSession] = {}
         self._by_key: dict[str, tuple[CallSession, bool]] = {}
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
@@ -89,7 +80,6 @@ class Worker:
         self._heartbeat_lock = asyncio.Lock()
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._background: set[asyncio.Task[Any]] = set()
         metrics.CAPACITY.set(settings.worker_capacity)
 
     @property
@@ -209,7 +199,7 @@ class Worker:
             return
         for key in self.keys.per_call(stream_sid):
             self.writer.unfence(key)  # the call is ours (again)
-        session = CallSession(self, stream_sid, call_sid, entry_id, takeover)
+        session = CallSession(self.port, stream_sid, call_sid, entry_id, takeover)
         session.lease_token = token
         self.sessions[stream_sid] = session
         self._by_key[session.in_key] = (session, False)
@@ -234,27 +224,6 @@ class Worker:
             self._free.set()
             self._capacity_changed.set()
 
-    async def end_call_records(self, session: CallSession, outcome: str) -> None:
-        retention = self.settings.call_retention_s
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(session.call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
-                                             "end_reason": session.stop_reason})
-        journal = session.settings.journal
-        journal_key = self.keys.journal(session.stream_sid)
-        for key in self.keys.per_call(session.stream_sid):
-            pipe.expire(key, journal.retention_s if journal.enabled and key == journal_key else retention)
-        if session.stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
-            # A journal kept longer than the call record stays findable by its callSid.
-            lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
-            pipe.expire(self.keys.call_by_callsid(session.call_sid), lookup_s)
-        pipe.delete(self.keys.lease(session.stream_sid))
-        pipe.zrem(self.keys.live_calls(), session.stream_sid)
-        pipe.xack(self.keys.dispatch(), keyspace.DISPATCH_GROUP, session.dispatch_id)
-        pipe.xdel(self.keys.dispatch(), session.dispatch_id)
-        await pipe.execute()
-        for key in self.keys.per_call(session.stream_sid):
-            self.writer.forget(key)
-
     # --- shared reader dispatch ------------------------------------------------------------------
     def _on_entries(self, key: str, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         target = self._by_key.get(key)
@@ -262,34 +231,9 @@ class Worker:
             return
         session, is_command = target
         if is_command:
-            commands.on_command_entries(session, batch)
+            session.on_command_entries(batch)
         else:
             session.on_caller_entries(batch)
-
-    def spawn_write(self, key: str, mapping: dict[str, Any]) -> None:
-        """Fire-and-forget HSET for bookkeeping that must not delay audio."""
-        self._spawn_bookkeeping(self.redis.hset(key, mapping=mapping))
-
-    def spawn_advance(self, key: str, field: str, stream_id: bytes) -> None:
-        """Fire-and-forget: move a stream position forward only (writes may land out of order)."""
-        self._spawn_bookkeeping(self.redis.eval(_ADVANCE, 1, key, field, stream_id))
-
-    def spawn_hincrby(self, key: str, field: str) -> None:
-        self._spawn_bookkeeping(self.redis.hincrby(key, field, 1))
-
-    def _spawn_bookkeeping(self, command: Any) -> None:
-        # Owned by the worker: drain() awaits whatever is still in flight.
-        task = asyncio.create_task(self._bookkeeping(command))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    @staticmethod
-    async def _bookkeeping(command: Any) -> None:
-        try:
-            await command
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("bookkeeping write failed: %s", exc)
 
     # --- heartbeat ---------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -421,7 +365,8 @@ class Worker:
         self.reader.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bookkeeping.drain()
         await self._leave_fleet(withdraw=True)
         await self._health.close()
         await self.http.aclose()

@@ -1,0 +1,32 @@
+"""The end of a call in Redis: its record says how it ended, its keys expire, its dispatch entry goes."""
+
+from __future__ import annotations
+
+import time
+
+from switchboard import keys as keyspace
+from switchboard.agent_settings import Journal
+
+from .port import WorkerPort
+
+
+async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch_id: bytes, outcome: str,
+                   stop_reason: str, journal: Journal) -> None:
+    keys, retention = port.keys, port.settings.call_retention_s
+    call_key, journal_key = keys.call(stream_sid), keys.journal(stream_sid)
+    pipe = port.redis.pipeline(transaction=False)
+    pipe.hset(call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
+                                 "end_reason": stop_reason})
+    for key in keys.per_call(stream_sid):
+        pipe.expire(key, journal.retention_s if journal.enabled and key == journal_key else retention)
+    if stop_reason != "moved_to_new_stream":  # the callSid now names the new stream
+        # A journal kept longer than the call record stays findable by its callSid.
+        lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
+        pipe.expire(keys.call_by_callsid(call_sid), lookup_s)
+    pipe.delete(keys.lease(stream_sid))
+    pipe.zrem(keys.live_calls(), stream_sid)
+    pipe.xack(keys.dispatch(), keyspace.DISPATCH_GROUP, dispatch_id)
+    pipe.xdel(keys.dispatch(), dispatch_id)
+    await pipe.execute()
+    for key in keys.per_call(stream_sid):
+        port.writer.forget(key)
