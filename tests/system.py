@@ -1,7 +1,10 @@
 """A whole Switchboard on this machine for end-to-end tests: emulator, edge, workers.
 
 Real processes, real sockets, the test session's private redis-server; each system gets
-its own key prefix so that systems of different test modules never share calls.
+its own key prefix so that systems of different test modules never share calls. `System`
+is the tests' face of `switchboard_dev.stack.Stack`, the builder the local run and the
+benchmark use too: the same processes started the same way, with test defaults (a fast
+emulator, 15 calls per worker, a 1.5 s lease, worker ids inside the key prefix).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from pathlib import Path
 import orjson
 import redis as redis_sync
 
-from switchboard_dev import procs
 from switchboard.keys import Keys
+from switchboard_dev import procs
+from switchboard_dev.stack import Stack
 
 EMULATOR_KEY = "test-deepgram-key"
 FAST_EMULATOR = ("--eou-ms", "300", "--think-ms", "50", "--reply-ms", "600")
@@ -32,66 +36,79 @@ class System:
     worker_env: dict[str, str] = field(default_factory=dict)
     auth_token: str | None = None
     edge_port: int = 0  # 0: any free port; fixed when the stream URL must be known before the edge starts
-    services: list[procs.Service] = field(default_factory=list)
-    worker_services: list[procs.Service] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        literal_prefix = self.prefix.replace("{", "{{").replace("}", "}}")
+        self.stack = Stack(log_dir=self.log_dir, key_prefix=self.prefix, redis_url=self.redis_url,
+                           deepgram_api_key=EMULATOR_KEY, emulator_args=self.emulator_args,
+                           edge_port=self.edge_port, auth_token=self.auth_token, edge_env=self.edge_env,
+                           workers=self.workers, capacity=self.capacity, worker_id_format=literal_prefix + "w{n}",
+                           worker_env={"LEASE_MS": "1500", **self.worker_env}, stop_timeout_s=15)
 
     def start(self) -> "System":
-        self.emulator_port = procs.free_port()
-        self.emulator = self._run(procs.emulator(self.emulator_port, *self.emulator_args, api_key=EMULATOR_KEY))
-        self.edge_port, self.edge_metrics = self.edge_port or procs.free_port(), procs.free_port()
-        self.edge = self._run(procs.edge(self.redis_url, self.edge_port, self.edge_metrics, auth_token=self.auth_token,
-                                         KEY_PREFIX=self.prefix, **self.edge_env))
-        for n in range(self.workers):
-            self.add_worker(f"w{n + 1}")
+        self.stack.start()
+        self.edge_port = self.stack.edge_port
         return self
 
     def add_worker(self, worker_id: str, **env: str) -> procs.Service:
-        service = procs.worker(self.redis_url, procs.free_port(), self.deepgram_url, EMULATOR_KEY,
-                               worker_id=f"{self.prefix}{worker_id}", capacity=self.capacity, KEY_PREFIX=self.prefix,
-                               LEASE_MS="1500", **{**self.worker_env, **env})
-        self.worker_services.append(self._run(service))
-        return service
+        return self.stack.add_worker(f"{self.prefix}{worker_id}", **env)
 
     def _run(self, service: procs.Service) -> procs.Service:
-        service.start(self.log_dir)
-        self.services.append(service)
-        return service
+        return self.stack.run("extra", service)
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop(timeout=15)
+        self.stack.stop()
 
-    # --- addresses ---------------------------------------------------------------------------
+    # --- the stack's processes and addresses ------------------------------------------------
+    @property
+    def services(self) -> list[procs.Service]:
+        return self.stack.services
+
+    @property
+    def worker_services(self) -> list[procs.Service]:
+        return self.stack.worker_services
+
+    @property
+    def emulator(self) -> procs.Service | None:
+        return self.stack.emulator
+
+    @property
+    def edge(self) -> procs.Service | None:
+        return self.stack.edge
+
+    @property
+    def emulator_port(self) -> int:
+        return self.stack.emulator_port
+
+    @property
+    def edge_metrics(self) -> int:
+        return self.stack.edge_metrics
+
     @property
     def deepgram_url(self) -> str:
-        return f"ws://127.0.0.1:{self.emulator_port}/v1/agent/converse"
+        return self.stack.deepgram_url
 
     @property
     def emulator_http(self) -> str:
-        return f"http://127.0.0.1:{self.emulator_port}"
+        return self.stack.emulator_http
 
     @property
     def edge_url(self) -> str:
-        return f"ws://127.0.0.1:{self.edge_port}/twilio"
+        return self.stack.edge_url
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.prefix)
+        return self.stack.keys
 
     # --- observing ---------------------------------------------------------------------------
     def redis(self) -> redis_sync.Redis:
-        if self.edge_env.get("REDIS_CLUSTER") == "true":
-            from redis.cluster import RedisCluster
-            return RedisCluster.from_url(self.redis_url)  # type: ignore[return-value]
-        return redis_sync.Redis.from_url(self.redis_url)
+        return self.stack.client()
 
     def events(self, stream_sid: str) -> list[dict]:
-        with self.redis() as client:
-            return [orjson.loads(f[b"p"]) for _, f in client.xrange(self.keys.events(stream_sid))]
+        return self.stack.events(stream_sid)
 
     def call_record(self, stream_sid: str) -> dict[str, str]:
-        with self.redis() as client:
-            return {k.decode(): v.decode() for k, v in client.hgetall(self.keys.call(stream_sid)).items()}
+        return self.stack.call_record(stream_sid)
 
     def wait_call_ended(self, stream_sid: str, timeout: float = 15) -> dict[str, str]:
         procs.wait_until(lambda: self.call_record(stream_sid).get("state") == "ended", timeout, f"call {stream_sid} to end")

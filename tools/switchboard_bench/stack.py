@@ -1,10 +1,11 @@
-"""The two systems under test, each started fresh per level from `switchboard_dev.procs`:
+"""The two systems under test, each started fresh per level through `switchboard_dev.stack`:
 
 - `SwitchboardStack`: private redis-server, emulator, edge, N agent workers;
 - `RelayStack`: emulator and the single-process direct relay (no Redis).
 
-Each knows its processes by role (`redis`, `edge`, `worker`, `relay`, `emulator`) so the
-sampler can split CPU and memory into system, emulator and simulator.
+The emulator runs wrapped (`switchboard_bench.emurun`) so that it dumps its pooled caller
+transit times on SIGTERM. Each process is known by role (`redis`, `edge`, `worker`, `relay`,
+`emulator`) so the sampler can split CPU and memory into system, emulator and simulator.
 """
 
 from __future__ import annotations
@@ -12,62 +13,37 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from switchboard_dev import procs
+from switchboard_dev.stack import Proc, Stack
+
+__all__ = ["Proc", "RelayStack", "SwitchboardStack", "SYSTEM_ROLES", "worker_capacity"]
 
 EMULATOR_KEY = "bench-deepgram-key"
 SYSTEM_ROLES = ("redis", "edge", "worker", "relay")
+QUIET = {"LOG_LEVEL": "WARNING"}
 
 
-@dataclass(frozen=True, slots=True)
-class Proc:
-    role: str
-    name: str
-    pid: int
+class _BenchStack(Stack):
+    """A `Stack` whose emulator dumps its measurements; `stop()` returns them."""
 
-
-def _emulator(port: int, emulator_args: tuple[str, ...], dump: Path) -> procs.Service:
-    argv = [sys.executable, "-m", "switchboard_bench.emurun", "--dump", str(dump), "--host", "127.0.0.1",
-            "--port", str(port), "--api-key", EMULATOR_KEY, "--log-level", "WARNING", *emulator_args]
-    return procs.Service(f"emulator-{port}", argv, {}, health_url=f"http://127.0.0.1:{port}/_emulator/healthz")
-
-
-@dataclass
-class _Stack:
-    log_dir: Path
-    emulator_args: tuple[str, ...] = ()
-    services: list[procs.Service] = field(default_factory=list)
-    procs: list[Proc] = field(default_factory=list)
-
-    def _run(self, role: str, service: procs.Service) -> procs.Service:
-        service.start(self.log_dir, wait_s=60)
-        assert service.proc is not None
-        self.services.append(service)
-        self.procs.append(Proc(role, service.name, service.proc.pid))
-        return service
-
-    def _start_emulator(self) -> None:
-        self.emulator_port = procs.free_port()
+    def __init__(self, log_dir: Path, emulator_args: tuple[str, ...] = (), **options: Any) -> None:
         self._dump = Path(tempfile.mkstemp(prefix="sb-bench-emu-", suffix=".json")[1])
-        self._run("emulator", _emulator(self.emulator_port, self.emulator_args, self._dump))
+        command = (sys.executable, "-m", "switchboard_bench.emurun", "--dump", str(self._dump), "--log-level", "WARNING")
+        super().__init__(log_dir=log_dir, env=dict(QUIET), deepgram_api_key=EMULATOR_KEY,
+                         emulator_args=emulator_args, emulator_command=command, start_wait_s=60, **options)
 
     @property
-    def deepgram_url(self) -> str:
-        return f"ws://127.0.0.1:{self.emulator_port}/v1/agent/converse"
+    def procs(self) -> list[Proc]:
+        return self.processes
 
-    @property
-    def emulator_http(self) -> str:
-        return f"http://127.0.0.1:{self.emulator_port}"
-
-    def stop(self) -> dict[str, Any] | None:
+    def stop(self) -> dict[str, Any] | None:  # type: ignore[override]
         """Stop everything (workers first: they drain into the others); the emulator's dump, if any."""
-        for service in reversed(self.services):
-            service.stop(timeout=30)
+        super().stop()
         try:
             return orjson.loads(self._dump.read_bytes()) if self._dump.stat().st_size else None
         except (OSError, ValueError):
@@ -76,52 +52,33 @@ class _Stack:
             self._dump.unlink(missing_ok=True)
 
 
-@dataclass
-class SwitchboardStack(_Stack):
-    workers: int = 2
-    capacity: int = 50
-    worker_env: dict[str, str] = field(default_factory=dict)
-    edge_env: dict[str, str] = field(default_factory=dict)
+class SwitchboardStack(_BenchStack):
+    def __init__(self, log_dir: Path, emulator_args: tuple[str, ...] = (), *, workers: int = 2, capacity: int = 50,
+                 worker_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None) -> None:
+        super().__init__(log_dir, emulator_args, workers=workers, capacity=capacity, worker_id_format="bench-w{n}",
+                         worker_env=worker_env or {}, edge_env=edge_env or {})
 
-    def start(self) -> "SwitchboardStack":
-        self.redis = procs.RedisServer()
-        self.redis.start()
-        assert self.redis.proc is not None
-        self.procs.append(Proc("redis", "redis-server", self.redis.proc.pid))
-        self._start_emulator()
-        self.edge_port, self.edge_metrics = procs.free_port(), procs.free_port()
-        self._run("edge", procs.edge(self.redis.url, self.edge_port, self.edge_metrics, LOG_LEVEL="WARNING",
-                                     **self.edge_env))
-        self.worker_metrics: list[int] = []
-        for n in range(self.workers):
-            port = procs.free_port()
-            self.worker_metrics.append(port)
-            self._run("worker", procs.worker(self.redis.url, port, self.deepgram_url, EMULATOR_KEY,
-                                             worker_id=f"bench-w{n + 1}", capacity=self.capacity,
-                                             LOG_LEVEL="WARNING", **self.worker_env))
-        return self
+    @property
+    def redis(self) -> procs.RedisServer | None:  # the sampler reads its URL for Redis ops/s
+        return self.redis_server
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.edge_port}/twilio"
-
-    def stop(self) -> dict[str, Any] | None:
-        try:
-            return super().stop()
-        finally:
-            self.redis.stop()
+        return self.edge_url
 
 
-@dataclass
-class RelayStack(_Stack):
+class RelayStack(_BenchStack):
     def start(self) -> "RelayStack":
-        self._start_emulator()
-        self.port = procs.free_port()
-        argv = [*procs.console("switchboard-direct-relay"), "--port", str(self.port), "--deepgram-url",
-                self.deepgram_url, "--deepgram-api-key", EMULATOR_KEY, "--log-level", "WARNING"]
-        service = procs.Service("direct-relay", argv, {})
-        self._run("relay", service)
-        procs.wait_until(lambda: procs.port_open("127.0.0.1", self.port), 30, "the direct relay to listen")
+        try:
+            self.start_emulator()
+            self.port = procs.free_port()
+            argv = [*procs.console("switchboard-direct-relay"), "--port", str(self.port), "--deepgram-url",
+                    self.deepgram_url, "--deepgram-api-key", EMULATOR_KEY, "--log-level", "WARNING"]
+            self.run("relay", procs.Service("direct-relay", argv, {}))
+            procs.wait_until(lambda: procs.port_open("127.0.0.1", self.port), 30, "the direct relay to listen")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property

@@ -1,5 +1,7 @@
-"""Starting Switchboard's processes and a private redis-server: used by the local runner,
-the benchmark and the end-to-end tests, so all three run the system the same way.
+"""Starting one Switchboard process, or a private redis-server, and waiting for it to be healthy.
+
+`stack.Stack` puts these together into a whole system for the local run, the benchmark and
+the end-to-end tests; tests that need one odd process start it from here directly.
 """
 
 from __future__ import annotations
@@ -97,6 +99,11 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -179,6 +186,19 @@ def worker(redis_url: str, metrics_port: int, deepgram_url: str, api_key: str, *
             "WORKER_CAPACITY": str(capacity)}
     return Service(worker_id, console("switchboard-worker"), {**base, **env},
                    health_url=f"http://127.0.0.1:{metrics_port}/healthz")
+
+
+def control(redis_url: str, port: int, *, api_token: str, auth_token: str | None, edge_public_url: str,
+            **env: str) -> Service:
+    """The control API on loopback; without a Twilio auth token /twiml takes unsigned requests."""
+    base = {"REDIS_URL": redis_url, "CONTROL_HOST": "127.0.0.1", "CONTROL_PORT": str(port),
+            "CONTROL_API_TOKEN": api_token, "EDGE_PUBLIC_URL": edge_public_url}
+    if auth_token:
+        base["TWILIO_AUTH_TOKEN"] = auth_token
+    else:
+        base["CONTROL_INSECURE_TWIML"] = "true"
+    return Service(f"control-{port}", console("switchboard-control"), {**base, **env},
+                   health_url=f"http://127.0.0.1:{port}/healthz")
 
 
 def emulator(port: int, *args: str, api_key: str | None = None) -> Service:
