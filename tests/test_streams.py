@@ -92,3 +92,19 @@ async def test_journal_records_waiting_for_redis_are_bounded_oldest_first(client
     assert len(pending) <= MAX_PENDING_JOURNAL_ITEMS
     assert pending[-1].payload == b"%d" % (MAX_PENDING_JOURNAL_ITEMS * 3 - 1)  # the newest kept, in order
     assert [int(p.payload) for p in pending] == sorted(int(p.payload) for p in pending)
+
+
+async def test_a_writer_that_dies_of_a_bug_releases_its_waiters_instead_of_leaving_them_hanging(client, key_prefix):
+    from switchboard.entries import Entry, Kind
+    from switchboard.streams import WriterDied
+
+    writer = StreamWriter(client)
+    writer.append(key_prefix + "bug", Entry(Kind.MARK, "not bytes", 0))  # type: ignore[arg-type]
+    waiter = asyncio.create_task(writer.flushed())
+    task = asyncio.create_task(writer.run())
+    with pytest.raises(TypeError):
+        await asyncio.wait_for(task, 5)
+    with pytest.raises(WriterDied):
+        await asyncio.wait_for(waiter, 1)
+    writer.append(key_prefix + "later", entries.mark("m"))
+    assert await asyncio.wait_for(writer.drain(timeout_s=30), 1) is False  # at once, not after 30 s

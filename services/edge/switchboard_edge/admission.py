@@ -24,9 +24,8 @@ import time
 from collections import deque
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from switchboard import capacity, twilio
+from switchboard.besteffort import Outage, best_effort
 from switchboard.keys import RESUME_PARAMETER, Keys
 
 from . import metrics
@@ -45,7 +44,7 @@ class EdgeAdmission:
         # stream_sid → [admitted at, announced at or None], until a view includes the call
         self._in_flight: dict[str, list[float | None]] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
-        self._failing = False
+        self._outage = Outage()
         self._closed = False
 
     @property
@@ -56,15 +55,11 @@ class EdgeAdmission:
         """Refresh the view in the background: wakes waiters, feeds the gauges."""
         while not self._closed:
             started = time.monotonic()
-            try:
+            # Logged once per outage, not four times a second; the next tick tries again.
+            async with best_effort("read the fleet capacity", errors=metrics.REDIS_ERRORS, outage=self._outage,
+                                   logger=log) as attempt:
                 view, _ = await capacity.read(self._redis, self._keys)
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                if not self._failing:  # once per outage, not four times a second
-                    log.warning("cannot read the fleet capacity: %s", exc)
-                self._failing = True
-            else:
-                self._failing = False
+            if not attempt.failed:
                 self._update(view, started)
             await asyncio.sleep(REFRESH_S)
 

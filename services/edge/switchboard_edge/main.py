@@ -1,30 +1,30 @@
-"""`switchboard-edge`: settings → logging → serve → drain on SIGTERM/SIGINT."""
+"""`switchboard-edge`: settings → logging → serve → drain on SIGTERM/SIGINT (a second one exits at once)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from pydantic import ValidationError
 
 from switchboard import logs
-from switchboard.runtime import install_event_loop
+from switchboard.runtime import Shutdown, install_event_loop
 
 from .server import EdgeServer
 from .settings import EdgeSettings
 
+log = logging.getLogger(__name__)
 
-async def serve(settings: EdgeSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with EdgeServer(settings):
-        await stop.wait()
-        logging.getLogger(__name__).info("shutting down: closing streams")
+
+async def serve(settings: EdgeSettings) -> int:
+    """Run until SIGTERM/SIGINT or a crashed background loop, then drain; the exit status."""
+    stop = Shutdown("edge")
+    async with EdgeServer(settings) as server:
+        reason = await stop.wait(server.tasks.failed)
+        log.info("shutting down: closing streams", extra={"reason": reason})
+    return 1 if server.tasks.failures else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"switchboard-edge: invalid configuration:\n{exc}")
     logs.setup("edge", settings.log_level, settings.edge_id)
     install_event_loop()
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))

@@ -11,7 +11,7 @@
 
 from .direct import WRITE_TIMEOUT_S, DirectConnection
 from .reader import CLUSTER_BLOCK_MS, READ_RETRY, StreamHandler, StreamReader
-from .writer import MAX_PENDING_AUDIO_BYTES, MAX_PENDING_JOURNAL_ITEMS, WRITE_RETRY, StreamWriter
+from .writer import MAX_PENDING_AUDIO_BYTES, MAX_PENDING_JOURNAL_ITEMS, WRITE_RETRY, StreamWriter, WriterDied
 
 __all__ = [
     "CLUSTER_BLOCK_MS",
@@ -24,4 +24,5 @@ __all__ = [
     "StreamHandler",
     "StreamReader",
     "StreamWriter",
+    "WriterDied",
 ]

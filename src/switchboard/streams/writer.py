@@ -37,6 +37,10 @@ MAX_PENDING_JOURNAL_ITEMS = 2000
 WRITE_RETRY = Retry(base_s=0.05, cap_s=1.0)
 
 
+class WriterDied(RuntimeError):
+    """The writer's loop died of a bug: nothing more will be written."""
+
+
 @dataclass(slots=True)
 class _Pending:
     kind: Kind
@@ -82,6 +86,7 @@ class StreamWriter:
         self._direct = DirectConnection(client) if single_node(client) else None
         self._xadd = resp.XaddPacker()
         self._stopping = False
+        self._died: Exception | None = None
 
     # --- producers (never block) ----------------------------------------------------------
     def append(self, key: str, entry: Entry, maxlen: int = keyspace.AUDIO_STREAM_MAXLEN) -> None:
@@ -133,10 +138,16 @@ class StreamWriter:
         self._xadd.forget(key)
 
     async def flushed(self) -> None:
-        """Return once everything appended before this call has been written to Redis."""
+        """Return once everything appended before this call has been written to Redis.
+
+        Raises `WriterDied` if the writer's loop has died (or dies meanwhile) of a bug: what
+        it had not written will never be written.
+        """
         target = self._appended_generation
         if target <= self._generation:
             return
+        if self._died is not None:
+            raise WriterDied("the Redis writer has died") from self._died
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         await future
@@ -149,6 +160,8 @@ class StreamWriter:
         except TimeoutError:
             log.warning("pending Redis writes not flushed within %ss", timeout_s)
             return False
+        except WriterDied:
+            return False  # its owner's supervisor has already said why
         return True
 
     # --- the single writer ------------------------------------------------------------------
@@ -159,6 +172,18 @@ class StreamWriter:
         self._wakeup.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            # Waiters would otherwise wait for a generation that never comes.
+            self._died = exc
+            for _target, future in self._waiters:
+                if not future.done():
+                    future.set_exception(WriterDied("the Redis writer has died"))
+            self._waiters = []
+            raise
+
+    async def _run(self) -> None:
         backoff = WRITE_RETRY.backoff()
         while not self._stopping:
             await self._wakeup.wait()
