@@ -166,6 +166,9 @@ class _Call:
         self.ws: ClientConnection | None = None
         self.hung_up = False
         self.server_closed = False
+        # Set from outside (the Twilio REST emulator) when Twilio ends the stream itself: the
+        # call was redirected to new TwiML or hung up over REST. The next tick sends `stop`.
+        self.stop_requested = False
         self.ticking_done = asyncio.Event()
         self._reply_no: int | None = None
         self._reply_bytes = 0  # of the current reply, pushed to playback
@@ -232,6 +235,7 @@ class _Call:
         if self.conv is not None:
             self.conv.playback = self.playback
         self.server_closed = False
+        self.stop_requested = False
         self.ticking_done = asyncio.Event()
         self._ticks = 0
 
@@ -260,11 +264,11 @@ class _Call:
                 await client.aclose()
         return doc
 
-    async def _stream(self, pacer: Pacer, url: str) -> None:
+    async def _stream(self, pacer: Pacer, url: str, signed_url: str | None = None) -> None:
         cfg = self.config
         headers = {}
         if cfg.auth_token:
-            signed = url if cfg.twiml_url else (cfg.public_url or cfg.url)
+            signed = signed_url or (url if cfg.twiml_url else (cfg.public_url or cfg.url))
             headers["X-Twilio-Signature"] = signature.compute(cfg.auth_token, signed)
         try:
             self.ws = await connect(
@@ -286,7 +290,9 @@ class _Call:
             pacer.add(self)
             try:
                 await self.ticking_done.wait()
-                if not self.server_closed:
+                if self.stop_requested and not self.server_closed:
+                    self._write(self.out.stop().encode())  # Twilio ends the stream, not the caller
+                elif not self.server_closed:
                     self._hang_up()
             finally:
                 pacer.discard(self)
@@ -304,7 +310,7 @@ class _Call:
         """Send the next 20 ms; False once this call stops ticking (script over or failed)."""
         conv, res = self.conv, self.result
         assert conv is not None
-        if res.failure is not None or self.server_closed:
+        if res.failure is not None or self.server_closed or self.stop_requested:
             return False
         for name in self.playback.due_marks(now):
             self._echo_mark(name)

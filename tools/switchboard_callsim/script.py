@@ -64,6 +64,7 @@ class Conversation:
         self._reply_play_us = 0
         self._last_audio_us = 0
         self._barge_from_us: int | None = None
+        self._held_at_us: int | None = None
         self.turn_latencies_us: list[int] = []
         self.barge_in_latencies_us: list[int] = []
         self.barge_in_missed = 0
@@ -151,6 +152,25 @@ class Conversation:
 
     def finish(self) -> None:
         self._close_barge_in()
+
+    # --- on hold (the Twilio REST emulator) ------------------------------------------------------
+    def hold(self, now_us: int) -> None:
+        """The stream closed but the caller stays on the line (a transfer, a conference, a <Say>)."""
+        self._close_barge_in()
+        self._held_at_us = now_us
+
+    def resume(self, now_us: int) -> None:
+        """A new stream of the same call: a person on hold waits, so every deadline moves by the hold."""
+        held_at = self._held_at_us
+        if held_at is None:
+            return
+        shift = max(0, now_us - held_at)
+        self._until += shift
+        self._utt_start_us += shift
+        self._utt_end_us += shift
+        self._reply_play_us += shift
+        self._last_audio_us += shift
+        self._held_at_us = None
 
     @property
     def over(self) -> bool:

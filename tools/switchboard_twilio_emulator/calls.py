@@ -1,0 +1,470 @@
+"""One emulated call, from creation to its end: queue, dial, ring, answer (or not), AMD, the program.
+
+The life reads top to bottom in `_life`: wait for the account's CPS slot (queued), dial
+(initiated), ring, then busy / failed / no-answer / answered as the callee's script says,
+or canceled by a REST update. An answered call runs its program: the TwiML (media.py), a
+whisper and a bridge (dialing.py) or a conference seat (rooms.py). A REST redirect or
+hang-up interrupts the program: a stream gets Twilio's `stop` and closes, any other verb
+is cancelled and cleans up after itself. Status callbacks go out in order, one at a time,
+without holding the call up; each call's story is its `timeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from switchboard_callsim.leg import CallerLeg
+from switchboard_callsim.machine import Machine, MachineScript
+from switchboard_callsim.script import Conversation
+from switchboard_callsim.twiliomsg import CallIdentity
+
+from . import amd as amd_rules
+from .callees import Callee
+from .lifecycle import SIP_CODES, CallStatus, Event, Subscription, callback_status, transition
+from .records import Timeline
+from .resources import API_VERSION, CallRecord, rfc2822
+from .validate import AmdRequest, Source, StatusCallback
+
+if TYPE_CHECKING:
+    from .core import Core
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    source: Source | None = None  # None: hang up
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Goto:
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str
+    status: CallStatus = CallStatus.COMPLETED
+
+
+Step = Goto | Finish | None  # None: on to the next verb
+Program = Callable[["CallActor"], Awaitable[Step]]
+
+
+class CallActor:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        to: str,
+        from_: str,
+        direction: str,
+        callee: Callee,
+        source: Source | None = None,
+        status_callback: StatusCallback | None = None,
+        ring_timeout_s: int = 60,
+        amd: AmdRequest | None = None,
+        parent: CallActor | None = None,
+        on_answer: Program | None = None,
+        queued: bool = True,
+    ) -> None:
+        now = time.time()
+        from .core import new_sid
+
+        self.core = core
+        self.sid = new_sid("CA")
+        self.rec = CallRecord(self.sid, core.account.sid, to, from_, direction, now,
+                              parent_call_sid=parent.sid if parent else None, date_updated=now)
+        if direction == "inbound":
+            self.rec.status = CallStatus.RINGING
+        self.callee = callee
+        self.source = source
+        self.status_callback = status_callback
+        self._subscription = Subscription(status_callback.events) if status_callback else None
+        self.ring_timeout_s = ring_timeout_s
+        self.amd_request = amd
+        self.amd: amd_rules.Verdict | None = None
+        self.parent = parent
+        self.on_answer = on_answer
+        self.queued = queued
+        self.timeline = Timeline(core.changes, now)
+        self.heard: list[dict[str, Any]] = []  # what this call's party heard: <Say>, <Play>, whisper, hold music
+        self.hearing = "twiml"  # what is playing to the party now: twiml | whisper | hold | bridge
+        self.leg: CallerLeg | None = None
+        self.report: dict[str, Any] | None = None  # the party's stream results, once the call is over
+        self.report_complete = False
+        self.children: list[CallActor] = []
+        self.status_listeners: list[Callable[[CallActor, Event], None]] = []
+        self.in_stream = False
+        self.program: asyncio.Task[Step] | None = None
+        self.pending: Interrupt | None = None
+        self.end_reason: str | None = None
+        self._stop_ringing = asyncio.Event()
+        self._stop_reason = ""
+        self._finished = asyncio.Event()
+        self._callback_tail: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self.extra = {"call_sid": self.sid}
+
+    # --- identity -------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    def base_params(self) -> dict[str, str]:
+        """Twilio's standard voice request parameters for this call."""
+        rec = self.rec
+        params = {
+            "AccountSid": rec.account_sid, "ApiVersion": API_VERSION, "CallSid": rec.sid,
+            "CallStatus": str(rec.status), "Called": rec.to, "Caller": rec.from_, "Direction": rec.direction,
+            "From": rec.from_, "To": rec.to,
+        }
+        if rec.parent_call_sid:
+            params["ParentCallSid"] = rec.parent_call_sid
+        return params
+
+    def start(self) -> CallActor:
+        self.core.add_call(self)
+        self.timeline.add("created", to=self.rec.to, direction=self.rec.direction, callee=self.callee.kind)
+        self.core.spawn(self._run(), f"call {self.sid}")
+        return self
+
+    # --- the life -------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            finish = await self._life()
+        except asyncio.CancelledError:
+            self._end(CallStatus.COMPLETED, "emulator-shutdown")
+            raise
+        except Exception:  # task boundary: one broken call must not take the emulator down
+            log.exception("call crashed", extra=self.extra)
+            self._end(CallStatus.FAILED, "emulator-error")
+            return
+        self._end(finish.status, finish.reason)
+
+    async def _life(self) -> Finish:
+        core, callee = self.core, self.callee
+        if self.rec.direction == "inbound":
+            return await self._run_program(self.on_answer)
+        if self.queued:
+            delay = core.limiter.reserve(asyncio.get_running_loop().time())
+            self.rec.queue_time_ms = round(delay * 1000)
+            if delay > 0:
+                self.timeline.add("cps-queue", wait_ms=self.rec.queue_time_ms)
+                if await self._ringing_stopped(delay):
+                    return Finish(self._stop_reason, CallStatus.CANCELED)
+        self.rec.start_time = time.time()
+        self._progress(Event.INITIATED)
+        setup_s = core.config.setup_ms / 1000
+        if callee.kind == "failed":
+            if await self._ringing_stopped(setup_s):
+                return Finish(self._stop_reason, CallStatus.CANCELED)
+            return Finish("callee-failed", CallStatus.FAILED)
+        if callee.kind == "busy":
+            if await self._ringing_stopped(min(callee.ring_s, self.ring_timeout_s)):
+                return Finish(self._stop_reason, CallStatus.CANCELED)
+            return Finish("callee-busy", CallStatus.BUSY)
+        if await self._ringing_stopped(setup_s):
+            return Finish(self._stop_reason, CallStatus.CANCELED)
+        self._progress(Event.RINGING)
+        answers_in = callee.ring_s if callee.answers else math.inf
+        if answers_in >= self.ring_timeout_s:
+            if await self._ringing_stopped(self.ring_timeout_s):
+                return Finish(self._stop_reason, CallStatus.CANCELED)
+            return Finish("ring-timeout", CallStatus.NO_ANSWER)
+        if await self._ringing_stopped(answers_in):
+            return Finish(self._stop_reason, CallStatus.CANCELED)
+        self.answer()
+        if self.amd is not None and not self.amd_request.asynchronous:  # type: ignore[union-attr]
+            # Synchronous AMD: Twilio fetches the TwiML only once it has decided (AnsweredBy in the request).
+            await self._detection(self.amd)
+        return await self._run_program(self.on_answer)
+
+    async def _ringing_stopped(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stop_ringing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def answer(self) -> None:
+        self.rec.answered_at = time.time()
+        self._progress(Event.ANSWERED)
+        callee = self.callee
+        if callee.hangup_after_s > 0:
+            self.after(callee.hangup_after_s, lambda: self.hang_up("callee-hangup"))
+        if callee.kind in ("voicemail", "fax"):
+            # The machine hangs up at its longest message wherever the call is (stream or not).
+            self.after(callee.machine.total_ms / 1000, lambda: self.hang_up("callee-hangup"))
+        if self.amd_request is not None:
+            self.amd = amd_rules.verdict(callee, self.amd_request)
+            if self.amd is not None and self.amd_request.asynchronous:
+                self._timers.append(self.core.spawn(self._detection(self.amd), f"amd {self.sid}"))
+
+    async def _detection(self, verdict: amd_rules.Verdict) -> None:
+        await asyncio.sleep(verdict.after_ms / 1000)
+        if self.finished:
+            self.timeline.add("amd-undecided", reason="the call ended first")
+            return
+        self.rec.answered_by = verdict.answered_by
+        self.core.metrics.amd.labels(verdict.answered_by).inc()
+        self.timeline.add("amd", answered_by=verdict.answered_by, after_ms=verdict.after_ms)
+        request = self.amd_request
+        if request is not None and request.asynchronous and request.callback:
+            params = {"AccountSid": self.rec.account_sid, "CallSid": self.sid,
+                      "AnsweredBy": verdict.answered_by, "MachineDetectionDuration": str(verdict.after_ms)}
+            self._queue_callback("amd", request.callback, request.callback_method, params)
+
+    async def _run_program(self, first: Program | None) -> Finish:
+        from .media import document_program  # media runs verbs with this module's types: import at use
+
+        program: Program = first or document_program(self.source)
+        while True:
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                if pending.source is None:
+                    return Finish(pending.reason)
+                self.timeline.add("redirected", url=pending.source.url, inline=pending.source.twiml is not None)
+                program = document_program(pending.source)
+            self.program = asyncio.create_task(program(self), name=f"program {self.sid}")
+            try:
+                await asyncio.wait({self.program})
+            finally:
+                if not self.program.done():
+                    self.program.cancel()  # the call itself is being cancelled (shutdown)
+            if self.pending is not None:
+                continue
+            if self.program.cancelled():
+                return Finish("interrupted")
+            exc = self.program.exception()
+            if exc is not None:
+                log.error("TwiML program crashed", exc_info=exc, extra=self.extra)
+                return Finish("emulator-error")
+            step = self.program.result()
+            if isinstance(step, Goto):
+                program = document_program(step.source)
+                continue
+            return step if isinstance(step, Finish) else Finish("twiml-ended")
+
+    # --- status and callbacks -------------------------------------------------------------------
+    def _progress(self, event: Event, final: CallStatus | None = None) -> None:
+        rec = self.rec
+        rec.status = transition(rec.status, event, final)
+        rec.date_updated = time.time()
+        self.timeline.add("status", status=str(rec.status), progress=str(event))
+        for listener in list(self.status_listeners):
+            listener(self, event)
+        if self._subscription is None or self.status_callback is None:
+            return
+        sequence = self._subscription.take(event)
+        if sequence is None:
+            return
+        params = self.base_params()
+        params.update(CallStatus=callback_status(event, rec.status), CallbackSource="call-progress-events",
+                      SequenceNumber=str(sequence), Timestamp=rfc2822(rec.date_updated) or "")
+        if event is Event.COMPLETED:
+            duration = rec.duration_s or 0
+            params.update(CallDuration=str(duration), Duration=str(math.ceil(duration / 60)),
+                          SipResponseCode=str(self.callee.sip_code if rec.status is CallStatus.FAILED
+                                              else SIP_CODES[rec.status]))
+            if rec.answered_by:
+                params["AnsweredBy"] = rec.answered_by
+        self._queue_callback("status", self.status_callback.url, self.status_callback.method, params)
+
+    def _queue_callback(self, kind: str, url: str, method: str, params: dict[str, str]) -> None:
+        """Send after the callbacks queued before it (Twilio's order), without blocking the call."""
+        previous = self._callback_tail
+        self._callback_tail = self.core.spawn(self._send_after(previous, kind, url, method, params),
+                                              f"{kind} callback {self.sid}")
+
+    async def _send_after(self, previous: asyncio.Task[None] | None, kind: str, url: str, method: str,
+                          params: dict[str, str]) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        answer = await self.core.webhooks.send(kind, url, method, params, call_sid=self.sid)
+        self.core.metrics.callbacks.labels(kind, "ok" if answer.ok else "error").inc()
+
+    async def callbacks_sent(self) -> None:
+        if self._callback_tail is not None:
+            await asyncio.wait({self._callback_tail})
+
+    # --- the party on the line --------------------------------------------------------------------
+    def ensure_leg(self) -> CallerLeg:
+        if self.leg is None:
+            callee = self.callee
+            answered_us = int((self.rec.answered_at or time.time()) * 1_000_000)
+            if callee.kind == "person":
+                def party(playback: Any, start_us: int) -> Any:
+                    return Conversation(callee.script, playback, start_us, self.core.config.synthetic_audio)
+            else:
+                machine = callee.machine if callee.kind == "voicemail" else MachineScript(
+                    lead_ms=callee.machine.lead_ms, greeting_ms=callee.machine.greeting_ms, gap_ms=0, beep_ms=0,
+                    record_ms=callee.machine.record_ms)
+
+                def party(playback: Any, start_us: int) -> Any:
+                    return Machine(machine, playback, answered_us)  # its greeting started at the answer
+            ident = CallIdentity(self.rec.account_sid, self.sid, "MZ" + "0" * 32)
+            self.leg = CallerLeg(ident, party, script=callee.script, auth_token=self.core.account.auth_token,
+                                 synthetic=self.core.config.synthetic_audio,
+                                 connect_timeout_s=self.core.config.stream_connect_timeout_s)
+        return self.leg
+
+    # --- timers -----------------------------------------------------------------------------------
+    def after(self, seconds: float, action: Callable[[], None]) -> None:
+        async def fire() -> None:
+            await asyncio.sleep(seconds)
+            action()
+
+        self._timers.append(self.core.spawn(fire(), f"timer {self.sid}"))
+
+    # --- REST operations --------------------------------------------------------------------------
+    def set_status_callback(self, url: str, method: str | None) -> None:
+        """A new StatusCallback over REST: same events (or Twilio's default, completed), numbering goes on."""
+        old = self.status_callback
+        events = old.events if old else frozenset({"completed"})
+        self.status_callback = StatusCallback(url, method or (old.method if old else "POST"), events)
+        if self._subscription is None:
+            self._subscription = Subscription(events)
+
+    def cancel(self, reason: str = "canceled-over-rest") -> bool:
+        """Status=canceled: ends a queued or ringing call; an answered one is not affected."""
+        if self.rec.status in (CallStatus.QUEUED, CallStatus.RINGING) and self.rec.direction != "inbound":
+            self._stop_reason = reason
+            self._stop_ringing.set()
+            return True
+        return False
+
+    def hang_up(self, reason: str) -> None:
+        """Status=completed (or the callee hangs up): ends the call whatever it is doing."""
+        if self.finished:
+            return
+        if not self.cancel(reason):
+            self.interrupt(Interrupt(None, reason))
+
+    def redirect(self, source: Source) -> None:
+        if self.rec.status is not CallStatus.IN_PROGRESS and self.rec.direction != "inbound":
+            self.source = source  # not answered yet: the new TwiML runs when it is
+            self.timeline.add("source-replaced", url=source.url, inline=source.twiml is not None)
+            return
+        self.interrupt(Interrupt(source, "redirected"))
+
+    def interrupt(self, action: Interrupt) -> None:
+        if self.finished:
+            return
+        if self.pending is not None and self.pending.source is None:
+            return  # a hang-up is already on its way
+        self.pending = action
+        if self.in_stream and self.leg is not None:
+            self.leg.stop()  # Twilio sends `stop` and closes the stream; the verb then returns
+        elif self.program is not None and not self.program.done():
+            self.program.cancel()
+
+    # --- the end ----------------------------------------------------------------------------------
+    def _end(self, status: CallStatus, reason: str) -> None:
+        if self.finished:
+            return
+        rec = self.rec
+        if rec.status is CallStatus.IN_PROGRESS:
+            status = CallStatus.COMPLETED  # an answered call ends completed, whoever ends it
+        elif status is CallStatus.COMPLETED:
+            status = CallStatus.CANCELED  # hung up before it was answered
+        rec.end_time = time.time()
+        self.end_reason = reason
+        self._progress(Event.COMPLETED, status)
+        self.timeline.add("ended", status=str(status), reason=reason)
+        for timer in self._timers:
+            timer.cancel()
+        if self.leg is not None:
+            self.leg.stop()
+        for child in self.children:
+            child.hang_up("parent-ended")
+        self.core.metrics.calls.labels(str(status), rec.direction).inc()
+        log.info("call ended: %s (%s)", status, reason, extra=self.extra)
+        self.report = self._party_report()
+        self._finished.set()
+        self.core.changes.notify()
+        self.core.spawn(self._complete_report(), f"report {self.sid}")
+
+    def _party_report(self) -> dict[str, Any] | None:
+        if self.leg is None:
+            return None
+        result = self.leg.result()
+        conv = self.leg.conversation
+        report: dict[str, Any] = {
+            "streams": [s.to_json() for s in self.leg.segments],
+            "failure": result.failure,
+            "turns_completed": result.turns_completed,
+            "turn_latencies_ms": [round(v / 1000, 1) for v in result.turn_latencies_us],
+            "barge_in_latencies_ms": [round(v / 1000, 1) for v in result.barge_in_latencies_us],
+            "byte_exact_out": result.byte_exact_out,
+            "out_reasons": result.out_reasons,
+            "byte_exact_in": None,
+            "in_reasons": [],
+            "agent_frames": result.agent_frames,
+            "received_audio_bytes": result.received_audio_bytes,
+            "sent_audio_bytes": result.sent_audio_bytes,
+            "sent_audio_sha256": result.sent_audio_sha256,
+            "marks_echoed": result.marks_echoed,
+            "clears": result.clears,
+            "heard_at_clear_ms": result.heard_at_clear_ms,
+            "warnings": {str(code): n for code, n in result.warnings.items()},
+            "warning_reasons": result.warning_reasons,
+        }
+        if isinstance(conv, Machine):
+            report["machine"] = conv.report()
+        return report
+
+    async def _complete_report(self) -> None:
+        url = self.core.config.deepgram_emulator_url
+        try:
+            if url and self.report is not None and self.report["sent_audio_bytes"]:
+                from switchboard_callsim.emucheck import caller_audio_verdict
+
+                verdict, reasons = await caller_audio_verdict(self.core.http, url, self.sid,
+                                                              self.report["sent_audio_bytes"],
+                                                              self.report["sent_audio_sha256"])
+                self.report["byte_exact_in"], self.report["in_reasons"] = verdict, reasons
+            await self.callbacks_sent()
+        finally:
+            self.report_complete = True
+            self.core.changes.notify()
+
+    # --- introspection ----------------------------------------------------------------------------
+    def to_json(self, detail: bool = True) -> dict[str, Any]:
+        from .callees import to_json as callee_json
+        from .resources import call_json
+
+        data: dict[str, Any] = {
+            "sid": self.sid,
+            "status": str(self.rec.status),
+            "direction": self.rec.direction,
+            "to": self.rec.to,
+            "from": self.rec.from_,
+            "parent_call_sid": self.rec.parent_call_sid,
+            "callee": self.callee.kind,
+            "answered_by": self.rec.answered_by,
+            "end_reason": self.end_reason,
+            "finished": self.finished,
+            "report_complete": self.report_complete,
+        }
+        if detail:
+            data.update(
+                resource=call_json(self.rec),
+                callee_script=callee_json(self.callee),
+                amd=None if self.amd is None else {"answered_by": self.amd.answered_by, "after_ms": self.amd.after_ms},
+                timeline=self.timeline.events,
+                heard=self.heard,
+                report=self.report,
+                children=[c.sid for c in self.children],
+            )
+        return data
