@@ -12,7 +12,8 @@ from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+
+from switchboard.besteffort import best_effort
 
 from . import metrics
 
@@ -58,8 +59,5 @@ class Bookkeeping:
 
 
 async def _best_effort(command: Awaitable[Any]) -> None:
-    try:
+    async with best_effort("write bookkeeping", errors=metrics.REDIS_ERRORS, logger=log):
         await command
-    except RedisError as exc:
-        metrics.REDIS_ERRORS.inc()
-        log.warning("bookkeeping write failed: %s", exc)

@@ -62,3 +62,18 @@ WEBHOOK_REFUSED = Counter(
 WEBHOOKS_UNSIGNED = Gauge(
     "switchboard_worker_webhooks_unsigned", "1 when FUNCTION_SECRET is unset and function webhooks go out unsigned"
 )
+
+
+def observe(metric: str, label: str, value: float) -> None:
+    """One of the conversation core's observations (switchboard.conversation.Observe)."""
+    if metric == "turn_stage":
+        TURN_STAGE.labels(label).observe(value)
+    elif metric == "barge_in":
+        BARGE_INS.inc()
+    elif metric == "dead_air":
+        kind, _, taken = label.partition(":")
+        DEAD_AIR.labels(kind, taken).inc()
+    elif metric == "reply":
+        REPLIES.labels(label).inc()
+    elif metric == "reconnect":
+        DG_RECONNECTS.inc()

@@ -1,8 +1,12 @@
-"""The end of a call in Redis: its record says how it ended, its keys expire, its dispatch entry goes."""
+"""A call's records in Redis: its events so far, and its end (how it ended, its keys expire, its
+dispatch entry goes)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import orjson
 
 from switchboard import keys as keyspace
 from switchboard.agent_settings import Journal
@@ -30,3 +34,17 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
     await pipe.execute()
     for key in keys.per_call(stream_sid):
         port.writer.forget(key)
+
+
+async def events(port: WorkerPort, events_key: str) -> list[dict[str, Any]]:
+    """The call's recorded events, oldest first (unreadable entries skipped)."""
+    raw = await port.redis.xrange(events_key, count=keyspace.EVENTS_STREAM_MAXLEN)
+    out = []
+    for _entry_id, fields in raw:
+        try:
+            event = orjson.loads(fields.get(b"p", b"{}"))
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out

@@ -218,7 +218,9 @@ class CallSession:
     # --- the Deepgram session ---------------------------------------------------------------------
     async def _open_agent(self, *, resume: bool) -> bool:
         """Open a Deepgram session (with the conversation so far on a resume); False if none could be."""
-        context = self.conv.context(await self._recorded_events()) if resume else None
+        if resume:
+            await self.port.writer.flushed()  # our own latest transcript lines first
+        context = self.conv.context(await records.events(self.port, self.events_key)) if resume else None
         message = self.settings.to_settings_message(
             tags=["switchboard", f"callsid:{self.call_sid}"], context=context, resume=resume
         )
@@ -261,19 +263,6 @@ class CallSession:
             log.warning("deepgram dropped mid-call; reconnecting with context", extra=self.extra)
             if not await self._open_agent(resume=True):
                 return
-
-    async def _recorded_events(self) -> list[dict[str, Any]]:
-        await self.port.writer.flushed()  # our own latest transcript lines first
-        raw = await self.port.redis.xrange(self.events_key, count=keyspace.EVENTS_STREAM_MAXLEN)
-        events = []
-        for _entry_id, fields in raw:
-            try:
-                event = orjson.loads(fields.get(b"p", b"{}"))
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
 
     # --- caller → Deepgram ---------------------------------------------------------------------
     def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -391,7 +380,9 @@ class CallSession:
             elif isinstance(action, ToAgent):
                 self.send_to_agent(action.message)
             elif isinstance(action, Observe):
-                self._observe(action)
+                metrics.observe(action.metric, action.label, action.value)
+                if action.metric == "dead_air":
+                    log.warning("dead air: %s", action.label, extra=self.extra)
             elif isinstance(action, Record):
                 self.port.bookkeeping.write(self.call_key, action.fields)
             elif isinstance(action, Count):
@@ -404,20 +395,6 @@ class CallSession:
             elif isinstance(action, Reconnect) and self._agent.attached:
                 log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
                 self._agent.abort()
-
-    def _observe(self, action: Observe) -> None:
-        if action.metric == "turn_stage":
-            metrics.TURN_STAGE.labels(action.label).observe(action.value)
-        elif action.metric == "barge_in":
-            metrics.BARGE_INS.inc()
-        elif action.metric == "dead_air":
-            kind, _, taken = action.label.partition(":")
-            metrics.DEAD_AIR.labels(kind, taken).inc()
-            log.warning("dead air: %s, %s", kind, taken, extra=self.extra)
-        elif action.metric == "reply":
-            metrics.REPLIES.labels(action.label).inc()
-        elif action.metric == "reconnect":
-            metrics.DG_RECONNECTS.inc()
 
     def _record_error(self, code: str, description: str) -> None:
         metrics.DG_ERRORS.labels(code).inc()

@@ -22,9 +22,11 @@ from redis.exceptions import RedisError, ResponseError
 from switchboard import capacity
 from switchboard import keys as keyspace
 from switchboard.config import redis_client, redis_reachable
+from switchboard.besteffort import Outage, best_effort
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter
+from switchboard.supervise import Supervisor
 
 from . import metrics
 from .bookkeeping import Bookkeeping
@@ -79,7 +81,10 @@ class Worker:
         self._leases_confirmed_at = time.monotonic()
         self._heartbeat_lock = asyncio.Lock()
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
-        self._tasks: list[asyncio.Task[Any]] = []
+        self.tasks = Supervisor("worker")  # main stops the worker when one of its loops dies
+        self._claiming: list[asyncio.Task[Any]] = []
+        self._heartbeat_outage, self._capacity_outage = Outage(), Outage()
+        self._claim_outage, self._takeover_outage = Outage(), Outage()
         metrics.CAPACITY.set(settings.worker_capacity)
 
     @property
@@ -95,18 +100,12 @@ class Worker:
         await self._publish_capacity()  # so that healthy implies counted as capacity by admission control
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
-        self._tasks = [
-            asyncio.create_task(coro, name=name)
-            for name, coro in (
-                ("writer", self.writer.run()),
-                ("reader", self.reader.run()),
-                ("claim", self._claim_loop()),
-                ("heartbeat", self._heartbeat_loop()),
-                ("capacity", self._capacity_loop()),
-                ("takeover", self._takeover_loop()),
-                ("ticker", self._tick_loop()),
-            )
-        ]
+        for name, loop in (("writer", self.writer.run()), ("reader", self.reader.run()),
+                           ("heartbeat", self._heartbeat_loop()), ("capacity", self._capacity_loop()),
+                           ("ticker", self._tick_loop())):
+            self.tasks.spawn(loop, name=name)
+        self._claiming = [self.tasks.spawn(self._claim_loop(), name="claim"),
+                          self.tasks.spawn(self._takeover_loop(), name="takeover")]
         log.info("worker ready", extra={"worker_id": self.settings.worker_id, "capacity": self.settings.worker_capacity,
                                          "metrics_port": self.metrics_port})
         return self
@@ -114,12 +113,10 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.drain()
 
-    async def _recreate_group(self) -> None:
-        try:
-            await self._ensure_group()
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("could not recreate the dispatch group yet: %s", exc)
+    async def _after_dispatch_error(self, error: RedisError | None) -> None:
+        if "NOGROUP" in str(error):  # Redis lost its data (restart without persistence)
+            async with best_effort("recreate the dispatch group yet", errors=metrics.REDIS_ERRORS):
+                await self._ensure_group()
 
     async def _ensure_group(self) -> None:
         try:
@@ -137,16 +134,13 @@ class Worker:
                 self._free.clear()
                 await self._free.wait()
                 continue
-            try:
+            async with best_effort("claim calls", errors=metrics.REDIS_ERRORS, outage=self._claim_outage) as attempt:
                 response = await self._redis_claim.xreadgroup(
                     keyspace.DISPATCH_GROUP, self.settings.worker_id, {dispatch: ">"}, count=free, block=1000
                 )
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                log.warning("claim failed: %s", exc)
+            if attempt.failed:
                 await asyncio.sleep(0.5 + self.random.random())
-                if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
-                    await self._recreate_group()
+                await self._after_dispatch_error(attempt.error)
                 continue
             for _key, items in response or ():
                 for entry_id, fields in items:
@@ -160,7 +154,8 @@ class Worker:
             await asyncio.sleep(period * (0.75 + self.random.random() / 2))
             if self.free_slots <= 0:
                 continue
-            try:
+            async with best_effort("scan for calls to take over", errors=metrics.REDIS_ERRORS,
+                                   outage=self._takeover_outage) as attempt:
                 reply = await self.redis.xautoclaim(
                     self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id,
                     # The margin lets the owner's lease key (renewed just after the idle reset) expire first.
@@ -169,11 +164,8 @@ class Worker:
                 # XAUTOCLAIM scans at most COUNT*10 entries per call: page through the whole
                 # backlog across scans, or a dead worker's newer calls are never reached.
                 cursor, claimed = reply[0], reply[1]
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                log.warning("takeover scan failed: %s", exc)
-                if "NOGROUP" in str(exc):
-                    await self._recreate_group()
+            if attempt.failed:
+                await self._after_dispatch_error(attempt.error)
                 continue
             for entry_id, fields in claimed:
                 if fields:
@@ -186,16 +178,14 @@ class Worker:
             return
         token = secrets.token_hex(8)
         lease_key = self.keys.lease(stream_sid)
-        try:
+        async with best_effort("take the lease", errors=metrics.REDIS_ERRORS,
+                               extra={"stream_sid": stream_sid}) as attempt:
             acquired = await self.redis.set(lease_key, token, px=self.settings.lease_ms, nx=True)
             if not acquired and takeover:
-                # The owner is alive but late with its refresh: give the entry back.
-                return
+                return  # the owner is alive but late with its refresh: give the entry back
             if not acquired:
                 await self.redis.set(lease_key, token, px=self.settings.lease_ms)
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("could not take lease: %s", exc, extra={"stream_sid": stream_sid})
+        if attempt.failed:
             return
         for key in self.keys.per_call(stream_sid):
             self.writer.unfence(key)  # the call is ours (again)
@@ -239,11 +229,8 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         period = self.settings.lease_ms / 3000
         while not self._stopping:
-            try:
+            async with best_effort("heartbeat", errors=metrics.REDIS_ERRORS, outage=self._heartbeat_outage):
                 await self._heartbeat()
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(period)
 
     async def _confirm_leases(self) -> None:
@@ -256,11 +243,9 @@ class Worker:
         """
         if time.monotonic() - self._leases_confirmed_at < self.settings.lease_ms / 2000:
             return
-        try:
+        async with best_effort("confirm leases before writing", errors=metrics.REDIS_ERRORS,
+                               outage=self._heartbeat_outage):
             await self._heartbeat()
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("could not confirm leases before writing: %s", exc)
 
     async def _heartbeat(self) -> None:
         async with self._heartbeat_lock:
@@ -314,15 +299,15 @@ class Worker:
             self._capacity_changed.clear()
             if self._stopping:
                 return
-            try:
+            # A failure is made up for by the next heartbeat, which publishes it too.
+            async with best_effort("publish capacity", errors=metrics.REDIS_ERRORS,
+                                   outage=self._capacity_outage) as attempt:
                 await self._publish_capacity()
-            except RedisError as exc:
-                metrics.REDIS_ERRORS.inc()
-                log.warning("could not publish capacity: %s", exc)  # the next heartbeat publishes it
+            if attempt.failed:
                 await asyncio.sleep(0.5)
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for session in list(self.sessions.values()):
@@ -333,14 +318,38 @@ class Worker:
 
     # --- drain --------------------------------------------------------------------------------------
     async def drain(self) -> None:
-        """Stop claiming, hand live calls to other workers, then close everything."""
+        """Stop claiming, hand live calls to other workers (within DRAIN_TIMEOUT_S), then close everything."""
         if not self._draining:
             self._draining = True
             metrics.DRAINS.inc()
         log.info("draining", extra={"worker_id": self.settings.worker_id, "live_calls": len(self.sessions)})
-        for task in self._tasks:
-            if task.get_name() in ("claim", "takeover"):
-                task.cancel()
+        self.tasks.closing()
+        for task in self._claiming:
+            task.cancel()
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                await self._hand_over_all()
+        except TimeoutError:
+            log.warning("drain took longer than DRAIN_TIMEOUT_S=%ss; closing anyway (the leases lapse and "
+                        "other workers take the calls over)", self.settings.drain_timeout_s)
+        # Loops also stop on this flag: on Python 3.11 a cancellation that arrives while a
+        # Redis command is being sent can be lost (asyncio.wait_for inside redis-py returns
+        # the result instead), and a loop that only relies on it would never end.
+        self._stopping = True
+        self._capacity_changed.set()
+        self.writer.stop()
+        self.reader.stop()
+        await self.tasks.aclose()
+        await self.bookkeeping.drain()
+        await self._leave_fleet(withdraw=True)
+        await self._health.close()
+        await self.http.aclose()
+        await self.writer.close()
+        await self.reader.close()
+        for client in (self.redis, self._redis_block, self._redis_claim):
+            await client.aclose()
+
+    async def _hand_over_all(self) -> None:
         await self._leave_fleet(withdraw=False)  # admission control stops counting this worker's slots now
         sessions = list(self.sessions.values())
         for session in sessions:
@@ -356,39 +365,19 @@ class Worker:
         await self.writer.drain()  # the last transcript lines and audio before anyone else takes over
         if sessions:
             await self._hand_over(sessions)
-        # Loops also stop on this flag: on Python 3.11 a cancellation that arrives while a
-        # Redis command is being sent can be lost (asyncio.wait_for inside redis-py returns
-        # the result instead), and a loop that only relies on it would never end.
-        self._stopping = True
-        self._capacity_changed.set()
-        self.writer.stop()
-        self.reader.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.bookkeeping.drain()
-        await self._leave_fleet(withdraw=True)
-        await self._health.close()
-        await self.http.aclose()
-        await self.writer.close()
-        await self.reader.close()
-        for client in (self.redis, self._redis_block, self._redis_claim):
-            await client.aclose()
 
     async def _leave_fleet(self, *, withdraw: bool) -> None:
-        try:
+        # A failure costs little: the published capacity lapses after one lease.
+        async with best_effort("update the fleet capacity on drain", errors=metrics.REDIS_ERRORS):
             if withdraw:
                 await capacity.withdraw(self.redis, self.keys, self.settings.worker_id)
             else:
                 await self._publish_capacity()
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("could not update the fleet capacity on drain: %s", exc)  # it lapses after one lease
 
     async def _hand_over(self, sessions: list[CallSession]) -> None:
         # Age the dispatch entries past the lease and drop the leases, so that another
         # worker adopts each call on its next takeover scan instead of a lease later.
-        try:
+        async with best_effort("record the hand-over", errors=metrics.REDIS_ERRORS):
             pipe = self.redis.pipeline(transaction=False)
             for session in sessions:
                 pipe.hset(session.call_key, "in_pos", session.in_position)
@@ -396,13 +385,10 @@ class Worker:
             pipe.xclaim(self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id, 0,
                         [s.dispatch_id for s in sessions], idle=self.settings.lease_ms * 10, justid=True)
             await pipe.execute()
-        except RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("hand-over bookkeeping failed: %s", exc)
 
     async def _readiness(self) -> tuple[bool, dict]:
         redis_ok = await redis_reachable(self.redis)
-        ready = redis_ok and not self._draining
+        ready = redis_ok and not self._draining and self.tasks.ok
         return ready, {"redis": redis_ok, "draining": self._draining, "live_calls": len(self.sessions),
-                       "capacity": self.settings.worker_capacity}
+                       "capacity": self.settings.worker_capacity, **self.tasks.readiness_detail()}
 
