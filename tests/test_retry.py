@@ -113,7 +113,7 @@ async def test_call_returns_the_value_of_the_first_successful_try():
 
     retried: list[Retrying] = []
     policy = Retry(base_s=0.001, cap_s=0.002, attempts=3)
-    assert await policy.call(flaky, 1, retry_on=TimeoutError, on_retry=retried.append) == 43
+    assert await policy.call(lambda: flaky(1), retry_on=TimeoutError, on_retry=retried.append) == 43
     assert [r.attempt for r in retried] == [1] and isinstance(retried[0].error, TimeoutError)
 
 

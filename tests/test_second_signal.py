@@ -12,11 +12,10 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 
 import orjson
 import pytest
-import urllib.request
-
 from switchboard_dev import procs
 
 pytestmark = pytest.mark.slow
@@ -52,7 +51,7 @@ def _live_call_that_never_answers_a_close(port: int) -> socket.socket:
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

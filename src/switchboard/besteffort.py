@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from redis.exceptions import RedisError
 
@@ -44,7 +44,7 @@ class Outage:
         self.failing = False
 
 
-class best_effort:  # noqa: N801 - reads as a statement, like contextlib.suppress
+class best_effort:
     def __init__(
         self, what: str, *, errors: SupportsInc | None = None, extra: Mapping[str, Any] | None = None,
         outage: Outage | None = None, logger: logging.Logger | None = None,
@@ -57,10 +57,10 @@ class best_effort:  # noqa: N801 - reads as a statement, like contextlib.suppres
         self.failed = False
         self.error: RedisError | None = None
 
-    def __enter__(self) -> best_effort:
+    def __enter__(self) -> Self:
         return self
 
-    async def __aenter__(self) -> best_effort:
+    async def __aenter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -26,7 +26,16 @@ from ipaddress import ip_address
 
 import httpx
 
-from .egress_policy import BACKOFF_BASE_S, BACKOFF_CAP_S, EgressPolicy, IPAddress, Refused, Target, check_addresses, check_url
+from .egress_policy import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    EgressPolicy,
+    IPAddress,
+    Refused,
+    Target,
+    check_addresses,
+    check_url,
+)
 from .retry import Retry
 
 __all__ = ["EgressPolicy", "Refused", "Reply", "Resolver", "post", "post_with_retries", "system_resolver"]

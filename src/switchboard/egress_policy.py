@@ -67,7 +67,7 @@ class EgressPolicy:
     allow_http: bool = False
 
     @classmethod
-    def parse(cls, allow: str, *, allow_http: bool = False) -> "EgressPolicy":
+    def parse(cls, allow: str, *, allow_http: bool = False) -> EgressPolicy:
         """`allow` is a comma list of CIDRs, addresses or host names; ValueError on a bad entry."""
         networks: list[IPNetwork] = []
         hosts: set[str] = set()
@@ -182,7 +182,7 @@ def numeric_host(host: str) -> IPAddress | None:
             return IPv6Address(unquote(text))  # "%25" is how a URL writes a zone id's "%"
         except ValueError:
             return None
-    text = text[:-1] if text.endswith(".") else text
+    text = text.removesuffix(".")
     parts = text.split(".")
     if not 1 <= len(parts) <= 4 or not all(_NUMERIC_PART.match(p) for p in parts):
         return None

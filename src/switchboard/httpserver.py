@@ -19,13 +19,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 log = logging.getLogger(__name__)
 
-Readiness = Callable[[], Awaitable[tuple[bool, dict]]]
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD_BYTES = 16 * 1024
@@ -116,7 +117,7 @@ class HealthServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self._host, self._port)

@@ -9,6 +9,7 @@ cached, and each command is a handful of byte strings handed to one `writelines`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 def bulk(value: bytes) -> bytes:
@@ -66,7 +67,7 @@ class XreadPacker:
 
 
 def entries_from_xread(
-    response: list | dict | None,
+    response: list[Any] | dict[Any, Any] | None,
 ) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]:
     """Raw XREAD reply → [(key, [(id, {field: value})])] (what redis-py would build).
 

@@ -4,7 +4,7 @@ an attempt cap and a deadline, with a hook for metrics and logs.
     RECONNECT = Retry(base_s=0.2, cap_s=2.0, attempts=5, deadline_s=10.0)
 
     # a bounded operation: the last error is raised once the cap or the deadline is reached
-    ws = await RECONNECT.call(connect, url, retry_on=(OSError, TimeoutError), on_retry=count_and_log)
+    ws = await RECONNECT.call(lambda: connect(url), retry_on=(OSError, TimeoutError), on_retry=count_and_log)
 
     # the same, when the retried block is more than one call
     async for attempt in RECONNECT.retrying(retry_on=OSError, on_retry=count_and_log):
@@ -42,11 +42,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import NamedTuple, ParamSpec, TypeVar
+from typing import NamedTuple, Self, TypeVar
 
 __all__ = ["Attempt", "Backoff", "Retry", "Retrying"]
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 _MAX_EXPONENT = 64  # 2**64 × any sane base is far past any cap; keeps floats finite forever
@@ -84,7 +83,7 @@ class Retry:
 
     def pause_s(self, retry: int, unit: float) -> float:
         """The pause before retry `retry` (0-based), `unit` a random number in [0, 1)."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(retry, _MAX_EXPONENT))
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(retry, _MAX_EXPONENT))
         return ceiling * (1 - self.jitter) + ceiling * self.jitter * unit
 
     def backoff(
@@ -104,14 +103,14 @@ class Retry:
         return Attempts(self.backoff(on_retry=on_retry, unit=unit, clock=clock), retry_on, sleep)
 
     async def call(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args,
+        self, fn: Callable[[], Awaitable[T]], /, *,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-        on_retry: OnRetry | None = None, **kwargs: P.kwargs,
+        on_retry: OnRetry | None = None,
     ) -> T:
-        """`await fn(*args, **kwargs)`, retried on `retry_on`; raises the last error when out of tries."""
+        """`await fn()`, retried on `retry_on`; raises the last error when out of tries."""
         async for attempt in self.retrying(retry_on=retry_on, on_retry=on_retry):
             with attempt:
-                return await fn(*args, **kwargs)
+                return await fn()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -169,7 +168,7 @@ class Attempt:
         self.error: BaseException | None = None
         self._retry_on = retry_on
 
-    def __enter__(self) -> Attempt:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -191,7 +190,7 @@ class Attempts:
         self._sleep = sleep
         self._last: Attempt | None = None
 
-    def __aiter__(self) -> Attempts:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Attempt:

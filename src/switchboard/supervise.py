@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-__all__ = ["Supervisor", "TASK_FAILURES"]
+__all__ = ["TASK_FAILURES", "Supervisor"]
 
 log = logging.getLogger(__name__)
 

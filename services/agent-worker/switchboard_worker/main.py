@@ -1,17 +1,16 @@
-"""`switchboard-worker`: settings → logging → claim calls → drain on SIGTERM/SIGINT."""
+"""`switchboard-worker`: settings → logging → claim calls → drain on SIGTERM/SIGINT (a second one exits at once)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from pydantic import ValidationError
 
 from switchboard import logs
-from switchboard.runtime import install_event_loop
+from switchboard.runtime import Shutdown, install_event_loop
 
 from . import metrics
 from .settings import WorkerSettings
@@ -20,14 +19,16 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: WorkerSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Worker(settings):
-        await stop.wait()
-        log.info("signal received: draining")
+async def serve(settings: WorkerSettings) -> int:
+    """Claim calls until SIGTERM/SIGINT or a crashed background loop, then drain; the exit status.
+
+    A second signal during the drain exits at once (see switchboard.runtime).
+    """
+    stop = Shutdown("worker")
+    async with Worker(settings) as worker:
+        reason = await stop.wait(worker.tasks.failed)
+        log.info("stop requested: draining", extra={"reason": reason})
+    return 1 if worker.tasks.failures else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,13 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {"worker_capacity": args.capacity} if args.capacity else {}
     try:
-        settings = WorkerSettings(**overrides)  # type: ignore[arg-type]
+        settings = WorkerSettings(**overrides)
     except ValidationError as exc:
         sys.exit(f"switchboard-worker: invalid configuration:\n{exc}")
     logs.setup("worker", settings.log_level, settings.worker_id)
     warn_about_webhook_settings(settings)
     install_event_loop()
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))
 
 
 def warn_about_webhook_settings(settings: WorkerSettings) -> None:

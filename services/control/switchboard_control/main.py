@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.main import STARTUP_FAILURE
+from uvicorn.config import STARTUP_FAILURE
 
 from switchboard import logs
 from switchboard.runtime import force_exit
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {"control_port": args.port} if args.port is not None else {}
     try:
-        settings = ControlSettings(**overrides)  # type: ignore[arg-type]
+        settings = ControlSettings(**overrides)
     except ValidationError as exc:
         sys.exit(f"switchboard-control: invalid configuration:\n{exc}")
     logs.setup("control", settings.log_level)

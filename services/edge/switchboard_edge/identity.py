@@ -64,9 +64,10 @@ async def admit_identity(
     claimed = await client.eval(_CLAIM_STREAM, 1, keys.call(start.stream_sid), edge_id, start.call_sid, CLAIM_TTL_S)
     if not claimed:
         return Verdict("duplicate_stream", "a stream with this streamSid exists already")
-    bound = await client.get(keys.call_by_callsid(start.call_sid))
-    if bound is not None and bound.decode() not in (start.stream_sid, offered_resume):
-        state = await client.hget(keys.call(bound.decode()), "state")
+    raw = await client.get(keys.call_by_callsid(start.call_sid))
+    bound = raw.decode() if isinstance(raw, bytes) else raw
+    if bound is not None and bound not in (start.stream_sid, offered_resume):
+        state = await client.hget(keys.call(bound), "state")
         if state is not None and state != b"ended":
             return Verdict("callsid_in_use", "the callSid belongs to another live stream")
     return Verdict(resume_of=offered_resume)

@@ -10,6 +10,7 @@ import time
 
 import orjson
 import redis.asyncio as redis
+from redis.typing import EncodableT
 
 from switchboard import capacity, twilio
 from switchboard import keys as keyspace
@@ -18,7 +19,7 @@ from switchboard.keys import RESUME_PARAMETER, Keys
 MAX_CALL_TTL_S = 6 * 3600
 
 
-def start_fields(start: twilio.Start, edge_id: str) -> dict[str, bytes]:
+def start_fields(start: twilio.Start, edge_id: str) -> dict[EncodableT, EncodableT]:
     now = time.time()
     return {
         "call_sid": start.call_sid.encode(),

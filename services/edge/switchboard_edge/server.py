@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -70,13 +70,13 @@ class EdgeServer:
     @property
     def port(self) -> int:
         assert self._ws_server is not None
-        return self._ws_server.sockets[0].getsockname()[1]  # type: ignore[index, no-any-return]
+        return self._ws_server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
 
     @property
     def metrics_port(self) -> int:
         return self._health.port
 
-    async def __aenter__(self) -> EdgeServer:
+    async def __aenter__(self) -> Self:
         self.tasks.spawn(self.writer.run(), name="writer")
         self.tasks.spawn(self.reader.run(), name="reader")
         self.tasks.spawn(self.calls.watch_stalls(), name="stall-watch")

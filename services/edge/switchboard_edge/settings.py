@@ -53,7 +53,7 @@ class EdgeSettings(CommonSettings):
         return self.twilio_auth_token is not None
 
     @model_validator(mode="after")
-    def _secure_by_default(self) -> "EdgeSettings":
+    def _secure_by_default(self) -> EdgeSettings:
         if self.twilio_auth_token is None and not self.edge_insecure_no_signature:
             raise ValueError(
                 "TWILIO_AUTH_TOKEN is not set: set it, or set EDGE_INSECURE_NO_SIGNATURE=true "

@@ -22,7 +22,6 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from switchboard import twilio
 from switchboard.conversation import is_reply_start
@@ -129,8 +128,8 @@ class Close:
     reason: str
 
 
-Action = Union[SendAudio, SendMark, Clear, AudioTransit, ReplyTransit, MarkPlayed, Digit, HangupRequested, Invalid,
-               Refused, Close]
+Action = (SendAudio | SendMark | Clear | AudioTransit | ReplyTransit | MarkPlayed | Digit | HangupRequested | Invalid
+          | Refused | Close)
 _NOTHING: tuple[Action, ...] = ()
 
 

@@ -32,7 +32,7 @@ class DirectConnection:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._conn = client.connection_pool.make_connection()
+        self._conn = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         self._conn.socket_timeout = None
 
     async def execute(self, parts: list[bytes], replies: int, timeout_s: float | None) -> list[Any]:

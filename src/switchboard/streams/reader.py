@@ -84,7 +84,7 @@ class StreamReader:
 
     async def _read(self, request: dict[str, bytes | str]) -> list[Any]:
         if self._direct is None:
-            return await self._redis.xread(request, count=self._count, block=self._block_ms)
+            return await self._redis.xread(request, count=self._count, block=self._block_ms)  # type: ignore[arg-type, return-value]
         # The server answers within BLOCK; a silent network is noticed a little after that.
         timeout_s = self._block_ms / 1000 + WRITE_TIMEOUT_S
         (raw,) = await self._direct.execute(self._xread.pack(request.items()), 1, timeout_s)
@@ -196,7 +196,8 @@ class StreamReader:
         while not self._stopping and (keys := self._slots.get(slot)):
             request = {key: self._streams[key] for key in keys if key in self._streams}
             try:
-                response = await self._redis.xread(request, count=self._count, block=CLUSTER_BLOCK_MS)
+                response: Any = await self._redis.xread(request, count=self._count,  # type: ignore[arg-type]
+                                                        block=CLUSTER_BLOCK_MS)
             except RedisError as exc:
                 await self._failed(exc, backoff)
                 continue
