@@ -26,11 +26,11 @@ RUN apt-get update \
 FROM base AS build
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when pyproject.toml changes, not on
-# every code change.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps))" \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+# Dependencies first: this layer is rebuilt only when pyproject.toml or the lock changes,
+# not on every code change. requirements.lock pins every runtime package with its hashes
+# (`./dev lock`), so two builds install the same bytes.
+COPY pyproject.toml requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY README.md ./
 COPY src ./src
 COPY services ./services
