@@ -105,3 +105,18 @@ def test_the_printed_webhook_and_twiml_bin_are_what_control_verifies(redis_url, 
     local_only = httpx.post(f"{control}/twiml", data=FORM,
                             headers={"X-Twilio-Signature": signature.compute(AUTH, f"{control}/twiml", FORM)})
     assert local_only.status_code == 403
+
+
+def test_the_readme_shows_the_twiml_bin_the_command_prints():
+    from html import unescape
+    from pathlib import Path
+
+    from switchboard_dev.twilio_setup import TwilioSetup
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    guide = readme[readme.index("### A real phone number"):readme.index("## Architecture")]
+    shown = guide[guide.index("<Response>"):guide.index("</Response>") + len("</Response>")]
+    printed = TwilioSetup("wss://<edge-host>/twilio", "https://<control-host>", "default").twiml_bin()
+    assert shown == unescape(printed)  # the README shows placeholders unescaped
+    assert guide.index("EDGE_PUBLIC_URL=") < guide.index("./dev run"), "the public URLs are set before starting"
+    assert "CONTROL_PUBLIC_URL=" in guide and "POST" in guide and "/twiml/continue" in guide

@@ -34,12 +34,16 @@ class CommonSettings(BaseSettings):
     # the password (redis://:PASSWORD@host), TLS (rediss://) and its files as query
     # parameters (?ssl_ca_certs=, ssl_certfile=, ssl_keyfile=). repr=False keeps the
     # password out of any log line or traceback that prints the settings.
-    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False, description="Redis (or Redis Cluster) URL")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", repr=False,
+        description="Redis (or Redis Cluster) URL, with the password (redis://:PASSWORD@host:6379/0) and TLS "
+        "options (rediss://…?ssl_ca_certs=/path/ca.pem) in it; never logged",
+    )
     redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster node")
     key_prefix: str = Field("sb:", description="Prefix of every Redis key")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     metrics_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics")
-    call_retention_s: int = Field(3600, ge=60, description="How long an ended call's record and transcript stay")
+    call_retention_s: int = Field(3600, ge=60, description="How long an ended call's record and transcript stay readable")
 
 
 def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.Redis:
