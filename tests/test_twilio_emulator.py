@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 
 import httpx
 import pytest
-from twilio.base.exceptions import TwilioRestException
-
 from switchboard_twilio_emulator.config import EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator
+from twilio.base.exceptions import TwilioRestException
 from twilio_fakes import Receiver
 
 TOKEN = "test-auth-token-123"
@@ -26,8 +26,8 @@ HANGUP = "<Response><Say>Hello</Say><Hangup/></Response>"
 
 
 def config(**overrides) -> EmulatorConfig:
-    values = dict(port=0, auth_token=TOKEN, api_keys=f"{KEY_SID}:{KEY_SECRET}", setup_ms=20, say_ms_per_char=2,
-                  log_level="WARNING")
+    values = {"port": 0, "auth_token": TOKEN, "api_keys": f"{KEY_SID}:{KEY_SECRET}", "setup_ms": 20,
+              "say_ms_per_char": 2, "log_level": "WARNING"}
     values.update(overrides)
     return EmulatorConfig(**values)
 
@@ -186,7 +186,7 @@ async def test_over_the_cps_limit_twilio_queues_the_calls_and_dials_them_one_slo
         sids = [(await create(client, to=TO, from_=FROM, twiml=HANGUP)).sid for _ in range(3)]
         calls = [await twilio.wait_call(sid, "ended") for sid in sids]
     starts = sorted(c.rec.start_time for c in calls)
-    assert all(b - a >= 0.24 for a, b in zip(starts, starts[1:])), starts
+    assert all(b - a >= 0.24 for a, b in itertools.pairwise(starts)), starts
     assert max(c.rec.queue_time_ms for c in calls) >= 200
 
 
@@ -261,3 +261,49 @@ async def test_an_unfetchable_twiml_url_says_the_application_error_and_hangs_up(
         ended = await twilio.wait_call(call.sid, "ended")
     assert ended.end_reason == "application-error-11200"
     assert ended.heard[0]["say"].startswith("We are sorry, an application error has occurred")
+
+
+# --- the load generator and the process ---------------------------------------------------------
+
+
+async def test_the_load_generator_places_a_paced_campaign_and_collects_every_outcome():
+    from switchboard_twilio_emulator.load import Campaign, run_campaign
+
+    numbers = ['+14155550131={"kind": "person", "ring_s": 0.1}', '+14155550132={"kind": "busy", "ring_s": 0.1}',
+               '+14155550133={"kind": "voicemail", "ring_s": 0.1, "machine": {"greeting_ms": 300, "record_ms": 500}}']
+    async with TwilioEmulator(config(cps=50), numbers) as twilio:
+        campaign = Campaign(twilio.url, ("+14155550131", "+14155550132", "+14155550133"), FROM, twiml=HANGUP,
+                            count=6, cps=4, concurrency=2, account_sid=twilio.config.account_sid, password=TOKEN,
+                            machine_detection="DetectMessageEnd", wait_s=20)
+        report = (await run_campaign(campaign)).to_dict()
+    assert report["placed"] == 6 and report["refused"] == 0
+    assert report["outcomes"] == {"completed": 4, "busy": 2}
+    assert report["answered_by"] == {"human": 2, "machine_end_beep": 2}  # synchronous AMD: decided before the TwiML
+    assert report["emulator"]["creates"]["max_in_any_second"] <= 4
+    assert report["emulator"]["calls"]["max_concurrent"] <= 2
+    assert {c["to"] for c in report["calls"]} == {"+14155550131", "+14155550132", "+14155550133"}
+
+
+def test_the_console_entry_point_serves_until_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    callees = tmp_path / "callees.json"
+    callees.write_text(json.dumps({"default": {"kind": "busy"}, TO: {"kind": "voicemail"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "switchboard_twilio_emulator", "--port", "0", "--callees",
+                             str(callees), "--log-level", "WARNING"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "listening on http://127.0.0.1:" in line, line
+        base = line.rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(f"{base}/_emulator/callees", timeout=5) as r:
+            data = json.loads(r.read())
+        assert data["default"]["kind"] == "busy" and data["numbers"][TO]["kind"] == "voicemail"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    bad = subprocess.run([sys.executable, "-m", "switchboard_twilio_emulator", "--callee", "+1415=nope"],
+                         check=False, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "callee" in bad.stderr

@@ -9,12 +9,13 @@ server a `<Stream url>` points at; each test scripts what it does with a connect
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 import orjson
@@ -23,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from switchboard_dev.testaudio import CALLER_MAGIC, agent_frame, parse_frame
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -83,7 +85,7 @@ class Receiver:
                 await changed.wait()
             return value
 
-    async def __aenter__(self) -> Receiver:
+    async def __aenter__(self) -> Self:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -163,7 +165,7 @@ class StreamServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reader, 10)
 
-    async def __aenter__(self) -> StreamServer:
+    async def __aenter__(self) -> Self:
         self._server = await serve(self._handler, "127.0.0.1", 0, compression=None)
         self.port = self._server.sockets[0].getsockname()[1]  # type: ignore[index]
         return self
@@ -171,3 +173,36 @@ class StreamServer:
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
         await self._server.wait_closed()
+
+
+# --- what a media-stream test does with a connection -------------------------------------------
+
+
+def stream_twiml(url: str, after: str = "<Hangup/>", **params: str) -> str:
+    parameters = "".join(f'<Parameter name="{k}" value="{v}"/>' for k, v in params.items())
+    return f'<Response><Connect><Stream url="{url}">{parameters}</Stream></Connect>{after}</Response>'
+
+
+def caller_info(message: dict):
+    if message.get("event") != "media":
+        return None
+    info = parse_frame(base64.b64decode(message["media"]["payload"]))
+    return info if info is not None and info.magic == CALLER_MAGIC else None
+
+
+async def reply(conn: StreamConnection, number: int, frames: int, mark: str | None = None) -> None:
+    now = time.time_ns() // 1000
+    audio = b"".join(agent_frame(number, seq, now) for seq in range(frames))
+    await conn.send("media", media={"payload": base64.b64encode(audio).decode()})
+    if mark:
+        await conn.send("mark", mark={"name": mark})
+
+
+async def after_utterance(conn: StreamConnection, utterance: int) -> None:
+    """Until the caller has spoken utterance `utterance` and fallen silent."""
+    await conn.next(lambda m: (i := caller_info(m)) is not None and i.stream_no == utterance)
+    await conn.next(lambda m: m.get("event") == "media" and caller_info(m) is None)
+
+
+def received_audio(conn: StreamConnection) -> bytes:
+    return b"".join(base64.b64decode(m["media"]["payload"]) for m in conn.messages if m.get("event") == "media")

@@ -28,6 +28,7 @@ from .validate import Parsed
 
 log = logging.getLogger(__name__)
 PREFIX = f"/{API_VERSION}/Accounts/{{account}}"
+SECRET_PARAMS = frozenset({"SipAuthPassword"})  # never kept in the request log
 HANG_UP_WAIT_S = 2.0  # Twilio answers a hang-up with the ended call: wait for it this long
 
 Result = tuple[int, Any, Parsed | None, str | None]  # status, body, what was parsed, the resource's sid
@@ -124,7 +125,7 @@ class Api:
             self.in_flight -= 1
         core.requests.add(
             method=request.method, path=request.url.path, query=_query(request) if request.method != "GET" else {},
-            form=form, auth=result.to_json(), endpoint=endpoint, status=status, code=code, sid=sid,
+            form={k: ["***"] * len(v) if k in SECRET_PARAMS else v for k, v in form.items()}, auth=result.to_json(), endpoint=endpoint, status=status, code=code, sid=sid,
             unknown=list(parsed.unknown) if parsed else [], notes=list(parsed.notes) if parsed else [],
         )
         core.metrics.requests.labels(endpoint, str(status)).inc()

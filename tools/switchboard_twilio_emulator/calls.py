@@ -55,6 +55,7 @@ class Finish:
 
 
 Step = Goto | Finish | None  # None: on to the next verb
+MAX_DOCUMENTS = 1000  # TwiML documents one call may run (a <Redirect> loop without end hangs up)
 Program = Callable[["CallActor"], Awaitable[Step]]
 
 
@@ -229,7 +230,7 @@ class CallActor:
         from .media import document_program  # media runs verbs with this module's types: import at use
 
         program: Program = first or document_program(self.source)
-        while True:
+        for _ in range(MAX_DOCUMENTS):
             pending, self.pending = self.pending, None
             if pending is not None:
                 if pending.source is None:
@@ -255,6 +256,8 @@ class CallActor:
                 program = document_program(step.source)
                 continue
             return step if isinstance(step, Finish) else Finish("twiml-ended")
+        self.timeline.add("error", reason=f"more than {MAX_DOCUMENTS} TwiML documents: hanging up")
+        return Finish("too-many-documents")
 
     # --- status and callbacks -------------------------------------------------------------------
     def _progress(self, event: Event, final: CallStatus | None = None) -> None:

@@ -14,16 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from . import twiml
 from .calls import CallActor, Finish, Goto, Step
 from .lifecycle import CallStatus
 from .validate import Source, StatusCallback
-
-if TYPE_CHECKING:
-    pass
 
 NESTED_DIAL = 13201  # Twilio: a <Number url> document may not <Dial> (or <Connect>)
 DIAL_STATUS = {

@@ -107,8 +107,11 @@ async def run_campaign(c: Campaign) -> CampaignReport:
         async with gate:
             sid = None
             for _ in range(MAX_429_RETRIES + 1):
+                body: dict[str, list[str]] = {"To": [to]}
+                for name, value in form:  # repeated names (StatusCallbackEvent) become lists
+                    body.setdefault(name, []).append(value)
                 response = await http.post(f"{api}/2010-04-01/Accounts/{c.account_sid}/Calls.json",
-                                           data=[("To", to), *form], auth=auth)
+                                           data=body, auth=auth)
                 if response.status_code != 429:
                     break
                 await asyncio.sleep(float(response.headers.get("Retry-After", "1")))

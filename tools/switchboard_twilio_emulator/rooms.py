@@ -18,8 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from . import errors, twiml
 from .calls import CallActor, Finish, Goto, Program, Step
-from .conference import (EVENT_SUBSCRIPTION, Change, Conference, ConferenceStatus, Participant,
-                         ParticipantStatus)
+from .conference import EVENT_SUBSCRIPTION, Change, Conference, ConferenceStatus, Participant, ParticipantStatus
 from .lifecycle import CallStatus, Event
 from .records import Timeline
 from .resources import rfc2822

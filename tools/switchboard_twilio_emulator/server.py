@@ -17,12 +17,11 @@ import logging
 import socket
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-
 from switchboard_callsim.call import Pacer
 
 from .admin import WAITS, Admin, _reached
@@ -89,7 +88,7 @@ class TwilioEmulator:
         self.core = self._server = self._serve_task = self._pacer = self._http = None
         log.info("Twilio REST emulator stopped")
 
-    async def __aenter__(self) -> TwilioEmulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
