@@ -165,6 +165,9 @@ async def test_missing_to_is_21201_and_unknown_parameters_are_recorded(twilio):
     entries = twilio.core.requests.entries(endpoint="calls")
     assert entries[0]["code"] == 21201 and entries[1]["unknown"] == ["Ringtone"]
     assert entries[1]["form"]["Ringtone"] == ["jazz"]
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{twilio.url}/_emulator/stats")).json()
+    assert stats["unknown_parameters"] == ["Ringtone"] and stats["refusals"] == 1
 
 
 async def test_over_the_cps_limit_reject_mode_answers_429_20429_with_retry_after():

@@ -107,6 +107,27 @@ async def test_a_redirect_over_rest_stops_the_stream_like_twilio_and_runs_the_ne
     assert ended.end_reason == "twiml-hangup"
 
 
+async def test_a_redirect_that_cuts_the_agents_sentence_shows_how_much_went_unplayed():
+    async def agent(conn: StreamConnection) -> None:
+        await conn.next(lambda m: m.get("event") == "start")
+        await reply(conn, 1, 100, mark="sentence")  # two seconds of speech
+        await conn.next(lambda m: m.get("event") == "stop", timeout=20)
+
+    person = callee(TO, kind="person", ring_s=0.1, script={"turns": 1, "lead_ms": 3000})
+    async with StreamServer(agent) as edge, Receiver() as app, TwilioEmulator(config(), [person]) as twilio:
+        app.answers["/twiml"] = stream_twiml(edge.url())
+        client = twilio.client()
+        call = await create(client, to=TO, from_=FROM, url=app.url("/twiml"))
+        await edge.connected.wait()
+        conn = edge.connections[0]
+        await conn.next(lambda m: m.get("event") == "media")
+        await asyncio.to_thread(client.calls(call.sid).update, twiml="<Response><Hangup/></Response>")
+        ended = await twilio.wait_call(call.sid, "report")
+    (segment,) = ended.report["streams"]
+    assert segment["end"] == "stopped" and 1000 < segment["unplayed_ms"] <= 2000, segment
+    assert not any(m.get("event") == "mark" for m in conn.messages)  # the mark never played: never echoed
+
+
 async def test_a_caller_redirected_to_a_new_stream_carries_on_the_same_conversation():
     async def first(conn: StreamConnection) -> None:
         await conn.next(lambda m: m.get("event") == "stop", timeout=20)

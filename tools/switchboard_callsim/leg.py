@@ -40,6 +40,11 @@ class StreamSegment:
     ended_at: float = 0.0
     end: StreamEnd = StreamEnd.FAILED
     failure: str | None = None
+    # When the agent audio queued on this stream had (or would have) finished playing, and how
+    # much of it was still unplayed when the stream ended: a redirect that cut the agent's last
+    # sentence shows here (unplayed_ms > 0).
+    agent_audio_until: float | None = None
+    unplayed_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +55,8 @@ class StreamSegment:
             "ended_at": self.ended_at,
             "end": self.end.value,
             "failure": self.failure,
+            "agent_audio_until": self.agent_audio_until,
+            "unplayed_ms": self.unplayed_ms,
         }
 
 
@@ -102,6 +109,10 @@ class CallerLeg:
         failure_before = call.result.failure
         await call._stream(pacer, url, signed_url=url)  # Twilio signs the <Stream url> exactly as written
         segment.ended_at = time.time()
+        play_end_us = call.playback.play_end_us
+        if play_end_us:
+            segment.agent_audio_until = play_end_us / 1_000_000
+            segment.unplayed_ms = max(0, round((segment.agent_audio_until - segment.ended_at) * 1000))
         if call.result.failure is not None and call.result.failure != failure_before:
             segment.failure = call.result.failure
             # A failed stream is this segment's story; the party may still talk on the next one.

@@ -260,6 +260,7 @@ class Admin:
             "outcomes": outcomes,
             "answered_by": amd,
             "refusals": sum(1 for e in core.requests.entries() if e["status"] >= 400),
+            "unknown_parameters": sorted({name for e in core.requests.entries() for name in e["unknown"]}),
         })
 
     async def metrics(self, request: Request) -> Response:

@@ -124,20 +124,26 @@ class Core:
         return [c for c in self.calls.values() if not c.finished]
 
     async def hang_up_all(self, timeout: float = 5.0) -> None:
-        """End every live call as a REST hang-up would (reset, shutdown)."""
-        live = self.live_calls()
-        for call in live:
+        """End every live call as a REST hang-up would (reset, shutdown); streams get `stop`."""
+        for call in self.live_calls():
             call.hang_up("emulator-reset")
-        if live:
-            await asyncio.wait([asyncio.ensure_future(c.wait_finished()) for c in live], timeout=timeout)
+        try:
+            await self.changes.wait_for(lambda: not self.live_calls(), timeout)
+        except TimeoutError:
+            log.warning("%d calls did not end within %.0f s", len(self.live_calls()), timeout)
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Hang up, let the last callbacks and reports go out (within `drain_s`), cancel the rest."""
         await self.hang_up_all()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=drain_s)
+        for _ in range(3):  # a cancelled call may spawn one last callback: cancel that too
+            if not self._tasks:
+                break
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=drain_s)
 
     def reset(self) -> None:
         self.requests.clear()
