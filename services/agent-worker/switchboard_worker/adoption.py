@@ -15,6 +15,7 @@ import orjson
 from switchboard import entries
 from switchboard import keys as keyspace
 from switchboard.entries import Kind
+from switchboard.messages import CallField
 
 from .port import WorkerPort
 
@@ -34,7 +35,8 @@ async def adopt(port: WorkerPort, call_sid: str, old_stream_sid: str, new_events
     """None: the old stream belongs to another call, and nothing is adopted."""
     keys, redis = port.keys, port.redis
     old_call_sid, overrides, utterance_at, answered = await redis.hmget(
-        keys.call(old_stream_sid), ["call_sid", "overrides", "utt_pos", "utt_answered"]
+        keys.call(old_stream_sid),
+        [CallField.CALL_SID, CallField.OVERRIDES, CallField.UTT_POS, CallField.UTT_ANSWERED],
     )
     if old_call_sid is not None and old_call_sid.decode() != call_sid:
         return None  # defence in depth: the edge resumes only a stream of the same call

@@ -21,8 +21,8 @@ from switchboard.outbox import Outbox, PeerStalled
 from switchboard.retry import Retry
 
 from . import metrics
-from .deepgram_link import open_agent
 from .deepgram_link import DeepgramUnavailable as DeepgramUnavailable
+from .deepgram_link import open_agent
 from .port import WorkerPort
 
 log = logging.getLogger(__name__)

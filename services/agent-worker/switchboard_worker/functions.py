@@ -30,6 +30,7 @@ import orjson
 
 from switchboard import deepgram, egress
 from switchboard.agent_settings import WebhookEndpoint
+from switchboard.messages import Event
 
 from . import metrics
 from .port import CallHandle
@@ -86,8 +87,7 @@ class FunctionRunner:
             content, outcome = _error(f"function failed: {type(exc).__name__}"), "error"
         metrics.FUNCTION_CALLS.labels(outcome).inc()
         self._session.send_to_agent(deepgram.function_call_response(call_id, name, content))
-        self._session.event(
-            "function_call",
+        self._session.event(Event.FUNCTION_CALL,
             id=call_id,
             name=name,
             arguments=arguments,

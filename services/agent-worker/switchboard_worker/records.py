@@ -10,6 +10,7 @@ import orjson
 
 from switchboard import keys as keyspace
 from switchboard.agent_settings import Journal
+from switchboard.messages import CallField, RecordState
 
 from .port import WorkerPort
 
@@ -19,8 +20,8 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
     keys, retention = port.keys, port.settings.call_retention_s
     call_key, journal_key = keys.call(stream_sid), keys.journal(stream_sid)
     pipe = port.redis.pipeline(transaction=False)
-    pipe.hset(call_key, mapping={"state": "ended", "ended_at": repr(time.time()), "outcome": outcome,
-                                 "end_reason": stop_reason})
+    pipe.hset(call_key, mapping={CallField.STATE: RecordState.ENDED, CallField.ENDED_AT: repr(time.time()),
+                                 CallField.OUTCOME: outcome, CallField.END_REASON: stop_reason})
     for key in keys.per_call(stream_sid):
         pipe.expire(key, journal.retention_s if journal.enabled and key == journal_key else retention)
     if stop_reason != "moved_to_new_stream":  # the callSid now names the new stream

@@ -21,15 +21,27 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
+
 from switchboard import deepgram, entries, settings_store
 from switchboard import keys as keyspace
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
-    Action, Conversation, ConversationConfig, Count, Emit, GiveUp, Hangup, Observe, Reconnect, Record, ToAgent,
+    Action,
+    Conversation,
+    ConversationConfig,
+    Count,
+    Emit,
+    GiveUp,
+    Hangup,
+    Observe,
+    Reconnect,
+    Record,
+    ToAgent,
     ToCaller,
 )
 from switchboard.entries import Entry, Kind, now_us
 from switchboard.journal import Recorder
+from switchboard.messages import CallField, Event, Outcome, RecordState
 
 from . import commands, metrics, records
 from .adoption import adopt
@@ -66,7 +78,7 @@ class CallSession:
         self.extra = {"call_sid": call_sid, "stream_sid": stream_sid, "worker_id": port.settings.worker_id}
         self.stop_reason = ""
         self.released: str | None = None  # why the call lives on elsewhere, once it does
-        self._outcome = "completed"
+        self._outcome: str = Outcome.COMPLETED
         self._live_overrides: dict[str, Any] = {}
         self._journal = Recorder(self.settings.journal)  # off until the call's settings say otherwise
         self._functions = FunctionRunner(self)
@@ -81,8 +93,8 @@ class CallSession:
     async def run(self) -> None:
         try:
             meta = await self.port.redis.hgetall(self.call_key)
-            if not meta or meta.get(b"state") == b"ended":
-                self._outcome = "already_ended"
+            if not meta or meta.get(b"state") == RecordState.ENDED.encode():
+                self._outcome = Outcome.ALREADY_ENDED
                 return
             await self._prepare(meta)
             self.life.to(CallState.CONNECTING)
@@ -90,7 +102,7 @@ class CallSession:
             self._follow(self.in_key, self._in_pos)  # also to see the edge's stop when Deepgram is unavailable
             if connected:
                 self._follow(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
-                await self.port.redis.hset(self.call_key, mapping={"state": "active"})
+                await self.port.redis.hset(self.call_key, mapping={CallField.STATE: RecordState.ACTIVE})
                 await self._pump()
             if self.conv.hangup_reason is not None and not self.life.over:
                 await self._wait_for_stop()
@@ -141,8 +153,8 @@ class CallSession:
             unanswered = utterance and utterance != meta.get(b"utt_answered")
             self._in_pos = utterance if unanswered else meta.get(b"in_pos", b"0-0")
         await port.redis.hset(self.call_key, mapping={
-            "worker": port.settings.worker_id, "state": "connecting",
-            "settings_source": resolved.source, "settings_version": str(resolved.version),
+            CallField.WORKER: port.settings.worker_id, CallField.STATE: RecordState.CONNECTING,
+            CallField.SETTINGS_SOURCE: resolved.source, CallField.SETTINGS_VERSION: str(resolved.version),
         })
         log.info("call claimed", extra={**self.extra, "takeover": self.takeover, "settings_source": resolved.source})
 
@@ -155,10 +167,10 @@ class CallSession:
             self._agent.send_audio(chunk)  # held until the Deepgram session opens
         if adopted.overrides:
             self._adopt_overrides(adopted.overrides)
-            self.port.bookkeeping.write(self.call_key, {"overrides": adopted.overrides})
+            self.port.bookkeeping.write(self.call_key, {CallField.OVERRIDES: adopted.overrides})
         self.takeover = True  # resume: context, no second greeting
         self._in_pos = "0-0"  # ...but this stream is new: all of its audio
-        self._event("resumed_from_stream", stream_sid=old_stream_sid)
+        self._event(Event.RESUMED_FROM_STREAM, stream_sid=old_stream_sid)
         return True
 
     def _adopt_overrides(self, raw: bytes) -> None:
@@ -203,7 +215,7 @@ class CallSession:
             return
         if self.life.can(CallState.CLOSING):
             self.life.to(CallState.CLOSING)
-        self._event("call_ended", outcome=outcome, reason=self.stop_reason)
+        self._event(Event.CALL_ENDED, outcome=outcome, reason=self.stop_reason)
         try:
             await port.writer.drain()
             await records.end_call(port, stream_sid=self.stream_sid, call_sid=self.call_sid,
@@ -236,7 +248,7 @@ class CallSession:
         metrics.DG_CONNECT.observe(took)
         if self.life.over:
             self._agent.abort()  # released or stopped while connecting: the pump ends at once
-        self._event("deepgram_connected", request_id=request_id, resumed=resume, connect_ms=round(took * 1000, 1))
+        self._event(Event.DEEPGRAM_CONNECTED, request_id=request_id, resumed=resume, connect_ms=round(took * 1000, 1))
         log.info("deepgram session open", extra={**self.extra, "request_id": request_id,
                                                  "connect_ms": round(took * 1000, 1)})
         if self.life.can(CallState.ACTIVE):
@@ -254,7 +266,7 @@ class CallSession:
                     self._on_agent_event(frame)
             await self._agent.detach()
             expected = self.life.state is not CallState.ACTIVE  # closing, released, or hanging up
-            self._event("deepgram_closed", expected=expected)  # for the record, and for a replay
+            self._event(Event.DEEPGRAM_CLOSED, expected=expected)  # for the record, and for a replay
             actions = self.conv.on_agent_closed(time.monotonic(), expected=expected)
             self._apply(actions)
             if expected or not any(isinstance(action, Reconnect) for action in actions):
@@ -360,7 +372,7 @@ class CallSession:
         elif kind == "Error":
             self._record_error(str(msg.get("code", "UNKNOWN")), str(msg.get("description", "")))
         elif kind == "Warning":
-            self._event("warning", code=msg.get("code"), description=msg.get("description"))
+            self._event(Event.WARNING, code=msg.get("code"), description=msg.get("description"))
             log.info("deepgram warning %s", msg.get("code"), extra=self.extra)
         elif kind in _NOTED:
             self._event(_NOTED[kind], **{k: v for k, v in msg.items() if k != "type"})
@@ -398,7 +410,7 @@ class CallSession:
 
     def _record_error(self, code: str, description: str) -> None:
         metrics.DG_ERRORS.labels(code).inc()
-        self._event("error", source="deepgram", code=code, description=description)
+        self._event(Event.ERROR, source="deepgram", code=code, description=description)
         log.warning("deepgram error %s: %s", code, description, extra=self.extra)
 
     # --- what commands and functions may do (port.CallHandle) --------------------------------------
@@ -422,7 +434,7 @@ class CallSession:
     def remember_override(self, field: str, value: Any) -> None:
         self._live_overrides[field] = value
         self.conv.config = self._conversation_config()
-        self.port.bookkeeping.write(self.call_key, {"overrides": orjson.dumps(self._live_overrides)})
+        self.port.bookkeeping.write(self.call_key, {CallField.OVERRIDES: orjson.dumps(self._live_overrides)})
 
     def event(self, kind: str, /, **data: Any) -> None:
         self._event(kind, **data)
@@ -441,8 +453,8 @@ class CallSession:
 
 # Deepgram messages noted in the call's events as they come (type → event name).
 _NOTED = {
-    "PromptUpdated": "prompt_updated", "SpeakUpdated": "speak_updated", "ThinkUpdated": "think_updated",
-    "InjectionRefused": "injection_refused", "AgentThinking": "agent_thinking",
-    "FunctionCallCancelled": "function_call_cancelled",
+    "PromptUpdated": Event.PROMPT_UPDATED, "SpeakUpdated": Event.SPEAK_UPDATED, "ThinkUpdated": Event.THINK_UPDATED,
+    "InjectionRefused": Event.INJECTION_REFUSED, "AgentThinking": Event.AGENT_THINKING,
+    "FunctionCallCancelled": Event.FUNCTION_CALL_CANCELLED,
 }
 

@@ -21,8 +21,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchboard import capacity
 from switchboard import keys as keyspace
-from switchboard.config import redis_client, redis_reachable
 from switchboard.besteffort import Outage, best_effort
+from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
 from switchboard.streams import StreamReader, StreamWriter

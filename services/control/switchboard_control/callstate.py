@@ -13,6 +13,7 @@ import orjson
 from fastapi import HTTPException, status
 
 from switchboard.agent_settings import Speak, masked
+from switchboard.messages import CallField, Event, RecordState
 from switchboard.redaction import redact
 
 from .deps import State
@@ -29,11 +30,11 @@ class CallRecord:
 
     @property
     def state(self) -> str:
-        return self.fields.get("state", "waiting")
+        return self.fields.get(CallField.STATE, RecordState.WAITING)
 
     @property
     def ended(self) -> bool:
-        return self.state == "ended"
+        return self.state == RecordState.ENDED
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -76,16 +77,16 @@ def _int(value: str | None) -> int | None:
 
 def summary(fields: dict[str, str], call_sid: str | None = None) -> CallSummary:
     return CallSummary(
-        call_sid=call_sid or fields.get("call_sid", ""),
-        stream_sid=fields.get("stream_sid", ""),
-        profile=fields.get("profile") or None,
-        worker=fields.get("worker") or None,
-        edge=fields.get("edge") or None,
-        state=fields.get("state", "waiting"),
-        started_at=_float(fields.get("started_at")),
-        turns=_int(fields.get("turns")) or 0,
-        settings_source=fields.get("settings_source") or None,
-        settings_version=_int(fields.get("settings_version")),
+        call_sid=call_sid or fields.get(CallField.CALL_SID, ""),
+        stream_sid=fields.get(CallField.STREAM_SID, ""),
+        profile=fields.get(CallField.PROFILE) or None,
+        worker=fields.get(CallField.WORKER) or None,
+        edge=fields.get(CallField.EDGE) or None,
+        state=fields.get(CallField.STATE, RecordState.WAITING),
+        started_at=_float(fields.get(CallField.STARTED_AT)),
+        turns=_int(fields.get(CallField.TURNS)) or 0,
+        settings_source=fields.get(CallField.SETTINGS_SOURCE) or None,
+        settings_version=_int(fields.get(CallField.SETTINGS_VERSION)),
     )
 
 
@@ -158,12 +159,12 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
     by_reply: dict[int, TranscriptLine] = {}
     for _entry_id, event in await events(state, record.stream_sid):
         kind = event["type"]
-        if kind == "transcript":
+        if kind == Event.TRANSCRIPT:
             line = TranscriptLine(role=str(event.get("role", "")), content=str(event.get("content", "")),
                                   ts=event.get("ts"))
             transcript.append(line)
             spoken = line if line.role == "assistant" else spoken
-        elif kind == "agent_started_speaking" and isinstance(event.get("reply"), int):
+        elif kind == Event.AGENT_STARTED_SPEAKING and isinstance(event.get("reply"), int):
             if event["reply"] in by_reply:  # a new agent session numbers its replies from 1 again
                 by_reply.clear()
                 session += 1
@@ -171,18 +172,18 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
                 spoken.reply = event["reply"]
                 by_reply[event["reply"]] = spoken
                 spoken = None
-        elif kind == "reply_heard" and (line := by_reply.get(event.get("reply"))) is not None:
+        elif kind == Event.REPLY_HEARD and (line := by_reply.get(event.get("reply"))) is not None:
             line.heard_text, line.unheard_text = event.get("heard_text"), event.get("unheard_text")
             line.interrupted, line.heard_ms, line.audio_ms = event.get("interrupted"), event.get("heard_ms"), event.get("audio_ms")
-        elif kind == "turn_latency" and isinstance(event.get("reply"), int) and isinstance(event.get("stages"), dict):
+        elif kind == Event.TURN_LATENCY and isinstance(event.get("reply"), int) and isinstance(event.get("stages"), dict):
             turn = latency.setdefault((session, event["reply"]),
                                       TurnLatency(reply=event["reply"], stages={}, ts=event.get("ts")))
             turn.stages.update(event["stages"])  # a late LatencyReport adds to the record
             if event.get("switchboard_ms") is not None:
                 turn.switchboard_ms = event["switchboard_ms"]
-        elif kind == "dead_air":
+        elif kind == Event.DEAD_AIR:
             dead_air.append({k: v for k, v in event.items() if k != "type"})
-        elif kind == "function_call":
+        elif kind == Event.FUNCTION_CALL:
             functions.append(
                 FunctionCallRecord(
                     name=str(event.get("name", "")), arguments=str(event.get("arguments", "")),
@@ -190,16 +191,16 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
                     ms=event.get("ms"), ts=event.get("ts"),
                 )
             )
-        elif kind == "error":
+        elif kind == Event.ERROR:
             errors.append({k: v for k, v in event.items() if k != "type"})
     fields = record.fields
     return CallDetail(
         **summary(fields, record.call_sid).model_dump(),
-        ended_at=_float(fields.get("ended_at")),
-        outcome=fields.get("outcome") or None,
-        end_reason=fields.get("end_reason") or None,
-        parameters=_parameters(fields.get("params")),
-        overrides=_overrides(fields.get("overrides")),
+        ended_at=_float(fields.get(CallField.ENDED_AT)),
+        outcome=fields.get(CallField.OUTCOME) or None,
+        end_reason=fields.get(CallField.END_REASON) or None,
+        parameters=_parameters(fields.get(CallField.PARAMS)),
+        overrides=_overrides(fields.get(CallField.OVERRIDES)),
         transcript=transcript,
         function_calls=functions,
         errors=errors,

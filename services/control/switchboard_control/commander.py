@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
-import orjson
 from fastapi import HTTPException, status
 
-from switchboard import entries
+from switchboard import entries, messages
 from switchboard import keys as keyspace
+from switchboard.messages import Event
 
 from . import metrics
 from .callstate import CallRecord, decode_event
@@ -31,17 +30,18 @@ class CommandTimeout(Exception):
         self.command_id = command_id
 
 
-async def send(state: State, record: CallRecord, op: str, *, wait: bool = True, **args: Any) -> CommandResult:
+async def send(state: State, record: CallRecord, command: messages.Command, *, wait: bool = True) -> CommandResult:
     """Send one command; raises CommandTimeout when no owner answers in time."""
     events_key = state.keys.events(record.stream_sid)
     command_id = uuid.uuid4().hex
     timeout = state.settings.command_ack_timeout_s
-    command = {"id": command_id, "op": op, "expires_at": round(time.time() + timeout, 3), **args}
+    op = command.op
+    envelope = messages.Envelope(id=command_id, expires_at=round(time.time() + timeout, 3), command=command)
     last = await state.redis.xrevrange(events_key, count=1)
     position: bytes | str = last[0][0] if last else "0-0"
     await state.redis.xadd(
         state.keys.commands(record.stream_sid),
-        entries.command(orjson.dumps(command)).fields(),  # type: ignore[arg-type]
+        entries.command(envelope.dumps()).fields(),  # type: ignore[arg-type]
         maxlen=keyspace.COMMANDS_STREAM_MAXLEN,
         approximate=True,
     )
@@ -56,7 +56,7 @@ async def send(state: State, record: CallRecord, op: str, *, wait: bool = True, 
                 event = decode_event(fields)
                 if event is None:
                     continue
-                if event["type"] == "command_result" and event.get("id") == command_id:
+                if event["type"] == Event.COMMAND_RESULT and event.get("id") == command_id:
                     applied = bool(event.get("ok"))
                     metrics.COMMANDS.labels(op, "applied" if applied else "rejected").inc()
                     return CommandResult(
@@ -65,7 +65,7 @@ async def send(state: State, record: CallRecord, op: str, *, wait: bool = True, 
                         worker=event.get("worker") or record.fields.get("worker") or None,
                         command_id=command_id,
                     )
-                if event["type"] == "call_ended":
+                if event["type"] == Event.CALL_ENDED:
                     metrics.COMMANDS.labels(op, "rejected").inc()
                     raise HTTPException(status.HTTP_409_CONFLICT, f"call {record.call_sid} ended before the command")
     metrics.COMMANDS.labels(op, "timeout").inc()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from switchboard.agent_settings import AgentSettings, Speak
+from switchboard.agent_settings import AgentSettings
 
 CALL_SID = r"^[A-Za-z0-9]{2,64}$"
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -55,39 +55,6 @@ class CommandResult(BaseModel):
     detail: str = Field(..., examples=["UpdatePrompt sent"])
     worker: str | None = Field(None, description="The worker that owns the call", examples=["worker-host-1a2b3c"])
     command_id: str = Field(..., examples=["5f1c2e0b9a9f4a5e8d2b6b7c1f0e3d4a"])
-
-
-class SayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "One moment please.", "behavior": "queue"}]})
-    text: str = Field(..., min_length=1, max_length=2000)
-    behavior: Literal["default", "queue", "interrupt"] = Field(
-        "queue",
-        description="queue: after the current speech (the API's default); interrupt: now, cutting the agent off; "
-        "default (Deepgram's): refused while anyone speaks, reported as an `injection_refused` event",
-    )
-
-
-class UserMessageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "I would like to book a test drive."}]})
-    text: str = Field(..., min_length=1, max_length=2000)
-
-
-class HangupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"after_reply": True}]})
-    after_reply: bool = Field(False, description="Let the agent finish its current reply first")
-
-
-class PromptRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"prompt": "You are a polite receptionist."}]})
-    prompt: str = Field(..., min_length=1, max_length=25_000)
-
-
-class VoiceRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"speak": {"provider": {"type": "deepgram", "model": "aura-2-luna-en"}}}]},
-    )
-    speak: Speak
 
 
 class CallSummary(BaseModel):

@@ -20,6 +20,7 @@ import orjson
 
 from .. import deepgram, entries
 from ..entries import Entry, Kind
+from ..messages import CallField, Event
 from .actions import Action, Count, Emit, GiveUp, Hangup, Observe, Reconnect, Record, ToAgent, ToCaller
 from .config import ConversationConfig
 from .context import build as build_context
@@ -86,24 +87,24 @@ class Conversation:
             # one would let the agent talk over the caller.
             actions.append(ToCaller(entries.clear()))
             if self.playing or self.agent_speaking:
-                actions.append(Emit("barge_in", {"reply": self._ledger.latest()}))
+                actions.append(Emit(Event.BARGE_IN, {"reply": self._ledger.latest()}))
                 actions.append(Observe("barge_in", ""))
             else:
-                actions.append(Emit("user_started_speaking", {}))
+                actions.append(Emit(Event.USER_STARTED_SPEAKING, {}))
             self._ledger.speaking = None
             # Where this utterance began, as a Redis stream id (ms): a takeover replays it
             # to the new session if it is never transcribed.
             self._utterance_at = f"{int((now + self._wall_offset_s) * 1000) - UTTERANCE_LEAD_MS}-0"
-            actions.append(Record({"utt_pos": self._utterance_at}))
+            actions.append(Record({CallField.UTT_POS: self._utterance_at}))
         elif kind == "ConversationText":
             role, content = str(msg.get("role", "")), str(msg.get("content", ""))
-            actions.append(Emit("transcript", {"role": role, "content": content}))
+            actions.append(Emit(Event.TRANSCRIPT, {"role": role, "content": content}))
             if role == "user":
                 self._caller_active(now)
                 self._activity.caller_speaking = False
                 # That utterance is answered: marked with its own position, so that the two
                 # writes may land in either order ("equal" means nothing to replay either way).
-                actions.extend((Count("turns"), Record({"utt_answered": self._utterance_at})))
+                actions.extend((Count(CallField.TURNS), Record({CallField.UTT_ANSWERED: self._utterance_at})))
             elif role == "assistant":
                 self._ledger.assistant_text(content)
                 self._activity.last_heard_at = now
@@ -147,7 +148,7 @@ class Conversation:
         if self._unanswered is None:
             return []
         message, self._unanswered = self._unanswered, None
-        return [ToAgent(deepgram.inject_user_message(message)), Emit("reask", {"content": message})]
+        return [ToAgent(deepgram.inject_user_message(message)), Emit(Event.REASK, {"content": message})]
 
     def on_agent_closed(self, now: float, *, expected: bool = False) -> list[Action]:
         """The Deepgram session ended. Unless the call is ending anyway (`expected`): reopen it, or give up.
@@ -168,7 +169,7 @@ class Conversation:
         if self._reconnects > self._config.max_reconnects:
             return [*actions, *self.request_hangup("deepgram_gone"), GiveUp("deepgram_gone")]
         self._last_error = None
-        return [*actions, Emit("agent_reconnect", {"cause": code, "attempt": self._reconnects}),
+        return [*actions, Emit(Event.AGENT_RECONNECT, {"cause": code, "attempt": self._reconnects}),
                 Observe("reconnect", code), Reconnect(code)]
 
     def on_agent_unavailable(self, reason: str, outcome: str) -> list[Action]:
@@ -185,8 +186,8 @@ class Conversation:
             return []
         self.hangup_reason = reason
         # Twilio asks the control API what to do after the stream closes: hang up, not reconnect.
-        return [ToCaller(entries.hangup(reason)), Record({"hangup_requested": reason}),
-                Emit("hangup_requested", {"reason": reason}), Hangup(reason)]
+        return [ToCaller(entries.hangup(reason)), Record({CallField.HANGUP_REQUESTED: reason}),
+                Emit(Event.HANGUP_REQUESTED, {"reason": reason}), Hangup(reason)]
 
     def on_caller_stop(self) -> None:
         """The edge says the stream is over: nothing more is decided for the caller."""
@@ -214,7 +215,7 @@ class Conversation:
             return self._ledger.edge_timing(entry.payload)
         if entry.kind is Kind.DTMF:
             self._caller_active(now)
-            return [Emit("dtmf", {"digit": entry.payload.decode(errors="replace")})]
+            return [Emit(Event.DTMF, {"digit": entry.payload.decode(errors="replace")})]
         return []
 
     # --- time ---------------------------------------------------------------------------------

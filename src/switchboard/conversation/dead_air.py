@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..messages import Event
 from .actions import Action, Emit, Observe, Reconnect, ToAgent
 from .config import ConversationConfig
 from .replies import ReplyLedger
@@ -46,7 +47,7 @@ class DeadAirWatch:
             action = "reconnect" if config.dead_air_action == "reengage" else "end_call"
             activity.last_heard_at = now
             out: list[Action] = [
-                Emit("dead_air", {"kind": "agent_stall", "silent_s": round(silent, 1), "action": action,
+                Emit(Event.DEAD_AIR, {"kind": "agent_stall", "silent_s": round(silent, 1), "action": action,
                                   "reply": ledger.speaking.number}),
                 Observe("dead_air", f"agent_stall:{action}"),
             ]
@@ -67,7 +68,7 @@ class DeadAirWatch:
             self.goodbye_pending = True
         message = orjson.dumps({"type": "InjectAgentMessage", "message": text}).decode()
         actions: list[Action] = [
-            Emit("dead_air", {"kind": "caller_idle", "silent_s": round(idle, 1), "action": action,
+            Emit(Event.DEAD_AIR, {"kind": "caller_idle", "silent_s": round(idle, 1), "action": action,
                               "attempt": self.reengaged}),
             Observe("dead_air", f"caller_idle:{action}"),
             ToAgent(message),

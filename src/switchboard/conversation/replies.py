@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .. import entries
+from ..messages import Event
 from .actions import Action, Emit, Observe, ToAgent, ToCaller
 from .config import ConversationConfig
 from .marks import BYTES_PER_MS, SEGMENT_BYTES, mark_name, parse_mark
@@ -90,7 +91,7 @@ class ReplyLedger:
             self._replies.pop(next(iter(self._replies)))
         actions.append(ToCaller(entries.mark(mark_name(self.session_id, reply.number, 0))))
         data = {"reply": reply.number, **{k: v for k, v in msg.items() if k != "type"}}
-        actions.append(Emit("agent_started_speaking", data))
+        actions.append(Emit(Event.AGENT_STARTED_SPEAKING, data))
         return actions
 
     def audio(self, nbytes: int) -> list[Action]:
@@ -107,11 +108,11 @@ class ReplyLedger:
     def audio_done(self) -> list[Action]:
         reply, self.speaking = self.speaking, None
         if reply is None:
-            return [Emit("agent_audio_done", {})]
+            return [Emit(Event.AGENT_AUDIO_DONE, {})]
         reply.audio_done = True
         return [
             ToCaller(entries.mark(mark_name(self.session_id, reply.number, reply.received, end=True))),
-            Emit("agent_audio_done", {"reply": reply.number}),
+            Emit(Event.AGENT_AUDIO_DONE, {"reply": reply.number}),
         ]
 
     def latency_report(self, msg: dict[str, Any]) -> list[Action]:
@@ -126,7 +127,7 @@ class ReplyLedger:
         if reply is not None and not reply.latency_emitted:
             reply.latency.update(in_ms)
         elif in_ms and target:
-            actions.append(Emit("turn_latency", {"reply": target, "stages": in_ms, "source": "LatencyReport"}))
+            actions.append(Emit(Event.TURN_LATENCY, {"reply": target, "stages": in_ms, "source": "LatencyReport"}))
         return actions
 
     # --- what Twilio reports back ---------------------------------------------------------------
@@ -203,7 +204,7 @@ class ReplyLedger:
         fraction = 1.0 if not interrupted else (heard_bytes / total if total else 0.0)
         heard_text = reply.text if fraction >= 1.0 else heard_prefix(reply.text, fraction)
         actions: list[Action] = [
-            Emit("reply_heard", {
+            Emit(Event.REPLY_HEARD, {
                 "reply": reply.number,
                 "text": reply.text,
                 "heard_text": heard_text,
@@ -217,7 +218,7 @@ class ReplyLedger:
         if reply.latency and not reply.latency_emitted:
             reply.latency_emitted = True
             switchboard = sum(v for k, v in reply.latency.items() if k in ("caller_to_deepgram", "worker_to_edge"))
-            actions.append(Emit("turn_latency", {
+            actions.append(Emit(Event.TURN_LATENCY, {
                 "reply": reply.number, "stages": dict(reply.latency), "switchboard_ms": round(switchboard, 2),
             }))
         actions.append(Observe("reply", "interrupted" if interrupted and fraction < 1.0 else "complete"))

@@ -19,15 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from switchboard import settings_store
-from switchboard.agent_settings import MASK, MaskedSecretError, restore_secrets
+from switchboard import messages, settings_store
+from switchboard.agent_settings import MASK, MaskedSecretError, Speak, restore_secrets
 
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
-from ..models import (
-    CALL_SID, CallDetail, CallList, CommandResult, HangupRequest, Problem, PromptRequest, SayRequest,
-    UserMessageRequest, VoiceRequest,
-)
+from ..models import CALL_SID, CallDetail, CallList, CommandResult, Problem
 from ..sse_slots import SlotStreamingResponse, client_key
 
 log = logging.getLogger(__name__)
@@ -171,10 +168,10 @@ async def _current_stream(state: State, call_sid: str, old_stream_sid: str) -> s
     return current.decode()
 
 
-async def _run(state: State, call_sid: str, op: str, wait: bool, response: Response, **args: Any) -> CommandResult:
+async def _run(state: State, call_sid: str, command: messages.Command, wait: bool, response: Response) -> CommandResult:
     record = await callstate.require(state, call_sid, live=True)
     try:
-        result = await commander.send(state, record, op, wait=wait, **args)
+        result = await commander.send(state, record, command, wait=wait)
     except commander.CommandTimeout as exc:
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, commander.timeout_response_detail(state, exc.command_id))
     if not wait:
@@ -183,39 +180,39 @@ async def _run(state: State, call_sid: str, op: str, wait: bool, response: Respo
 
 
 @router.post("/{call_sid}/say", response_model=CommandResult, responses=COMMAND_RESPONSES)
-async def say(call_sid: CallSid, body: SayRequest, state: StateDep, response: Response, wait: Wait = True) -> CommandResult:
+async def say(call_sid: CallSid, body: messages.Say, state: StateDep, response: Response,
+              wait: Wait = True) -> CommandResult:
     """The agent says this text (Deepgram `InjectAgentMessage`)."""
-    return await _run(state, call_sid, "say", wait, response, text=body.text, behavior=body.behavior)
+    return await _run(state, call_sid, body, wait, response)
 
 
 @router.post("/{call_sid}/user-message", response_model=CommandResult, responses=COMMAND_RESPONSES)
 async def user_message(
-    call_sid: CallSid, body: UserMessageRequest, state: StateDep, response: Response, wait: Wait = True
+    call_sid: CallSid, body: messages.InjectUser, state: StateDep, response: Response, wait: Wait = True
 ) -> CommandResult:
     """The agent hears this text as if the caller had said it (Deepgram `InjectUserMessage`)."""
-    return await _run(state, call_sid, "inject_user", wait, response, text=body.text)
+    return await _run(state, call_sid, body, wait, response)
 
 
 @router.post("/{call_sid}/hangup", response_model=CommandResult, responses=COMMAND_RESPONSES)
 async def hangup(
-    call_sid: CallSid, state: StateDep, response: Response, body: HangupRequest | None = None, wait: Wait = True
+    call_sid: CallSid, state: StateDep, response: Response, body: messages.Hangup | None = None, wait: Wait = True
 ) -> CommandResult:
     """End the call, at once or after the agent's current reply (`after_reply`)."""
-    after_reply = body.after_reply if body is not None else False
-    return await _run(state, call_sid, "hangup", wait, response, after_reply=after_reply)
+    return await _run(state, call_sid, body or messages.Hangup(), wait, response)
 
 
 @router.post("/{call_sid}/prompt", response_model=CommandResult, responses=COMMAND_RESPONSES)
 async def update_prompt(
-    call_sid: CallSid, body: PromptRequest, state: StateDep, response: Response, wait: Wait = True
+    call_sid: CallSid, body: messages.UpdatePrompt, state: StateDep, response: Response, wait: Wait = True
 ) -> CommandResult:
     """Change the running call's prompt (Deepgram `UpdatePrompt`); the call's stored settings stay."""
-    return await _run(state, call_sid, "update_prompt", wait, response, prompt=body.prompt)
+    return await _run(state, call_sid, body, wait, response)
 
 
 @router.post("/{call_sid}/voice", response_model=CommandResult, responses=COMMAND_RESPONSES)
 async def update_voice(
-    call_sid: CallSid, body: VoiceRequest, state: StateDep, response: Response, wait: Wait = True
+    call_sid: CallSid, body: messages.UpdateSpeak, state: StateDep, response: Response, wait: Wait = True
 ) -> CommandResult:
     """Change the running call's voice (Deepgram `UpdateSpeak`); "***" keeps the call's stored secrets."""
     speak = callstate.speak_payload(body.speak)
@@ -227,4 +224,4 @@ async def update_voice(
             speak = restore_secrets({"speak": speak}, {"speak": callstate.speak_payload(current.settings.speak)})["speak"]
         except MaskedSecretError as exc:
             raise RequestValidationError([{"loc": ("body", "speak"), "msg": str(exc), "type": "masked_secret"}]) from None
-    return await _run(state, call_sid, "update_speak", wait, response, speak=speak)
+    return await _run(state, call_sid, messages.UpdateSpeak(speak=Speak.model_validate(speak)), wait, response)

@@ -13,13 +13,20 @@ from fastapi import APIRouter, Body, Header, HTTPException, Path, Response, stat
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from switchboard import json_limits, settings_store
+from switchboard import json_limits, messages, settings_store
 from switchboard.agent_settings import AgentSettings, MaskedSecretError, masked, restore_secrets
 
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
 from ..models import (
-    CALL_SID, PROFILE_NAME, CallSettingsDocument, CommandResult, LiveChanges, Problem, ProfileList, ProfileSummary,
+    CALL_SID,
+    PROFILE_NAME,
+    CallSettingsDocument,
+    CommandResult,
+    LiveChanges,
+    Problem,
+    ProfileList,
+    ProfileSummary,
     SettingsDocument,
 )
 
@@ -216,11 +223,9 @@ async def _apply_live(
         return None
     changes = LiveChanges()
     if after.think.prompt != before.think.prompt:
-        changes.applied["update_prompt"] = await _command(state, record, "update_prompt", prompt=after.think.prompt)
+        changes.applied["update_prompt"] = await _command(state, record, messages.UpdatePrompt(prompt=after.think.prompt))
     if after.speak != before.speak:
-        changes.applied["update_speak"] = await _command(
-            state, record, "update_speak", speak=callstate.speak_payload(after.speak)
-        )
+        changes.applied["update_speak"] = await _command(state, record, messages.UpdateSpeak(speak=after.speak))
     old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
     for block in ("language", "listen", "think", "greeting", "tags", "mip_opt_out"):
         if block == "think":  # the prompt went live above
@@ -231,9 +236,9 @@ async def _apply_live(
     return changes
 
 
-async def _command(state: State, record: callstate.CallRecord, op: str, **args: Any) -> CommandResult:
+async def _command(state: State, record: callstate.CallRecord, command: messages.Command) -> CommandResult:
     try:
-        return await commander.send(state, record, op, **args)
+        return await commander.send(state, record, command)
     except commander.CommandTimeout as exc:
         return CommandResult(
             applied=False, detail=commander.timeout_response_detail(state, exc.command_id),

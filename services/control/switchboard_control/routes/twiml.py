@@ -29,13 +29,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from switchboard import capacity, signature
 from switchboard import keys as keyspace
 from switchboard.keys import RESUME_PARAMETER
+from switchboard.messages import CallField, Outcome
 
 from .. import callstate, metrics
 from ..deps import State, StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
-
-NO_CAPACITY = "no_capacity"  # outcome of a stream the edge refused for want of a free slot
 
 router = APIRouter(tags=["twilio"])
 log = logging.getLogger(__name__)
@@ -100,23 +99,23 @@ async def twiml_continue(
     form = await _verified_form(request, settings)
     call_sid = _first(form, "CallSid")
     record = await callstate.find(state, call_sid) if call_sid else None
-    if record is not None and record.fields.get("hangup_requested"):
-        reason = record.fields["hangup_requested"]
+    if record is not None and record.fields.get(CallField.HANGUP_REQUESTED):
+        reason = record.fields[CallField.HANGUP_REQUESTED]
         metrics.TWIML.labels("hangup").inc()
         return _xml(goodbye(settings, apologise=reason.startswith("deepgram")))
     if attempt > MAX_RECONNECTS:
         metrics.TWIML.labels("gave_up").inc()
         log.warning("stream kept failing; ending the call", extra={"call_sid": call_sid[:64]})
         return _xml(goodbye(settings, apologise=True))
-    if record is None or record.fields.get("outcome") == NO_CAPACITY:
+    if record is None or record.fields.get(CallField.OUTCOME) == Outcome.NO_CAPACITY:
         # The stream never reached a worker (refused for want of a slot, or never started):
         # admitted like a new call.
         held = await _admission(state, request, form, profile, 0)
         if held is not None:
             return _xml(held)
-    parameters = _caller_parameters(form, profile or (record.fields.get("profile") if record else None))
+    parameters = _caller_parameters(form, profile or (record.fields.get(CallField.PROFILE) if record else None))
     resume_of = None
-    if record is not None and record.fields.get("outcome") != NO_CAPACITY:
+    if record is not None and record.fields.get(CallField.OUTCOME) != Outcome.NO_CAPACITY:
         resume_of = record.stream_sid
         if state.settings.control_admission != "off":
             metrics.ADMISSIONS.labels("reconnect_admitted").inc()

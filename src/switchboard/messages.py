@@ -1,0 +1,161 @@
+"""What the three services say to each other through Redis, typed in one place.
+
+- `Event`: the types of a call's `:events` entries (worker → control API, SSE, journal);
+- `CallField`, `RecordState`, `Outcome`: the call record hash, written by the edge and the
+  worker, read by the control API;
+- the live commands (control API → the owner worker, on a call's `:cmd` stream): one pydantic
+  model per op, validated by the control API when a request comes in and parsed by the worker
+  with the very same models; `Envelope` is what travels.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .agent_settings import Speak
+
+
+class Event(StrEnum):
+    TRANSCRIPT = "transcript"
+    USER_STARTED_SPEAKING = "user_started_speaking"
+    BARGE_IN = "barge_in"
+    AGENT_STARTED_SPEAKING = "agent_started_speaking"
+    AGENT_AUDIO_DONE = "agent_audio_done"
+    REPLY_HEARD = "reply_heard"
+    TURN_LATENCY = "turn_latency"
+    DTMF = "dtmf"
+    DEAD_AIR = "dead_air"
+    HANGUP_REQUESTED = "hangup_requested"
+    AGENT_RECONNECT = "agent_reconnect"
+    REASK = "reask"
+    DEEPGRAM_CONNECTED = "deepgram_connected"
+    DEEPGRAM_CLOSED = "deepgram_closed"
+    RESUMED_FROM_STREAM = "resumed_from_stream"
+    FUNCTION_CALL = "function_call"
+    COMMAND_RESULT = "command_result"
+    ERROR = "error"
+    WARNING = "warning"
+    CALL_ENDED = "call_ended"
+    # Deepgram's acknowledgements and notices, noted as they come.
+    PROMPT_UPDATED = "prompt_updated"
+    SPEAK_UPDATED = "speak_updated"
+    THINK_UPDATED = "think_updated"
+    INJECTION_REFUSED = "injection_refused"
+    AGENT_THINKING = "agent_thinking"
+    FUNCTION_CALL_CANCELLED = "function_call_cancelled"
+    # Made by the control API for a client following a call, never stored.
+    STREAM_MOVED = "stream_moved"
+
+
+class CallField(StrEnum):
+    """Fields of a call record (`Keys.call(streamSid)`)."""
+
+    CALL_SID = "call_sid"
+    STREAM_SID = "stream_sid"
+    ACCOUNT_SID = "account_sid"
+    EDGE = "edge"
+    WORKER = "worker"
+    PROFILE = "profile"
+    PARAMS = "params"  # the stream's <Parameter>s, as JSON (a peer's claims; never a decision)
+    RESUME_OF = "resume_of"  # the stream this one continues, verified by the edge against its grant
+    STATE = "state"
+    STARTED_AT = "started_at"
+    ENDED_AT = "ended_at"
+    OUTCOME = "outcome"
+    END_REASON = "end_reason"
+    HANGUP_REQUESTED = "hangup_requested"  # why Switchboard asked the edge to end the call
+    OVERRIDES = "overrides"  # live prompt/voice changes, as JSON
+    TURNS = "turns"
+    UTT_POS = "utt_pos"  # where the caller's latest utterance began (a stream id)
+    UTT_ANSWERED = "utt_answered"  # the utterance position the last transcript answered
+    IN_POS = "in_pos"  # how far the owner has read the caller's stream
+    CMD_POS = "cmd_pos"
+    SETTINGS_SOURCE = "settings_source"
+    SETTINGS_VERSION = "settings_version"
+
+
+class RecordState(StrEnum):
+    WAITING = "waiting"  # announced, not claimed yet (or waiting for a free slot)
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class Outcome(StrEnum):
+    """How a call (or a stream of it) ended, as far as Switchboard decided; Deepgram failures add
+    `deepgram_<code>` and hang-ups their own reasons."""
+
+    COMPLETED = "completed"
+    ALREADY_ENDED = "already_ended"
+    NO_CAPACITY = "no_capacity"  # the edge refused the stream for want of a free slot
+    DEEPGRAM_GONE = "deepgram_gone"
+
+
+# --- live commands -------------------------------------------------------------------------------
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Say(_Command):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "One moment please.", "behavior": "queue"}]})
+    op: Literal["say"] = "say"
+    text: str = Field(..., min_length=1, max_length=2000)
+    behavior: Literal["default", "queue", "interrupt"] = Field(
+        "queue",
+        description="queue: after the current speech (the API's default); interrupt: now, cutting the agent off; "
+        "default (Deepgram's): refused while anyone speaks, reported as an `injection_refused` event",
+    )
+
+
+class InjectUser(_Command):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "I would like to book a test drive."}]})
+    op: Literal["inject_user"] = "inject_user"
+    text: str = Field(..., min_length=1, max_length=2000)
+
+
+class Hangup(_Command):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"after_reply": True}]})
+    op: Literal["hangup"] = "hangup"
+    after_reply: bool = Field(False, description="Let the agent finish its current reply first")
+
+
+class UpdatePrompt(_Command):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "You are a polite receptionist."}]})
+    op: Literal["update_prompt"] = "update_prompt"
+    prompt: str = Field(..., min_length=1, max_length=25_000)
+
+
+class UpdateSpeak(_Command):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"speak": {"provider": {"type": "deepgram", "model": "aura-2-luna-en"}}}]},
+    )
+    op: Literal["update_speak"] = "update_speak"
+    speak: Speak
+
+
+Command = Annotated[Say | InjectUser | Hangup | UpdatePrompt | UpdateSpeak, Field(discriminator="op")]
+
+
+class Envelope(BaseModel):
+    """One entry of a call's `:cmd` stream. A command found after `expires_at` is refused
+    unapplied: the control API has already told its client that it timed out."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., min_length=1, max_length=64)
+    expires_at: float | None = None
+    command: Command
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+_ENVELOPE = TypeAdapter(Envelope)
+
+
+def parse_envelope(raw: bytes) -> Envelope:
+    """Raises pydantic.ValidationError (a ValueError) for anything but a valid command."""
+    return _ENVELOPE.validate_json(raw)
