@@ -45,7 +45,7 @@ class System:
                            workers=self.workers, capacity=self.capacity, worker_id_format=literal_prefix + "w{n}",
                            worker_env={"LEASE_MS": "1500", **self.worker_env}, stop_timeout_s=15)
 
-    def start(self) -> "System":
+    def start(self) -> System:
         self.stack.start()
         self.edge_port = self.stack.edge_port
         return self
@@ -111,7 +111,8 @@ class System:
         return self.stack.call_record(stream_sid)
 
     def wait_call_ended(self, stream_sid: str, timeout: float = 15) -> dict[str, str]:
-        procs.wait_until(lambda: self.call_record(stream_sid).get("state") == "ended", timeout, f"call {stream_sid} to end")
+        procs.wait_until(lambda: self.call_record(stream_sid).get("state") == "ended", timeout,
+                         f"call {stream_sid} to end")
         return self.call_record(stream_sid)
 
     def emulator_sessions(self, call_sid: str) -> list[dict]:
@@ -152,7 +153,7 @@ class TcpBalancer:
         self.port = 0
         self._server = None
 
-    async def __aenter__(self) -> "TcpBalancer":
+    async def __aenter__(self) -> TcpBalancer:
         import asyncio
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -43,7 +43,9 @@ class CommonSettings(BaseSettings):
     key_prefix: str = Field("sb:", description="Prefix of every Redis key")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     metrics_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics")
-    call_retention_s: int = Field(3600, ge=60, description="How long an ended call's record and transcript stay readable")
+    call_retention_s: int = Field(
+        3600, ge=60, description="How long an ended call's record and transcript stay readable"
+    )
 
 
 def redis_client(settings: CommonSettings, *, blocking: bool = False) -> redis.Redis:

@@ -33,7 +33,8 @@ class _BenchStack(Stack):
 
     def __init__(self, log_dir: Path, emulator_args: tuple[str, ...] = (), **options: Any) -> None:
         self._dump = Path(tempfile.mkstemp(prefix="sb-bench-emu-", suffix=".json")[1])
-        command = (sys.executable, "-m", "switchboard_bench.emurun", "--dump", str(self._dump), "--log-level", "WARNING")
+        command = (sys.executable, "-m", "switchboard_bench.emurun", "--dump", str(self._dump),
+                   "--log-level", "WARNING")
         super().__init__(log_dir=log_dir, env=dict(QUIET), deepgram_api_key=EMULATOR_KEY,
                          emulator_args=emulator_args, emulator_command=command, start_wait_s=60, **options)
 
@@ -68,7 +69,7 @@ class SwitchboardStack(_BenchStack):
 
 
 class RelayStack(_BenchStack):
-    def start(self) -> "RelayStack":
+    def start(self) -> RelayStack:
         try:
             self.start_emulator()
             self.port = procs.free_port()

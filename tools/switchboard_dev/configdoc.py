@@ -53,7 +53,8 @@ MISSING_DESCRIPTIONS = {
     "EdgeSettings.edge_port": "Twilio WebSocket port (path /twilio)",
     "EdgeSettings.metrics_port": "Port of /healthz, /readyz, /metrics",
     "EdgeSettings.twilio_auth_token": "Checks X-Twilio-Signature; required unless EDGE_INSECURE_NO_SIGNATURE=true",
-    "EdgeSettings.edge_max_frame_bytes": "Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)",
+    "EdgeSettings.edge_max_frame_bytes":
+        "Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)",
     "EdgeSettings.edge_outbox_max_bytes": "Agent audio queued for one Twilio socket before it counts as stalled",
     "EdgeSettings.edge_stall_timeout_s": "A Twilio send slower than this cuts the socket",
     "WorkerSettings.worker_id": "Instance id in logs, leases and the call record",
@@ -93,7 +94,8 @@ COMPOSE_ONLY = {
     "PROMETHEUS_RETENTION": ComposeVariable("observability", "15d", "How long Prometheus keeps samples"),
     "GRAFANA_PUBLISH_PORT": ComposeVariable("observability", "3000", "Host port of Grafana (127.0.0.1 only)"),
     "GRAFANA_ADMIN_USER": ComposeVariable("observability", "admin", "Grafana admin user"),
-    "SWITCHBOARD_TAG": ComposeVariable("images", "local", "Tag of the locally built images (switchboard-edge:<tag>, …)"),
+    "SWITCHBOARD_TAG": ComposeVariable(
+        "images", "local", "Tag of the locally built images (switchboard-edge:<tag>, …)"),
 }
 
 # What is true of a variable only in the compose setup (added to its .env.example comment).

@@ -60,7 +60,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received = 0
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self.on_signal)
         return self

@@ -78,7 +78,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -118,15 +118,15 @@ class Service:
     log_path: Path | None = None
     health_url: str | None = None
 
-    def start(self, log_dir: Path | None = None, wait_s: float = 20) -> "Service":
+    def start(self, log_dir: Path | None = None, wait_s: float = 20) -> Service:
         env = {**os.environ, **self.env}
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = log_dir / f"{self.name}.log"
-            out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+            with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=log)
         else:
-            out = subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if self.health_url:
             wait_until(lambda: self.alive() and http_ok(self.health_url), wait_s, f"{self.name} to be healthy")
             if not self.alive():
@@ -219,7 +219,7 @@ class RedisClusterServers:
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self) -> "RedisClusterServers":
+    def start(self) -> RedisClusterServers:
         for _ in range(self.masters):
             node = RedisServer(port=_cluster_port())
             node.extra_args = ("--cluster-enabled", "yes", "--cluster-config-file", f"{node.workdir}/nodes.conf",

@@ -76,7 +76,7 @@ class Stack:
     control_service: procs.Service | None = None
 
     # --- starting ------------------------------------------------------------------------------
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         """Everything configured, in dependency order; on a failure what did start is stopped."""
         try:
             self.start_redis()

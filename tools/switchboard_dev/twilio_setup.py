@@ -27,7 +27,7 @@ class TwilioSetup:
     profile: str | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str], profile: str | None = None) -> "TwilioSetup":
+    def from_env(cls, environ: dict[str, str], profile: str | None = None) -> TwilioSetup:
         edge = environ.get("EDGE_PUBLIC_URL", "").strip()
         control = environ.get("CONTROL_PUBLIC_URL", "").strip().rstrip("/")
         missing = [name for name, value in (("EDGE_PUBLIC_URL", edge), ("CONTROL_PUBLIC_URL", control)) if not value]
