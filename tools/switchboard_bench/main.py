@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--settle-s", type=float, default=3.0, help="after the ramp, before the window opens")
     a("--workers", type=int, default=2, help="agent workers (capacity is sized to the level)")
     a("--barge-in-share", type=float, default=0.25, help="share of calls that interrupt every reply but the last")
+    a("--phase", choices=("random", "aligned"), default="random",
+      help="when in the 20 ms period each call sends: at random (as independent real calls) or all at once")
+    a("--agent-chunk-ms", type=int, default=100, help="agent audio per Deepgram message (multiple of 20)")
     a("--no-relay", action="store_true", help="skip the direct-relay baseline")
     a("--quick", action="store_true", help="smoke preset: 2 calls, 3 s window, short turns, 1 worker")
     a("--profile-level", type=int, help="py-spy the edge, first worker and relay during this level's window")
@@ -87,7 +90,7 @@ def _profiler(args: argparse.Namespace, level: int, plan: Plan) -> Profiler | No
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan(duration_s=args.duration_s, ramp_s=args.ramp_s, settle_s=args.settle_s,
-                barge_in_share=args.barge_in_share,
+                barge_in_share=args.barge_in_share, phase=args.phase, agent_chunk_ms=args.agent_chunk_ms,
                 **{k: getattr(args, k) for k in PLAN_OVERRIDES if hasattr(args, k)})
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     result: dict[str, Any] = {"command": " ".join(["switchboard-bench", *sys.argv[1:]]), "machine": machine(),

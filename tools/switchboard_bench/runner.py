@@ -42,6 +42,10 @@ class Plan:
     think_ms: int = 150
     reply_ms: int = 1500
     barge_in_after_ms: int = 400
+    # Real calls start at random instants, so their frames are spread over the 20 ms period;
+    # "aligned" sends every call's frame in the same millisecond (one Redis round trip for all).
+    phase: str = "random"
+    agent_chunk_ms: int = 100  # agent audio per Deepgram binary message (the emulator's --chunk-ms)
 
     def ramp(self, level: int) -> float:
         return self.ramp_s if self.ramp_s is not None else max(1.0, level * 0.02)
@@ -51,7 +55,8 @@ class Plan:
 
     @property
     def emulator_args(self) -> tuple[str, ...]:
-        return ("--eou-ms", str(self.eou_ms), "--think-ms", str(self.think_ms), "--reply-ms", str(self.reply_ms))
+        return ("--eou-ms", str(self.eou_ms), "--think-ms", str(self.think_ms), "--reply-ms", str(self.reply_ms),
+                "--chunk-ms", str(self.agent_chunk_ms))
 
     def _turns(self, level: int, barge_in: bool) -> int:
         reply_wait = self.utterance_ms + self.eou_ms + self.think_ms
@@ -70,7 +75,7 @@ class Plan:
                       "reply_timeout_ms": 8000 + self.eou_ms + self.think_ms}
             # Both groups share the ramp so the load rises evenly.
             groups.append({"name": name, "calls": calls, "ramp_ms": int(self.ramp(level) * 1000), "script": script})
-        return {"url": url, "emulator_url": emulator_http, "groups": groups}
+        return {"url": url, "emulator_url": emulator_http, "groups": groups, "phase": self.phase}
 
 
 def _wait_until(t: float) -> None:

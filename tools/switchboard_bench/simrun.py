@@ -31,6 +31,7 @@ def _config(plan: dict[str, Any], group: dict[str, Any]) -> SimConfig:
         script=CallScript(**group["script"]),
         emulator_url=plan["emulator_url"],
         connect_timeout_s=plan.get("connect_timeout_s", 20.0),
+        phase=plan.get("phase", "random"),
     )
 
 

@@ -1,8 +1,10 @@
 """One simulated Twilio call over a real WebSocket: the I/O shell around the pure parts.
 
-All calls of a process share one `Pacer`: a single 20 ms clock on an absolute schedule (no
-drift; after a stall it catches up, as a bunched network would) that asks each call for its
-next frame and writes it synchronously (`wsfast`). Per call, one task receives: it
+All calls of a process share one `Pacer`: a 20 ms clock on an absolute schedule (no drift;
+after a stall it catches up, as a bunched network would) that asks each call for its next
+frame and writes it synchronously (`wsfast`). Each call has its own phase within the 20 ms
+period, at random as real calls that start at random instants do (or all the same with
+`phase="aligned"`, which makes every call's frame arrive in the same millisecond). Per call, one task receives: it
 validates what the edge sends and feeds the playback model, the audio checker and the
 conversation. No per-frame logging: everything ends up in `CallResult`.
 """
@@ -13,10 +15,12 @@ import asyncio
 import base64
 import hashlib
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlencode, urljoin
 
 import httpx
@@ -58,6 +62,9 @@ class SimConfig:
     # <Stream> it names, and when the stream drops run what follows </Connect> (a <Redirect>
     # to a new stream of the same call); <Say>, <Pause>, <Redirect> and <Hangup/> as Twilio does.
     twiml_url: str | None = None
+    # When in the 20 ms period each call sends its frame: "random" (a random phase per call, as
+    # independent real calls) or "aligned" (every call at the same instant).
+    phase: Literal["random", "aligned"] = "random"
 
 
 @dataclass(slots=True)
@@ -104,10 +111,18 @@ MAX_WRITE_BUFFER = 1 << 20  # an edge that stops reading fails the call instead 
 
 
 class Pacer:
-    """The 20 ms clock of every call in this process (`async with Pacer() as pacer`)."""
+    """The 20 ms clock of every call in this process (`async with Pacer() as pacer`).
 
-    def __init__(self) -> None:
-        self._calls: dict[_Call, None] = {}  # insertion-ordered set
+    The period is cut into `PHASES` slots; a call sends in its own slot every period.
+    """
+
+    PHASES = 20  # 1 ms apart
+
+    def __init__(self, phase: Literal["random", "aligned"] = "random", rng: random.Random | None = None) -> None:
+        self._slots = self.PHASES if phase == "random" else 1
+        self._groups: list[dict[_Call, None]] = [{} for _ in range(self._slots)]  # insertion-ordered sets
+        self._slot_of: dict[_Call, int] = {}
+        self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
         self.max_lag_ms = 0.0
 
@@ -124,17 +139,22 @@ class Pacer:
             pass
 
     def add(self, call: _Call) -> None:
-        self._calls[call] = None
+        slot = self._rng.randrange(self._slots)
+        self._slot_of[call] = slot
+        self._groups[slot][call] = None
 
     def discard(self, call: _Call) -> None:
-        self._calls.pop(call, None)
+        slot = self._slot_of.pop(call, None)
+        if slot is not None:
+            self._groups[slot].pop(call, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        tick = 0
-        calls = self._calls
+        step_s = FRAME_MS / 1000 / self._slots
+        step = 0
         while True:
+            calls = self._groups[step % self._slots]
             now = _now_us()
             for call in list(calls):
                 try:
@@ -144,10 +164,10 @@ class Pacer:
                     call.fail(f"simulator error: {type(exc).__name__}")
                     more = False
                 if not more:
-                    del calls[call]
+                    self.discard(call)
                     call.ticking_done.set()
-            tick += 1
-            delay = t0 + tick * FRAME_MS / 1000 - loop.time()
+            step += 1
+            delay = t0 + step * step_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif -delay * 1000 > self.max_lag_ms:

@@ -150,7 +150,7 @@ async def run_load(config: SimConfig) -> LoadReport:
             report.results.append(await run_call(config, ident, http, pacer))
 
     limits = httpx.Limits(max_connections=20)
-    async with httpx.AsyncClient(timeout=5.0, limits=limits) as http, Pacer() as pacer:
+    async with httpx.AsyncClient(timeout=5.0, limits=limits) as http, Pacer(config.phase) as pacer:
         async with asyncio.TaskGroup() as tg:
             for i, ident in enumerate(idents):
                 tg.create_task(one(i, ident, http if config.emulator_url else None, pacer))
