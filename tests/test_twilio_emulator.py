@@ -310,3 +310,38 @@ def test_the_console_entry_point_serves_until_sigterm(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "switchboard_twilio_emulator", "--callee", "+1415=nope"],
                          check=False, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "callee" in bad.stderr
+
+
+async def test_no_request_however_malformed_gets_a_500_and_every_refusal_is_twilio_shaped():
+    import random
+    from urllib.parse import quote_from_bytes
+
+    rng = random.Random(1414)
+    names = ["To", "From", "Url", "Twiml", "Method", "Timeout", "StatusCallback", "StatusCallbackEvent",
+             "StatusCallbackMethod", "MachineDetection", "MachineDetectionTimeout", "AsyncAmd", "Status",
+             "AsyncAmdStatusCallback", "SendDigits", "TimeLimit", "Label", "EarlyMedia", "Muted", "Hold",
+             "PageSize", "Page", "Beep", "\x00", "ü"]
+    values = ["", " ", "+14155550123", "+15551234567", "true", "TRUE", "-1", "99999999999999999999", "GET", "post",
+              "http://127.0.0.1:9/x", "https://", "<Response><Hangup/></Response>", "<Response>", "Enable",
+              "completed", "canceled", "initiated ringing", "\udcff", "\u202e", "x" * 5000, "1.5", "0"]
+    async with TwilioEmulator(config(cps=1000, default_callee='{"kind": "busy", "ring_s": 0}')) as twilio:
+        base = f"{twilio.url}/2010-04-01/Accounts/{twilio.config.account_sid}"
+        auth = (twilio.config.account_sid, TOKEN)
+        paths = ["/Calls.json", "/Calls/CA" + "0" * 32 + ".json", "/Conferences/room/Participants.json",
+                 "/Conferences/CF" + "0" * 32 + ".json", "/Conferences/room/Participants/x.json", "/Nope.json"]
+        async with httpx.AsyncClient(timeout=10) as http:
+            for _ in range(200):
+                form = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(0, 8))]
+                body = "&".join(quote_from_bytes(k.encode("utf-8", "surrogatepass")) + "="
+                                + quote_from_bytes(v.encode("utf-8", "surrogatepass")) for k, v in form).encode()
+                method = rng.choice(["GET", "POST", "POST", "DELETE", "PUT"])
+                r = await http.request(method, base + rng.choice(paths), content=body, auth=auth,
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+                assert r.status_code < 500, (method, form, r.text)
+                if r.status_code >= 400:
+                    err = r.json()
+                    assert set(err) == {"code", "message", "more_info", "status"} and err["status"] == r.status_code
+            r = await http.post(base + "/Calls.json", content=b"\xff\xfe" * 100, auth=auth)
+            assert r.status_code == 400 and r.json()["code"] == 21201
+            r = await http.post(base + "/Calls.json", content=b"To=" + b"1" * 70_000, auth=auth)
+            assert r.status_code == 400 and "larger than" in r.json()["message"]

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from switchboard_callsim.leg import CallerLeg
-from switchboard_callsim.machine import Machine, MachineScript
-from switchboard_callsim.script import Conversation
-from switchboard_callsim.twiliomsg import CallIdentity
 
 from . import amd as amd_rules
+from . import party
 from .callees import Callee
 from .lifecycle import SIP_CODES, CallStatus, Event, Subscription, callback_status, transition
 from .records import Timeline
@@ -304,22 +302,7 @@ class CallActor:
     # --- the party on the line --------------------------------------------------------------------
     def ensure_leg(self) -> CallerLeg:
         if self.leg is None:
-            callee = self.callee
-            answered_us = int((self.rec.answered_at or time.time()) * 1_000_000)
-            if callee.kind == "person":
-                def party(playback: Any, start_us: int) -> Any:
-                    return Conversation(callee.script, playback, start_us, self.core.config.synthetic_audio)
-            else:
-                machine = callee.machine if callee.kind == "voicemail" else MachineScript(
-                    lead_ms=callee.machine.lead_ms, greeting_ms=callee.machine.greeting_ms, gap_ms=0, beep_ms=0,
-                    record_ms=callee.machine.record_ms)
-
-                def party(playback: Any, start_us: int) -> Any:
-                    return Machine(machine, playback, answered_us)  # its greeting started at the answer
-            ident = CallIdentity(self.rec.account_sid, self.sid, "MZ" + "0" * 32)
-            self.leg = CallerLeg(ident, party, script=callee.script, auth_token=self.core.account.auth_token,
-                                 synthetic=self.core.config.synthetic_audio,
-                                 connect_timeout_s=self.core.config.stream_connect_timeout_s)
+            self.leg = party.leg_for(self)
         return self.leg
 
     # --- timers -----------------------------------------------------------------------------------
@@ -393,50 +376,14 @@ class CallActor:
             child.hang_up("parent-ended")
         self.core.metrics.calls.labels(str(status), rec.direction).inc()
         log.info("call ended: %s (%s)", status, reason, extra=self.extra)
-        self.report = self._party_report()
+        self.report = party.report(self.leg)
         self._finished.set()
         self.core.changes.notify()
         self.core.spawn(self._complete_report(), f"report {self.sid}")
 
-    def _party_report(self) -> dict[str, Any] | None:
-        if self.leg is None:
-            return None
-        result = self.leg.result()
-        conv = self.leg.conversation
-        report: dict[str, Any] = {
-            "streams": [s.to_json() for s in self.leg.segments],
-            "failure": result.failure,
-            "turns_completed": result.turns_completed,
-            "turn_latencies_ms": [round(v / 1000, 1) for v in result.turn_latencies_us],
-            "barge_in_latencies_ms": [round(v / 1000, 1) for v in result.barge_in_latencies_us],
-            "byte_exact_out": result.byte_exact_out,
-            "out_reasons": result.out_reasons,
-            "byte_exact_in": None,
-            "in_reasons": [],
-            "agent_frames": result.agent_frames,
-            "received_audio_bytes": result.received_audio_bytes,
-            "sent_audio_bytes": result.sent_audio_bytes,
-            "sent_audio_sha256": result.sent_audio_sha256,
-            "marks_echoed": result.marks_echoed,
-            "clears": result.clears,
-            "heard_at_clear_ms": result.heard_at_clear_ms,
-            "warnings": {str(code): n for code, n in result.warnings.items()},
-            "warning_reasons": result.warning_reasons,
-        }
-        if isinstance(conv, Machine):
-            report["machine"] = conv.report()
-        return report
-
     async def _complete_report(self) -> None:
-        url = self.core.config.deepgram_emulator_url
         try:
-            if url and self.report is not None and self.report["sent_audio_bytes"]:
-                from switchboard_callsim.emucheck import caller_audio_verdict
-
-                verdict, reasons = await caller_audio_verdict(self.core.http, url, self.sid,
-                                                              self.report["sent_audio_bytes"],
-                                                              self.report["sent_audio_sha256"])
-                self.report["byte_exact_in"], self.report["in_reasons"] = verdict, reasons
+            await party.check_caller_audio(self)
             await self.callbacks_sent()
         finally:
             self.report_complete = True
