@@ -28,6 +28,9 @@ class Event(StrEnum):
     REPLY_HEARD = "reply_heard"
     TURN_LATENCY = "turn_latency"
     DTMF = "dtmf"
+    DTMF_ENTRY = "dtmf_entry"  # keys collected into one entry for the agent (masked when configured)
+    TRANSFER = "transfer"  # one step of a transfer to a person (switchboard.transfers)
+    PRECALL = "precall"  # the pre-call lookup: answered, failed or late
     DEAD_AIR = "dead_air"
     HANGUP_REQUESTED = "hangup_requested"
     AGENT_RECONNECT = "agent_reconnect"
@@ -76,6 +79,8 @@ class CallField(StrEnum):
     CMD_POS = "cmd_pos"
     SETTINGS_SOURCE = "settings_source"
     SETTINGS_VERSION = "settings_version"
+    TRANSFER = "transfer"  # the call's latest transfer to a person, as JSON (switchboard.transfers)
+    PRECALL = "precall"  # what the pre-call lookup returned (context, settings), as JSON
 
 
 class RecordState(StrEnum):
@@ -93,6 +98,8 @@ class Outcome(StrEnum):
     ALREADY_ENDED = "already_ended"
     NO_CAPACITY = "no_capacity"  # the edge refused the stream for want of a free slot
     DEEPGRAM_GONE = "deepgram_gone"
+    TRANSFERRED = "transferred"  # a person took the call (cold: dialled; warm: answered)
+    TRANSFERRING = "transferring"  # warm: the agent's part is over, the caller holds for a person
 
 
 # --- live commands -------------------------------------------------------------------------------
@@ -137,7 +144,27 @@ class UpdateSpeak(_Command):
     speak: Speak
 
 
-Command = Annotated[Say | InjectUser | Hangup | UpdatePrompt | UpdateSpeak, Field(discriminator="op")]
+# A number (E.164) or a SIP URI; the profile's allow-list decides whether it may be dialled.
+TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>]{3,200})$"
+
+
+class Transfer(_Command):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"to": "+14155550100", "mode": "warm", "announce": "Let me connect you with a colleague."},
+    ]})
+    op: Literal["transfer"] = "transfer"
+    to: str = Field(..., pattern=TRANSFER_TARGET, description="A number or SIP URI on the profile's allow-list")
+    mode: Literal["cold", "warm"] = Field(
+        "cold", description="cold: the call is redirected to the target once the agent's sentence has played; "
+        "warm: the caller holds in a conference while the target hears a summary, then they are joined",
+    )
+    announce: str | None = Field(None, min_length=1, max_length=500,
+                                 description="What the agent says to the caller first (played in full before moving)")
+    summary: str | None = Field(None, min_length=1, max_length=1000,
+                                description="Warm: what the target hears first (default: built from the transcript)")
+
+
+Command = Annotated[Say | InjectUser | Hangup | UpdatePrompt | UpdateSpeak | Transfer, Field(discriminator="op")]
 
 
 class Envelope(BaseModel):
