@@ -52,6 +52,11 @@ class Event(StrEnum):
     FUNCTION_CALL_CANCELLED = "function_call_cancelled"
     # Made by the control API for a client following a call, never stored.
     STREAM_MOVED = "stream_moved"
+    # Outbound calls (switchboard.outbound): Twilio's lifecycle and AMD verdict as control heard
+    # them (on the outbound call's own events stream), and what the worker did with the verdict.
+    OUTBOUND_STATUS = "outbound_status"
+    AMD_VERDICT = "amd_verdict"
+    AMD_DECISION = "amd_decision"
 
 
 class CallField(StrEnum):
@@ -81,6 +86,11 @@ class CallField(StrEnum):
     SETTINGS_VERSION = "settings_version"
     TRANSFER = "transfer"  # the call's latest transfer to a person, as JSON (switchboard.transfers)
     PRECALL = "precall"  # what the pre-call lookup returned (context, settings), as JSON
+    # Outbound calls with answering-machine detection: the verdict, what was done, how long the
+    # greeting waited for it (switchboard.conversation.amd).
+    AMD_ANSWERED_BY = "amd_answered_by"
+    AMD_ACTION = "amd_action"
+    AMD_WAITED_MS = "amd_waited_ms"
 
 
 class RecordState(StrEnum):
@@ -100,6 +110,7 @@ class Outcome(StrEnum):
     DEEPGRAM_GONE = "deepgram_gone"
     TRANSFERRED = "transferred"  # a person took the call (cold: dialled; warm: answered)
     TRANSFERRING = "transferring"  # warm: the agent's part is over, the caller holds for a person
+    VOICEMAIL = "voicemail"  # an answering machine took the call: the message was left (or not), then hung up
 
 
 # --- live commands -------------------------------------------------------------------------------
@@ -164,7 +175,27 @@ class Transfer(_Command):
                                 description="Warm: what the target hears first (default: built from the transcript)")
 
 
-Command = Annotated[Say | InjectUser | Hangup | UpdatePrompt | UpdateSpeak | Transfer, Field(discriminator="op")]
+AnsweredBy = Literal["human", "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax",
+                     "unknown"]
+
+
+class AmdVerdict(_Command):
+    """Twilio's answering-machine verdict for an outbound call (control → the call's worker).
+
+    A command rather than a record field the worker would follow: the worker already follows
+    every call's `:cmd` stream through its shared reader, so the verdict arrives within one read
+    and is acknowledged like any command, with no polling. The verdict is also on the outbound
+    record, which the worker reads when it claims the call: a verdict that came before the
+    stream existed, or before a takeover, is not lost. It never expires (`expires_at` unset)."""
+
+    op: Literal["amd_verdict"] = "amd_verdict"
+    answered_by: AnsweredBy
+    detection_ms: int | None = Field(None, ge=0, le=600_000, description="Twilio's MachineDetectionDuration")
+    received_at: float | None = Field(None, description="When control got the verdict (Unix time)")
+
+
+Command = Annotated[Say | InjectUser | Hangup | UpdatePrompt | UpdateSpeak | Transfer | AmdVerdict,
+                    Field(discriminator="op")]
 
 
 class Envelope(BaseModel):
