@@ -23,6 +23,7 @@ import redis.asyncio as redis
 
 from switchboard import twilio
 from switchboard.keys import RESUME_PARAMETER, STREAM_TOKEN_PARAMETER, Keys
+from switchboard.messages import CallField, RecordState
 
 # A claimed streamSid whose stream never got further (refused token, Redis error) lapses soon;
 # the call record written once the stream is admitted sets the real lifetime.
@@ -67,8 +68,8 @@ async def admit_identity(
     raw = await client.get(keys.call_by_callsid(start.call_sid))
     bound = raw.decode() if isinstance(raw, bytes) else raw
     if bound is not None and bound not in (start.stream_sid, offered_resume):
-        state = await client.hget(keys.call(bound), "state")
-        if state is not None and state != b"ended":
+        state = await client.hget(keys.call(bound), CallField.STATE)
+        if state is not None and state != RecordState.ENDED.encode():
             return Verdict("callsid_in_use", "the callSid belongs to another live stream")
     return Verdict(resume_of=offered_resume)
 

@@ -15,6 +15,7 @@ from redis.typing import EncodableT
 from switchboard import capacity, twilio
 from switchboard import keys as keyspace
 from switchboard.keys import RESUME_PARAMETER, Keys
+from switchboard.messages import CallField, Outcome, RecordState
 
 MAX_CALL_TTL_S = 6 * 3600
 
@@ -22,17 +23,17 @@ MAX_CALL_TTL_S = 6 * 3600
 def start_fields(start: twilio.Start, edge_id: str) -> dict[EncodableT, EncodableT]:
     now = time.time()
     return {
-        "call_sid": start.call_sid.encode(),
-        "stream_sid": start.stream_sid.encode(),
-        "account_sid": start.account_sid.encode(),
-        "edge": edge_id.encode(),
-        "profile": start.custom_parameters.get("profile", "").encode(),
-        "params": orjson.dumps(start.custom_parameters),
+        CallField.CALL_SID: start.call_sid.encode(),
+        CallField.STREAM_SID: start.stream_sid.encode(),
+        CallField.ACCOUNT_SID: start.account_sid.encode(),
+        CallField.EDGE: edge_id.encode(),
+        CallField.PROFILE: start.custom_parameters.get("profile", "").encode(),
+        CallField.PARAMS: orjson.dumps(start.custom_parameters),
         # Set only for a resume this edge verified against its one-time grant: the worker trusts
         # this field, never the parameters.
-        "resume_of": start.custom_parameters.get(RESUME_PARAMETER, "").encode(),
-        "state": b"waiting",
-        "started_at": repr(now).encode(),
+        CallField.RESUME_OF: start.custom_parameters.get(RESUME_PARAMETER, "").encode(),
+        CallField.STATE: RecordState.WAITING.encode(),
+        CallField.STARTED_AT: repr(now).encode(),
     }
 
 
@@ -72,9 +73,10 @@ async def record_refusal(client: redis.Redis, keys: Keys, start: twilio.Start, e
     admission policy instead of reconnecting it."""
     sid = start.stream_sid
     pipe = client.pipeline(transaction=False)
-    pipe.hset(keys.call(sid), mapping={**start_fields(start, edge_id), "state": b"ended",
-                                       "outcome": b"no_capacity", "end_reason": b"no_capacity",
-                                       "ended_at": repr(time.time()).encode()})
+    pipe.hset(keys.call(sid), mapping={**start_fields(start, edge_id), CallField.STATE: RecordState.ENDED.encode(),
+                                       CallField.OUTCOME: Outcome.NO_CAPACITY.encode(),
+                                       CallField.END_REASON: Outcome.NO_CAPACITY.encode(),
+                                       CallField.ENDED_AT: repr(time.time()).encode()})
     pipe.expire(keys.call(sid), retention_s)
     pipe.set(keys.call_by_callsid(start.call_sid), sid, ex=retention_s)
     pipe.zrem(keys.live_calls(), sid)
