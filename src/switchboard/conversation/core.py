@@ -22,6 +22,7 @@ from .. import deepgram, entries
 from ..entries import Entry, Kind
 from ..messages import CallField, Event
 from .actions import Action, Count, Emit, GiveUp, Hangup, Observe, Reconnect, Record, ToAgent, ToCaller
+from .amd import AmdConfig, AmdGate, Decision, decide
 from .config import ConversationConfig
 from .context import build as build_context
 from .dead_air import Activity, DeadAirWatch
@@ -55,6 +56,9 @@ class Conversation:
         self._stopped = False
         self._end_after_reply: str | None = None
         self.hangup_reason: str | None = None
+        # Outbound calls with answering-machine detection (amd.py): the greeting waits for the verdict.
+        self._amd: AmdGate | None = None
+        self._say_when_connected: str | None = None
 
     # --- configuration --------------------------------------------------------------------------
     @property
@@ -145,10 +149,11 @@ class Conversation:
         self.connected = True
         self._connected_at = now
         self._activity.last_agent_audio_at = now
+        held = self._held_words()  # a greeting or voicemail message decided before the session was up
         if self._unanswered is None:
-            return []
+            return held
         message, self._unanswered = self._unanswered, None
-        return [ToAgent(deepgram.inject_user_message(message)), Emit(Event.REASK, {"content": message})]
+        return [*held, ToAgent(deepgram.inject_user_message(message)), Emit(Event.REASK, {"content": message})]
 
     def on_agent_closed(self, now: float, *, expected: bool = False) -> list[Action]:
         """The Deepgram session ended. Unless the call is ending anyway (`expected`): reopen it, or give up.
@@ -218,8 +223,76 @@ class Conversation:
             return [Emit(Event.DTMF, {"digit": entry.payload.decode(errors="replace")})]
         return []
 
+    # --- answering-machine detection (amd.py) -------------------------------------------------------
+    def start_amd(self, config: AmdConfig, now: float, *, verdict: str | None = None,
+                  detection_ms: int | None = None, decided: bool = False) -> list[Action]:
+        """This outbound call's greeting waits for Twilio's verdict. A verdict known already is carried
+        out at once, unless `decided` (a takeover: the previous session carried it out)."""
+        self._amd = AmdGate(config, now)
+        if verdict is None:
+            return []
+        if decided:
+            self._amd.settle(decide(verdict, config, waited_ms=0, detection_ms=detection_ms))
+            return []
+        return self.on_amd_verdict(verdict, detection_ms, now)
+
+    def on_amd_verdict(self, answered_by: str, detection_ms: int | None, now: float) -> list[Action]:
+        """Twilio's verdict: greet, leave the voicemail message and hang up, or hang up (once)."""
+        if self._amd is None:
+            return []  # detection was not asked for on this call: nothing waits for a verdict
+        decision = self._amd.verdict(answered_by, detection_ms, now)
+        return self._amd_decided(decision, now) if decision is not None else []
+
+    @property
+    def holding_caller_audio(self) -> bool:
+        """The agent must not hear the line: its verdict is pending, or a machine answered."""
+        return self._amd is not None and self._amd.holding_audio
+
+    def withheld_caller_audio(self, nbytes: int) -> None:
+        if self._amd is not None:
+            self._amd.withheld_bytes += nbytes
+
+    def _amd_decided(self, decision: Decision, now: float) -> list[Action]:
+        assert self._amd is not None
+        self._caller_active(now)  # the dead-air clocks start at the decision, not at the answer
+        config = self._amd.config
+        actions: list[Action] = [
+            Emit(Event.AMD_DECISION, {**decision.event(), "withheld_bytes": self._amd.withheld_bytes}),
+            Record({CallField.AMD_ANSWERED_BY: decision.answered_by, CallField.AMD_ACTION: decision.action,
+                    CallField.AMD_WAITED_MS: str(decision.waited_ms)}),
+        ]
+        if decision.outcome is None:
+            return actions + self._say(config.greeting)
+        reason = "voicemail" if decision.behaviour == "voicemail" else f"amd_{decision.answered_by}"
+        if decision.action == "leave_message" and config.voicemail_message:
+            actions += self._say(config.voicemail_message)
+            actions += self.request_hangup(reason, after_reply=True)  # once the message has been sent
+        else:
+            actions += self.request_hangup(reason)
+        return [*actions, GiveUp(decision.outcome)]
+
+    def _say(self, text: str | None) -> list[Action]:
+        if not text:
+            return []
+        if self.connected:
+            return [ToAgent(deepgram.inject_agent_message(text))]
+        self._say_when_connected = text
+        return []
+
+    def _held_words(self) -> list[Action]:
+        text, self._say_when_connected = self._say_when_connected, None
+        return [ToAgent(deepgram.inject_agent_message(text))] if text else []
+
     # --- time ---------------------------------------------------------------------------------
     def tick(self, now: float) -> list[Action]:
+        """Twice a second. While an answering machine is being detected the line is quiet on purpose:
+        only the verdict's timeout, no dead air; else `_tick`."""
+        if self._amd is not None and self._amd.pending and not self._stopped:
+            decision = self._amd.tick(now)
+            return self._amd_decided(decision, now) if decision is not None else []
+        return self._tick(now)
+
+    def _tick(self, now: float) -> list[Action]:
         """Twice a second while a Deepgram session is up and the call is not ending: dead air."""
         if not self.connected or self._stopped or self.hangup_reason is not None:
             return []
