@@ -18,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, mode
 from pydantic_core import PydanticCustomError
 
 from . import json_limits
+from .answering import Amd, Voicemail
+from .call_features import Dtmf, PreCall, Transfer
 from .redaction import (
     MASK, MaskedSecretError, holds_secret, is_secret_name, is_url, redact_url, restore_url, same_origin,
 )
@@ -221,6 +223,12 @@ class AgentSettings(BaseModel):
     heard: Heard = Field(default_factory=Heard)
     dead_air: DeadAir = Field(default_factory=DeadAir)
     journal: Journal = Field(default_factory=Journal)
+    # Outbound calls: answering-machine detection, and what a machine gets (switchboard.answering).
+    amd: Amd = Field(default_factory=Amd)
+    voicemail: Voicemail = Field(default_factory=Voicemail)
+    dtmf: Dtmf = Field(default_factory=Dtmf)
+    transfer: Transfer = Field(default_factory=Transfer)
+    precall: PreCall | None = Field(None, description="Optional lookup before the greeting (CRM); see README")
 
     @model_validator(mode="after")
     def _bounded_document(self) -> "AgentSettings":

@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .agent_settings import Speak
+from .call_features import TRANSFER_TARGET
 
 
 class Event(StrEnum):
@@ -153,10 +154,6 @@ class UpdateSpeak(_Command):
     )
     op: Literal["update_speak"] = "update_speak"
     speak: Speak
-
-
-# A number (E.164) or a SIP URI; the profile's allow-list decides whether it may be dialled.
-TRANSFER_TARGET = r"^(\+[1-9][0-9]{6,14}|sips?:[^\s<>]{3,200})$"
 
 
 class Transfer(_Command):

@@ -76,4 +76,20 @@ class Observe:
     value: float = 1.0
 
 
-Action = Emit | ToAgent | ToCaller | Hangup | GiveUp | Reconnect | Record | Count | Observe
+@dataclass(frozen=True, slots=True)
+class DigitsCollected:
+    """A `collect_digits` function call is answered with `content` (JSON text; see dtmf.py)."""
+
+    call_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """What the agent was saying has played (or `forced`: the wait ran out): `token` may go on (handoff.py)."""
+
+    token: str
+    forced: bool = False
+
+
+Action = Emit | ToAgent | ToCaller | Hangup | GiveUp | Reconnect | Record | Count | Observe | DigitsCollected | Played

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent_settings import AgentSettings
+from ..call_features import Dtmf
 
 
 @dataclass(slots=True)
@@ -19,6 +20,7 @@ class ConversationConfig:
     max_reengage: int = 2
     goodbye_message: str = "Goodbye!"
     max_reconnects: int = 3  # Deepgram drops in a row before the call gives up (the worker's setting)
+    dtmf: Dtmf = field(default_factory=Dtmf)
 
     @classmethod
     def from_settings(cls, settings: AgentSettings, max_reconnects: int = 3) -> ConversationConfig:
@@ -33,4 +35,5 @@ class ConversationConfig:
             max_reengage=dead_air.max_reengage,
             goodbye_message=dead_air.goodbye_message,
             max_reconnects=max_reconnects,
+            dtmf=settings.dtmf,
         )

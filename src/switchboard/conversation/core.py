@@ -26,6 +26,8 @@ from .amd import AmdConfig, AmdGate, Decision, decide
 from .config import ConversationConfig
 from .context import build as build_context
 from .dead_air import Activity, DeadAirWatch
+from .dtmf import KeypadCollector
+from .handoff import Handoff
 from .replies import ReplyLedger
 
 STABLE_SESSION_S = 30.0  # a Deepgram session this old resets the reconnect budget
@@ -44,6 +46,8 @@ class Conversation:
         self._ledger = ReplyLedger(config, self.session_id)
         self._dead_air = DeadAirWatch(config)
         self._config = config
+        self._keypad = KeypadCollector(config.dtmf)
+        self._handoff = Handoff()
         self._utterance_transit_us = 0
         self._utterance_at = ""
         # The Deepgram session and the end of the call.
@@ -69,6 +73,7 @@ class Conversation:
     def config(self, config: ConversationConfig) -> None:
         """New settings mid-call (a prompt or voice change): notes about what was heard use them."""
         self._config = self._ledger.config = self._dead_air.config = config
+        self._keypad.config = config.dtmf
 
     @property
     def playing(self) -> bool:
@@ -113,6 +118,7 @@ class Conversation:
                 self._ledger.assistant_text(content)
                 self._activity.last_heard_at = now
         elif kind == "AgentStartedSpeaking":
+            self._handoff.reply_started()
             actions.extend(self._ledger.start(now, msg, self._utterance_transit_us))
             self._utterance_transit_us = 0
             self._activity.last_agent_audio_at = now
@@ -129,7 +135,7 @@ class Conversation:
             actions.extend(self._dead_air.injection_refused(self._end_call))
         elif kind == "Error":
             self._last_error = str(msg.get("code", "UNKNOWN"))
-        return actions
+        return actions + self._played(now)
 
     def on_agent_audio(self, nbytes: int, now: float) -> list[Action]:
         """Call after the audio itself went to :out: a mark goes right behind it when due."""
@@ -163,6 +169,7 @@ class Conversation:
         self.connected = False
         self._activity.last_agent_audio_at = now
         actions = self._ledger.audio_done() if self.agent_speaking else []
+        actions.extend(self._keypad.agent_gone())
         if expected or self._stopped:
             return actions
         code = self._last_error or "closed"
@@ -209,19 +216,49 @@ class Conversation:
             actions, audible = self._ledger.mark_echoed(entry.payload.decode(errors="replace"), entry.t_us / 1e6, now)
             if audible:
                 self._activity.last_heard_at = now
-            return actions
+            return actions + self._played(now)
         if entry.kind is Kind.CLEARED:
             try:
                 flushed = [str(name) for name in orjson.loads(entry.payload or b"[]")]
             except (orjson.JSONDecodeError, TypeError):
                 flushed = []
-            return self._ledger.cleared(flushed, entry.t_us / 1e6)
+            return self._ledger.cleared(flushed, entry.t_us / 1e6) + self._played(now)
         if entry.kind is Kind.TIMING:
             return self._ledger.edge_timing(entry.payload)
         if entry.kind is Kind.DTMF:
             self._caller_active(now)
-            return [Emit(Event.DTMF, {"digit": entry.payload.decode(errors="replace")})]
+            return self._keypad.key(entry.payload.decode(errors="replace"), now)
         return []
+
+    # --- keypad input (dtmf.py) -------------------------------------------------------------------
+    @property
+    def masks_dtmf(self) -> bool:
+        """Keys are never stored in clear (the journal's copy of a dtmf entry is masked too)."""
+        return self._keypad.masking
+
+    def collect_digits(self, call_id: str, arguments: Any, now: float) -> list[Action]:
+        """The agent's `collect_digits` call: answered (DigitsCollected) once an entry is complete."""
+        return self._keypad.request(call_id, arguments, now)
+
+    def reveal_digits(self, value: Any) -> Any:
+        """Function arguments with masked entries' references replaced by their digits (webhooks only)."""
+        return self._keypad.reveal(value)
+
+    # --- leaving the agent (handoff.py) ---------------------------------------------------------
+    def when_played(self, token: str, now: float, *, expect_reply: bool, reply_wait_s: float) -> list[Action]:
+        """`Played(token)` once what the agent says has played to the caller (at once if nothing does)."""
+        return list(self._handoff.wait(token, now, expect_reply=expect_reply, reply_wait_s=reply_wait_s,
+                                       quiet=self._quiet))
+
+    def cancel_when_played(self, token: str) -> None:
+        self._handoff.cancel(token)
+
+    @property
+    def _quiet(self) -> bool:
+        return not self.playing and not self.agent_speaking
+
+    def _played(self, now: float) -> list[Action]:
+        return list(self._handoff.check(now, quiet=self._quiet)) if self._handoff.waiting else []
 
     # --- answering-machine detection (amd.py) -------------------------------------------------------
     def start_amd(self, config: AmdConfig, now: float, *, verdict: str | None = None,
@@ -293,10 +330,15 @@ class Conversation:
         return self._tick(now)
 
     def _tick(self, now: float) -> list[Action]:
-        """Twice a second while a Deepgram session is up and the call is not ending: dead air."""
-        if not self.connected or self._stopped or self.hangup_reason is not None:
+        """Twice a second: dead air and keypad timeouts while a Deepgram session is up and the call is
+        not ending; a pending handoff's deadline in any case."""
+        if self._stopped:
             return []
+        if not self.connected or self.hangup_reason is not None:
+            return self._played(now)  # a handoff is not held up by a reconnecting agent
+        # Unconfirmed replies expire first: that may be what makes the call quiet for a handoff.
         actions = self._ledger.expire_unconfirmed(now)
+        actions += self._keypad.tick(now) + self._played(now)
         decided = self._dead_air.tick(now, self._ledger, self._activity, self._end_call)
         if any(isinstance(action, Reconnect) for action in decided):
             self._reask = True  # the reply it was giving was never heard: the new session answers again
