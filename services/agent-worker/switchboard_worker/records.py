@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from switchboard import ended_calls
 from switchboard import keys as keyspace
 from switchboard.agent_settings import Journal
 from switchboard.messages import CallField, RecordState
@@ -19,8 +20,9 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
                    stop_reason: str, journal: Journal) -> None:
     keys, retention = port.keys, port.settings.call_retention_s
     call_key, journal_key = keys.call(stream_sid), keys.journal(stream_sid)
+    ended_at = time.time()
     pipe = port.redis.pipeline(transaction=False)
-    pipe.hset(call_key, mapping={CallField.STATE: RecordState.ENDED, CallField.ENDED_AT: repr(time.time()),
+    pipe.hset(call_key, mapping={CallField.STATE: RecordState.ENDED, CallField.ENDED_AT: repr(ended_at),
                                  CallField.OUTCOME: outcome, CallField.END_REASON: stop_reason})
     for key in keys.per_call(stream_sid):
         pipe.expire(key, journal.retention_s if journal.enabled and key == journal_key else retention)
@@ -28,6 +30,7 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
         # A journal kept longer than the call record stays findable by its callSid.
         lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
         pipe.expire(keys.call_by_callsid(call_sid), lookup_s)
+        ended_calls.add(pipe, keys, stream_sid, ended_at, retention)  # listed and searchable within retention
     pipe.delete(keys.lease(stream_sid))
     pipe.zrem(keys.live_calls(), stream_sid)
     pipe.xack(keys.dispatch(), keyspace.DISPATCH_GROUP, dispatch_id)

@@ -21,7 +21,8 @@ from . import refusals
 from .deps import State
 from .limits import TWIML_MAX_BODY, BodyLimitMiddleware
 from .metrics import MetricsMiddleware
-from .routes import calls, health, journal, twiml
+from .console import routes as console
+from .routes import calls, ended, health, journal, twiml
 from .routes import settings as settings_routes
 from .settings import ControlSettings
 from .sse_slots import SseSlots
@@ -58,6 +59,7 @@ def create_app(settings: ControlSettings) -> FastAPI:
         try:
             yield
         finally:
+            await console.close_hub(app)
             await state.redis.aclose()
             await state.redis_block.aclose()
 
@@ -86,8 +88,12 @@ def create_app(settings: ControlSettings) -> FastAPI:
     app.add_exception_handler(RecursionError, _too_deep)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(orjson.JSONEncodeError, _unencodable)  # type: ignore[arg-type]
-    for module in (health, settings_routes, calls, journal, twiml):
+    # `ended` before `calls`: /v1/calls/ended is a listing, not a callSid.
+    for module in (health, settings_routes, ended, calls, journal, twiml):
         app.include_router(module.router)
+    if settings.console_enabled:
+        app.include_router(console.page)
+        app.include_router(console.api)
     return app
 
 

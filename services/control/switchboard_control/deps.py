@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from switchboard.keys import Keys
 
+from .console import sessions
 from .settings import ControlSettings
 from .sse_slots import SseSlots
 
@@ -47,5 +48,18 @@ def require_token(
         )
 
 
+async def require_auth(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """The bearer token, or (without one) a console session cookie with its CSRF header on writes:
+    the console's requests pass every other rule of the API unchanged."""
+    if credentials is None and request.cookies.get(sessions.COOKIE):
+        state = get_state(request)
+        if state.settings.control_api_token is not None:
+            await sessions.authorize(request, state.redis, state.keys.prefix, state.settings)
+            return
+    require_token(request, credentials)
+
+
 StateDep = Annotated[State, Depends(get_state)]
-Auth = Depends(require_token)
+Auth = Depends(require_auth)

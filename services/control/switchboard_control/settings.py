@@ -76,6 +76,26 @@ class ControlSettings(CommonSettings):
     control_admission_max_wait_s: int = Field(
         120, ge=0, le=3600, description="Queue mode: longest hold before the busy message (0 = never hold)"
     )
+    console_enabled: bool = Field(True, description="Serve the web console at /console")
+    console_session_ttl_s: int = Field(
+        1800, ge=60, le=86_400, description="A console session ends this long after its last request"
+    )
+    console_session_max_s: int = Field(
+        12 * 3600, ge=300, le=7 * 86_400, description="A console session ends this long after sign-in, used or not"
+    )
+    console_signin_failures_per_min: int = Field(
+        10, ge=1, le=10_000, description="Failed console sign-ins one client address may make a minute (over: 429)"
+    )
+    console_max_streams: int = Field(
+        100, ge=1, le=10_000, description="Most console live feeds (browser tabs) a replica serves (over: 429)"
+    )
+    console_table_interval_s: float = Field(
+        0.5, ge=0.1, le=10, description="How often the console's live-calls table looks for changes"
+    )
+    console_max_rows: int = Field(5000, ge=10, le=100_000, description="Most live calls the console's table holds")
+    console_grafana_url: str | None = Field(
+        None, description="The Grafana dashboard the console's fleet view links to (http(s) URL)"
+    )
 
     @model_validator(mode="after")
     def _secure_by_default(self) -> "ControlSettings":
