@@ -48,22 +48,6 @@ MODELS = (
 # Fields whose model has no `description` yet (the owners of those files are asked to move
 # each text into its Field). tests/test_configdoc.py fails on an entry its model now covers.
 MISSING_DESCRIPTIONS = {
-    "EdgeSettings.edge_id": "Instance id in logs and the call record",
-    "EdgeSettings.edge_host": "Bind address of the Twilio WebSocket server",
-    "EdgeSettings.edge_port": "Twilio WebSocket port (path /twilio)",
-    "EdgeSettings.metrics_port": "Port of /healthz, /readyz, /metrics",
-    "EdgeSettings.twilio_auth_token": "Checks X-Twilio-Signature; required unless EDGE_INSECURE_NO_SIGNATURE=true",
-    "EdgeSettings.edge_max_frame_bytes":
-        "Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)",
-    "EdgeSettings.edge_outbox_max_bytes": "Agent audio queued for one Twilio socket before it counts as stalled",
-    "EdgeSettings.edge_stall_timeout_s": "A Twilio send slower than this cuts the socket",
-    "WorkerSettings.worker_id": "Instance id in logs, leases and the call record",
-    "WorkerSettings.metrics_port": "Port of /healthz, /readyz, /metrics",
-    "WorkerSettings.deepgram_agent_url": "Deepgram Voice Agent endpoint (or the emulator)",
-    "WorkerSettings.deepgram_connect_timeout_s": "Connect + Settings deadline",
-    "WorkerSettings.worker_batch_window_ms": "Extra wait before a Redis write batch",
-    "WorkerSettings.worker_outbox_max_bytes": "Caller audio queued for one Deepgram socket before it counts as stalled",
-    "WorkerSettings.worker_stall_timeout_s": "A Deepgram send slower than this fails the connection",
     "ControlSettings.control_port": "Port of the REST API, /twiml, /healthz, /readyz, /metrics",
 }
 

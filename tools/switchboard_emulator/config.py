@@ -21,6 +21,10 @@ class EmulatorConfig(BaseSettings):
     think_ms: int = Field(150, ge=0, description="Pause between end of utterance and the reply")
     reply_ms: int = Field(1500, ge=20, description="Length of every agent reply's audio")
     chunk_ms: int = Field(20, ge=20, description="Agent audio per binary message (multiple of 20)")
+    playout_speed: float = Field(
+        1.0, ge=1.0, le=100.0,
+        description="How much faster than real time agent audio is sent (Deepgram's TTS runs ahead of playback)",
+    )
     idle_timeout: float = Field(
         10.0, gt=0, description="Seconds without audio or KeepAlive before CLIENT_MESSAGE_TIMEOUT"
     )

@@ -15,14 +15,15 @@ from .records import ReplyRecord
 
 
 async def play_reply(ws: ServerConnection, reply: ReplyRecord, config: EmulatorConfig, faults: Faults) -> None:
-    """Send `reply_ms` of reply audio, chunk k at start + k * chunk_ms: an absolute schedule, so no drift.
+    """Send `reply_ms` of reply audio, chunk k at start + k * chunk_ms / playout_speed: an absolute
+    schedule, so no drift.
 
     Cancellation (barge-in, session end) is how playback stops: after it nothing more is sent.
     """
     loop = asyncio.get_running_loop()
     total = config.reply_ms // FRAME_MS
     per_chunk = config.chunk_ms // FRAME_MS
-    chunk_s = config.chunk_ms / 1000
+    chunk_s = config.chunk_ms / 1000 / config.playout_speed
     start = loop.time()
     sent = chunks = 0
     while sent < total:

@@ -11,24 +11,35 @@ from switchboard.egress_policy import EgressPolicy
 
 
 class WorkerSettings(CommonSettings):
-    worker_id: str = Field(default_factory=lambda: default_instance_id("worker"))
+    worker_id: str = Field(default_factory=lambda: default_instance_id("worker"),
+                           description="Instance id in logs, leases and the call record")
     worker_capacity: int = Field(50, ge=1, le=5000, description="Most calls this worker holds at once")
-    metrics_port: int = Field(9102, ge=0, le=65535)
-    deepgram_agent_url: str = "wss://agent.deepgram.com/v1/agent/converse"
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics")
+    deepgram_agent_url: str = Field("wss://agent.deepgram.com/v1/agent/converse",
+                                    description="Deepgram Voice Agent endpoint (or the emulator)")
     deepgram_api_key: SecretStr = Field(..., description="Deepgram API key (Authorization: Token …)")
-    deepgram_connect_timeout_s: float = Field(5.0, gt=0)
+    deepgram_connect_timeout_s: float = Field(5.0, gt=0, description="Connect + Settings deadline")
     deepgram_max_reconnects: int = Field(3, ge=0, le=10, description="Per call, after a mid-call drop")
     keepalive_after_s: float = Field(1.0, gt=0, description="Caller audio pause that triggers a KeepAlive")
     keepalive_every_s: float = Field(4.0, gt=0, le=8, description="KeepAlive period while audio is paused")
     lease_ms: int = Field(1500, ge=300, description="A dead worker's calls are taken over after this")
-    worker_batch_window_ms: float = Field(0.0, ge=0, le=100)
-    worker_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
-    worker_stall_timeout_s: float = Field(10.0, gt=0)
+    worker_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
+    worker_outbox_max_bytes: int = Field(
+        1024 * 1024, ge=16 * 1024, description="Caller audio queued for one Deepgram socket before it counts as stalled"
+    )
+    worker_stall_timeout_s: float = Field(10.0, gt=0, description="A Deepgram send slower than this fails the connection")
+    worker_outage_buffer_s: float = Field(
+        30.0, ge=4, le=300,
+        description="While Redis is unreachable, agent audio a call keeps (in order, 8 kB/s) for when it is back; "
+        "Deepgram sends replies ahead of playback, so this holds more than a few seconds of outage",
+    )
     caller_timeout_s: float = Field(
         5.0, gt=0, description="A call whose caller stream is silent this long (Redis healthy) lost its edge"
     )
     drain_timeout_s: float = Field(25.0, gt=0, description="SIGTERM: hand over calls before this deadline")
-    function_secret: SecretStr | None = Field(None, description="HMAC key that signs function-call webhooks")
+    function_secret: SecretStr | None = Field(
+        None, description="HMAC key that signs function-call webhooks (unset: unsigned, and the worker warns at start)"
+    )
     worker_egress_allow: str = Field(
         "", description="Development/test only: comma list of CIDRs or host names webhooks may reach although "
         "they are not public (loopback, private, link-local…)",

@@ -61,6 +61,8 @@ class Worker:
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
             on_flush=lambda count, seconds: metrics.REDIS_WRITE.observe(seconds),
             gate=self._confirm_leases,
+            # While Redis is away, a whole reply sent ahead of playback waits here in order.
+            max_pending_audio_bytes=int(settings.worker_outage_buffer_s * 8000),
         )
         self.reader = StreamReader(
             self._redis_block, self.redis, self.keys.wake(settings.worker_id), self._on_entries,

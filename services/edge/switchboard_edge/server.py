@@ -48,6 +48,7 @@ class EdgeServer:
             self.redis,
             batch_window_s=settings.edge_batch_window_ms / 1000,
             key_ttl_s=MAX_CALL_TTL_S,
+            max_pending_audio_bytes=int(settings.edge_outage_buffer_s * 8000),
             on_flush=_on_flush,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
         )

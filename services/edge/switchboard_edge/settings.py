@@ -8,14 +8,17 @@ from switchboard.config import CommonSettings, default_instance_id
 
 
 class EdgeSettings(CommonSettings):
-    edge_id: str = Field(default_factory=lambda: default_instance_id("edge"))
-    edge_host: str = "0.0.0.0"
-    edge_port: int = Field(8080, ge=0, le=65535)
-    metrics_port: int = Field(9101, ge=0, le=65535)
+    edge_id: str = Field(default_factory=lambda: default_instance_id("edge"),
+                         description="Instance id in logs and the call record")
+    edge_host: str = Field("0.0.0.0", description="Bind address of the Twilio WebSocket server")
+    edge_port: int = Field(8080, ge=0, le=65535, description="Twilio WebSocket port (path /twilio)")
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics")
     edge_public_url: str | None = Field(
         None, description="The wss:// stream URL exactly as in the TwiML; Twilio signs it"
     )
-    twilio_auth_token: SecretStr | None = None
+    twilio_auth_token: SecretStr | None = Field(
+        None, description="Checks X-Twilio-Signature; required unless EDGE_INSECURE_NO_SIGNATURE=true"
+    )
     edge_insecure_no_signature: bool = Field(
         False, description="Development only: accept streams without checking X-Twilio-Signature"
     )
@@ -29,9 +32,17 @@ class EdgeSettings(CommonSettings):
     )
     trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
     edge_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
-    edge_max_frame_bytes: int = Field(64 * 1024, ge=1024)
-    edge_outbox_max_bytes: int = Field(1024 * 1024, ge=16 * 1024)
-    edge_stall_timeout_s: float = Field(10.0, gt=0)
+    edge_max_frame_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)"
+    )
+    edge_outbox_max_bytes: int = Field(
+        1024 * 1024, ge=16 * 1024, description="Agent audio queued for one Twilio socket before it counts as stalled"
+    )
+    edge_stall_timeout_s: float = Field(10.0, gt=0, description="A Twilio send slower than this cuts the socket")
+    edge_outage_buffer_s: float = Field(
+        10.0, ge=4, le=120,
+        description="While Redis is unreachable, caller audio a call keeps (in order, 8 kB/s) for when it is back",
+    )
     edge_socket_sndbuf: int = Field(
         256 * 1024, ge=0, description="Kernel send buffer per Twilio socket (0 = kernel autotuning, up to MBs each)"
     )

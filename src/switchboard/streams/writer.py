@@ -26,8 +26,10 @@ from .direct import WRITE_TIMEOUT_S, DirectConnection, single_node
 
 log = logging.getLogger(__name__)
 
-# Redis is unreachable: how much unsent caller/agent audio a stream may hold before the
-# oldest is dropped (8 kHz mu-law: 8000 B/s). Control entries are never dropped.
+# Redis is unreachable: how much unsent audio a stream may hold before the oldest is dropped
+# (8 kHz mu-law: 8000 B/s), unless the writer is given its own bound. Caller audio comes in
+# real time; agent audio comes faster (Deepgram's TTS runs ahead of playback), so the worker
+# holds more. Control entries are never dropped.
 MAX_PENDING_AUDIO_BYTES = 8000 * 4
 # A call journal is best effort: while Redis is away its oldest unsent records go first
 # (with audio on, a journal grows by ~16 kB/s per call).
@@ -65,8 +67,10 @@ class StreamWriter:
         on_flush: Callable[[int, float], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         gate: Callable[[], Awaitable[None]] | None = None,
+        max_pending_audio_bytes: int = MAX_PENDING_AUDIO_BYTES,
     ) -> None:
         self._redis = client
+        self._max_audio = max_pending_audio_bytes
         self._gate = gate
         self._window = batch_window_s
         self._key_ttl_s = key_ttl_s
@@ -105,8 +109,8 @@ class StreamWriter:
                 last.payload += entry.payload
             else:
                 items.append(_Pending(Kind.AUDIO, entry.payload, entry.t_us))
-            if queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
-                self._shed_audio(queue)
+            if queue.audio_bytes > self._max_audio:
+                self._shed_audio(queue, self._max_audio)
         else:
             items.append(_Pending(entry.kind, entry.payload, entry.t_us))
             if entry.kind is Kind.JOURNAL and len(items) > MAX_PENDING_JOURNAL_ITEMS:
@@ -277,13 +281,13 @@ class StreamWriter:
                 queue.items.extend(newer.items)
                 queue.audio_bytes += newer.audio_bytes
             self._pending[key] = queue
-            if queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
-                self._shed_audio(queue)
+            if queue.audio_bytes > self._max_audio:
+                self._shed_audio(queue, self._max_audio)
         self._wakeup.set()
 
     @staticmethod
-    def _shed_audio(queue: _StreamQueue) -> None:
-        while queue.audio_bytes > MAX_PENDING_AUDIO_BYTES:
+    def _shed_audio(queue: _StreamQueue, limit: int) -> None:
+        while queue.audio_bytes > limit:
             index = next((i for i, p in enumerate(queue.items) if p.kind is Kind.AUDIO), None)
             if index is None:
                 queue.audio_bytes = 0
