@@ -4,7 +4,8 @@ A function with a `webhook` is POSTed there (HMAC-signed so the receiver can ver
 from Switchboard) through `switchboard.egress`: public https addresses only unless the
 operator's allow-list says otherwise, one deadline per attempt, the answer capped in bytes,
 5xx/429/transport failures retried with jittered backoff inside the function's time budget.
-`end_call` and `transfer_call` are built in (declare them in the profile's functions without
+`end_call`, `transfer_call` and `collect_digits` (the caller keys digits in, see
+switchboard.conversation.dtmf) are built in (declare them in the profile's functions without
 a webhook). Every request gets an answer: a failure answers with an error content rather
 than leaving the agent silent.
 
@@ -106,13 +107,15 @@ class FunctionRunner:
         except orjson.JSONDecodeError:
             parsed = arguments
         definition = session.settings.function(name)
+        if name == "collect_digits" and (definition is None or definition.webhook is None):
+            return await session.collect_digits(call_id, parsed), "ok"
         if name == "transfer_call" and (definition is None or definition.webhook is None):
             return await self._transfer(parsed)
         if definition is None or definition.webhook is None:
             return _error(f"function {name!r} is not available"), "unknown"
-        body = orjson.dumps(
-            {"call_sid": session.call_sid, "stream_sid": session.stream_sid, "name": name, "arguments": parsed}
-        )
+        # A masked keypad entry's reference becomes its digits here, for the customer's own system only.
+        body = orjson.dumps({"call_sid": session.call_sid, "stream_sid": session.stream_sid, "name": name,
+                             "arguments": session.reveal_digits(parsed)})
         headers = {"Content-Type": "application/json"}
         secret = session.port.settings.function_secret
         if secret is not None:

@@ -63,6 +63,11 @@ WEBHOOKS_UNSIGNED = Gauge(
     "switchboard_worker_webhooks_unsigned", "1 when FUNCTION_SECRET is unset and function webhooks go out unsigned"
 )
 
+DTMF_ENTRIES = Counter(
+    "switchboard_worker_dtmf_entries_total",
+    "Keypad entries by how they ended (terminator | max_digits | timeout | no_input)", ["ended_by"],
+)
+
 
 def observe(metric: str, label: str, value: float) -> None:
     """One of the conversation core's observations (switchboard.conversation.Observe)."""
@@ -77,3 +82,5 @@ def observe(metric: str, label: str, value: float) -> None:
         REPLIES.labels(label).inc()
     elif metric == "reconnect":
         DG_RECONNECTS.inc()
+    elif metric == "dtmf":
+        DTMF_ENTRIES.labels(label).inc()

@@ -30,10 +30,12 @@ from switchboard.conversation import (
     Conversation,
     ConversationConfig,
     Count,
+    DigitsCollected,
     Emit,
     GiveUp,
     Hangup,
     Observe,
+    Played,
     Reconnect,
     Record,
     ToAgent,
@@ -43,7 +45,7 @@ from switchboard.entries import Entry, Kind, now_us
 from switchboard.journal import Recorder
 from switchboard.messages import CallField, Event, Outcome, RecordState
 
-from . import commands, metrics, records
+from . import commands, keypad, metrics, records
 from .adoption import adopt
 from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink, DeepgramUnavailable
 from .functions import FunctionRunner
@@ -82,6 +84,8 @@ class CallSession:
         self._live_overrides: dict[str, Any] = {}
         self._journal = Recorder(self.settings.journal)  # off until the call's settings say otherwise
         self._functions = FunctionRunner(self)
+        self._digit_requests = keypad.DigitRequests()
+        self._scrubber = keypad.KeyScrubber(port.redis, self.extra)
         self._agent = AgentLink(port, self.extra)
         self._stopped = asyncio.Event()  # the edge said the call is over
         self._closer: asyncio.Task[None] | None = None
@@ -205,6 +209,7 @@ class CallSession:
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
         await self._functions.close()
+        await self._scrubber.drain()
         await self._agent.close()
         outcome = self.released or self._outcome
         metrics.CALLS.labels(outcome).inc()
@@ -283,9 +288,11 @@ class CallSession:
         now = now_us()
         worst = 0
         recording = self._journal.enabled
-        for _entry_id, fields in batch:
+        masking = self.conv.masks_dtmf
+        masked: list[bytes] = []  # keys the profile masks: gone from :in once read (keypad.py)
+        for entry_id, fields in batch:
             if recording:
-                self._record(self._journal.caller_entry(fields))
+                self._record(self._journal.caller_entry(keypad.journal_fields(fields, masking)))
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
                 transit_us = now - int(fields.get(b"t", now))
@@ -303,7 +310,10 @@ class CallSession:
             except entries.EntryError as exc:
                 log.warning("bad caller entry: %s", exc, extra=self.extra)
                 continue
+            if masking and entry.kind is Kind.DTMF:
+                masked.append(entry_id)
             self._apply(self.conv.on_caller_entry(entry, mono))
+        self._scrubber.forget(self.in_key, masked)
         self._send_caller_audio(audio)
         if worst:
             self.conv.on_caller_transit(worst)
@@ -404,6 +414,10 @@ class CallSession:
                     self.life.to(CallState.HANGING_UP)
             elif isinstance(action, GiveUp):
                 self._outcome = action.outcome
+            elif isinstance(action, DigitsCollected):
+                self._digit_requests.answer(action.call_id, action.content)
+            elif isinstance(action, Played):
+                pass  # a transfer waiting for the agent's sentence (transfer.py) goes on
             elif isinstance(action, Reconnect) and self._agent.attached:
                 log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
                 self._agent.abort()
@@ -430,6 +444,14 @@ class CallSession:
 
     def request_hangup(self, reason: str, *, after_reply: bool = False) -> None:
         self._apply(self.conv.request_hangup(reason, after_reply=after_reply))
+
+    async def collect_digits(self, call_id: str, arguments: Any) -> str:
+        """The agent's `collect_digits`: the result once the caller keyed an entry (or gave up)."""
+        self._apply(self.conv.collect_digits(call_id, arguments, time.monotonic()))  # may answer at once
+        return await self._digit_requests.wait(call_id)
+
+    def reveal_digits(self, value: Any) -> Any:
+        return self.conv.reveal_digits(value)
 
     def remember_override(self, field: str, value: Any) -> None:
         self._live_overrides[field] = value

@@ -154,6 +154,8 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
     latency: dict[tuple[int, int], TurnLatency] = {}  # (agent session, reply) → timing
     session = 0
     dead_air: list[dict[str, Any]] = []
+    keypad: list[dict[str, Any]] = []  # entries as recorded: masked ones never held their digits
+    transfers: list[dict[str, Any]] = []
     # An assistant line comes just before its reply starts; reply_heard names the reply.
     spoken: TranscriptLine | None = None
     by_reply: dict[int, TranscriptLine] = {}
@@ -183,6 +185,10 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
                 turn.switchboard_ms = event["switchboard_ms"]
         elif kind == Event.DEAD_AIR:
             dead_air.append({k: v for k, v in event.items() if k != "type"})
+        elif kind == Event.DTMF_ENTRY:
+            keypad.append({k: v for k, v in event.items() if k != "type"})
+        elif kind == Event.TRANSFER:
+            transfers.append({k: v for k, v in event.items() if k != "type"})
         elif kind == Event.FUNCTION_CALL:
             functions.append(
                 FunctionCallRecord(
@@ -206,6 +212,8 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
         errors=errors,
         latency=sorted(latency.values(), key=lambda turn: turn.ts or 0),
         dead_air=dead_air,
+        keypad=keypad,
+        transfers=transfers,
     )
 
 

@@ -120,6 +120,13 @@ class CallDetail(CallSummary):
     errors: list[dict[str, Any]]
     latency: list[TurnLatency] = Field(default_factory=list, description="Where each turn's time went")
     dead_air: list[dict[str, Any]] = Field(default_factory=list, description="Dead-air watchdog firings")
+    keypad: list[dict[str, Any]] = Field(
+        default_factory=list, description="Keypad entries (digits, count, ended_by, to); masked entries show •",
+        examples=[[{"digits": "1234#", "count": 4, "ended_by": "terminator", "to": "agent", "ts": 1700000000.5}]],
+    )
+    transfers: list[dict[str, Any]] = Field(
+        default_factory=list, description="Each step of each transfer to a person (id, mode, target, step)",
+    )
 
 
 class Health(BaseModel):

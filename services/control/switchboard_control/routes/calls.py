@@ -43,7 +43,7 @@ SSE_RETRY_AFTER_S = 5
 # The event types the live stream sends by default (a timeline, not every mark).
 SSE_EVENT_TYPES = "transcript,barge_in,function_call,error,warning,prompt_updated,speak_updated,injection_refused,"\
     "agent_started_speaking,agent_audio_done,dtmf,hangup_requested,command_result,deepgram_connected,call_ended,"\
-    "reply_heard,turn_latency,dead_air"
+    "reply_heard,turn_latency,dead_air,dtmf_entry,transfer,precall"
 
 
 @router.get("", response_model=CallList, responses={401: {"model": Problem}})
