@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import urllib.request
 import uuid
@@ -68,6 +69,15 @@ def sign_in(page, system: System, token: str | None = None) -> None:
 
 def control_messages(system: System, call_sid: str, kind: str) -> list[dict]:
     return [m["body"] for s in system.emulator_sessions(call_sid) for m in s["control_messages"] if m["type"] == kind]
+
+
+def until_true(page, expression: str, timeout: float = 10, arg: object = None) -> None:
+    """Poll a JS expression with evaluate (wait_for_function evaluates strings, which the page's CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(20)
 
 
 def page_fetch(page, path: str, method: str = "GET") -> int:
@@ -146,7 +156,7 @@ def test_a_simulator_call_appears_live_with_its_transcript_and_hangs_up_from_the
         # And it leaves the live table.
         page.click("nav a[data-view=calls]")
         page.wait_for_selector("#calls-table")
-        page.wait_for_function(f"!document.querySelector(\"tr[data-call-sid='{ident.call_sid}']\")", timeout=10_000)
+        until_true(page, f"() => !document.querySelector(\"tr[data-call-sid='{ident.call_sid}']\")")
 
 
 def test_a_barge_in_shows_what_the_caller_did_not_hear(system, shots):
@@ -189,7 +199,7 @@ def test_an_ended_calls_recording_plays_in_the_page_with_the_right_duration(syst
         shot(page, shots, "ended")
         page.click(f"#ended-table a[href='#/call/{ident.call_sid}']")
         page.wait_for_selector("#recording-audio", timeout=15_000)
-        page.wait_for_function("document.querySelector('#recording-audio').readyState >= 1", timeout=15_000)
+        until_true(page, "() => document.querySelector('#recording-audio').readyState >= 1", 15)
         duration = page.evaluate("document.querySelector('#recording-audio').duration")
         assert duration == pytest.approx(seconds, abs=0.05)
         played = page.evaluate("""async () => {
@@ -257,3 +267,99 @@ def test_the_fleet_view_shows_workers_admission_and_redis(system, shots):
         page.wait_for_selector(f"#workers th:has-text('{PREFIX}w2')")
         assert "Free slots" in page.inner_text("#fleet")
         shot(page, shots, "fleet")
+
+
+def test_text_from_a_call_is_shown_as_text_never_run_as_markup(system, api):
+    ident, call = place(system, hold_ms=20_000, turns=1)
+    with browser() as context:
+        page = context.new_page()
+        sign_in(page, system)
+        page.wait_for_selector("#calls-table")
+        page.goto(f"{system.stack.control_url}/console/#/call/{ident.call_sid}")
+        page.wait_for_selector("#transcript li.line.assistant", timeout=20_000)
+        markup = '<img src=x onerror="window.__pwned=1">'
+        assert api.post(f"/v1/calls/{ident.call_sid}/say", json={"text": markup}).json()["applied"] is True
+        page.wait_for_selector(f"#transcript .text:has-text('{markup[:8]}')", timeout=15_000)
+        assert page.query_selector("#transcript img") is None and page.evaluate("window.__pwned") is None
+        assert api.post(f"/v1/calls/{ident.call_sid}/hangup", json={}).status_code == 200
+    call.wait(30)
+
+
+# --- scale: 500 live calls ------------------------------------------------------------------------
+
+def _synthetic_calls(system: System, count: int) -> list[str]:
+    """`count` live call records as the edge and a worker would write them (no audio behind them)."""
+    now = time.time()
+    sids = []
+    with system.redis() as client:
+        pipe = client.pipeline(transaction=False)
+        for n in range(count):
+            stream_sid, call_sid = f"MZsynthetic{n:05d}", f"CAsynthetic{n:05d}"
+            sids.append(stream_sid)
+            pipe.hset(system.keys.call(stream_sid), mapping={
+                "call_sid": call_sid, "stream_sid": stream_sid, "state": "active", "started_at": repr(now - n),
+                "worker": f"{PREFIX}w{n % 2 + 1}", "edge": "edge-synthetic", "turns": str(n % 7),
+                "profile": ("sales", "support", "billing")[n % 3],
+                "params": json.dumps({"From": f"+1415555{n:04d}", "To": CALLEE, "Direction": "inbound"}),
+            })
+            pipe.expire(system.keys.call(stream_sid), 900)
+            pipe.zadd(system.keys.live_calls(), {stream_sid: now - n})
+        pipe.execute()
+    return sids
+
+
+def test_the_console_stays_responsive_with_500_live_calls(system, shots):
+    sids = _synthetic_calls(system, 500)
+    measured: dict[str, object] = {}
+    try:
+        with browser() as context:
+            page = context.new_page()
+            sign_in(page, system)
+            page.wait_for_selector("#calls-count:has-text('500 live calls')", timeout=20_000)
+            loads = []
+            for n in range(5):
+                page.goto(f"{system.stack.control_url}/console/?load={n}#/calls")  # a real load, not a hash change
+                until_true(page, "() => (document.querySelector('#calls-count')?.textContent || '').startsWith('50')", 20)
+                loads.append(round(page.evaluate("window.__consoleFirstRows"), 1))
+                assert page.locator("#calls-table tbody tr").count() == 50  # one page of 50, not 500 rows
+            measured["page_load_ms"] = {"median": sorted(loads)[2], "max": max(loads), "samples": loads}
+            shot(page, shots, "calls-500")
+            # A change in Redis → the changed cell on screen, through the hub's table loop.
+            page.fill("#filter-text", "CAsynthetic00042")
+            page.wait_for_selector("tr[data-call-sid='CAsynthetic00042']")
+            latencies = []
+            with system.redis() as client:
+                for turn in range(100, 110):
+                    page.evaluate("""(turn) => { window.__seen = null; const target = document.querySelector('#calls-table tbody');
+                        new MutationObserver((_, obs) => { const cell = document.querySelector("tr[data-call-sid='CAsynthetic00042'] td[data-col=turns]");
+                          if (cell && cell.textContent === String(turn)) { window.__seen = Date.now(); obs.disconnect(); } })
+                        .observe(target, {childList: true, subtree: true, characterData: true}); }""", turn)
+                    page.wait_for_timeout(random.uniform(0, 500))  # not in step with the hub's look at the table
+                    written = time.time() * 1000
+                    client.hset(system.keys.call(sids[42]), "turns", str(turn))
+                    until_true(page, "() => window.__seen !== null")
+                    latencies.append(round(page.evaluate("window.__seen") - written, 1))
+            measured["table_update_ms"] = {"median": sorted(latencies)[5], "max": max(latencies), "samples": latencies}
+            # A real call among the 500: its transcript events → text on screen.
+            ident, call = place(system, hold_ms=1500, turns=3, gap_ms=200)
+            page.goto(f"{system.stack.control_url}/console/#/call/{ident.call_sid}")
+            call.wait(60)
+            page.wait_for_selector("#transcript li[data-kind=call_ended]", timeout=20_000)
+            live = [s["ms"] for s in page.evaluate("window.__consoleLatencies || []") if s["kind"] == "transcript"]
+            assert live, "no transcript line arrived live"
+            measured["transcript_update_ms"] = {"median": sorted(live)[len(live) // 2], "max": max(live), "samples": live}
+            # Fleet and a phone-width, dark rendering of the table, for the docs.
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.emulate_media(color_scheme="dark")
+            page.goto(f"{system.stack.control_url}/console/#/calls")
+            page.wait_for_selector("#calls-count:has-text('live call')")
+            shot(page, shots, "calls-phone-dark")
+    finally:
+        with system.redis() as client:
+            client.zrem(system.keys.live_calls(), *sids)
+            client.delete(*[system.keys.call(s) for s in sids])
+    (shots / "measurements.json").write_text(json.dumps(measured, indent=2))
+    print("console measurements:", json.dumps(measured))
+    assert measured["page_load_ms"]["median"] < 3000  # type: ignore[index]
+    assert measured["table_update_ms"]["max"] < 2000  # type: ignore[index]
+    assert measured["transcript_update_ms"]["max"] < 1000  # type: ignore[index]
