@@ -296,7 +296,9 @@ class Conversation:
         actions: list[Action] = [
             Emit(Event.AMD_DECISION, {**decision.event(), "withheld_bytes": self._amd.withheld_bytes}),
             Record({CallField.AMD_ANSWERED_BY: decision.answered_by, CallField.AMD_ACTION: decision.action,
-                    CallField.AMD_WAITED_MS: str(decision.waited_ms)}),
+                    CallField.AMD_WAITED_MS: str(decision.waited_ms),
+                    # Known now, recorded now: Twilio's `completed` may reach control before the call's end does.
+                    **({CallField.OUTCOME: decision.outcome} if decision.outcome else {})}),
         ]
         if decision.outcome is None:
             return actions + self._say(config.greeting)
