@@ -317,3 +317,73 @@ class TwimlBin(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.network.aclose()
+
+
+# --- load-aware admission (issue 17) ------------------------------------------------------------------
+def test_a_worker_past_its_load_threshold_counts_no_free_slot_and_old_workers_still_parse():
+    fields = [b"w1", b"10 4 0 700 1 5000",  # overloaded: its 6 free slots do not count
+              b"w2", b"10 2 0 300 0 5000",
+              b"w3", b"10 1 0 5000"]  # a worker from before load was published
+    view = capacity.fleet_view(fields, 5000, claimed=7)
+    assert (view.workers, view.capacity, view.overloaded) == (3, 20, 1)
+    assert capacity.parse_worker(b"w1", b"10 4 0 700 1 5000").load == 0.7
+    assert capacity.parse_worker(b"w1", b"10 4 0 700 1 5000").free == 0
+
+
+def test_the_fleet_is_full_while_every_edge_is_saturated():
+    workers = [b"w1", b"10 0 0 100 0 5000"]
+    calm = capacity.fleet_view(workers, 5000, edge_fields=[b"e1", b"900 1 5000", b"e2", b"200 0 5000"])
+    assert calm.unreserved_free == 10 and not calm.edges_saturated
+    saturated = capacity.fleet_view(workers, 5000, edge_fields=[b"e1", b"900 1 5000", b"e2", b"950 1 5000",
+                                                                b"e3", b"999 1 10"])  # e3 is dead: not counted
+    assert saturated.edges == 2 and saturated.edges_saturated and saturated.unreserved_free == 0
+
+
+def test_load_is_cpu_or_event_loop_lag_smoothed_with_hysteresis():
+    from switchboard.loadmeter import LoadEstimate
+    estimate = LoadEstimate(threshold=0.8)
+    t, cpu = 0.0, 0.0
+    estimate.update(t, cpu, 0.0)
+    for _ in range(40):  # 4 s at 30 % of a core, no lag
+        t, cpu = t + 0.1, cpu + 0.03
+        estimate.update(t, cpu, 0.0)
+    assert 0.25 < estimate.load < 0.35 and not estimate.overloaded
+    changed = [estimate.update(t := t + 0.1, cpu, 0.025) for _ in range(40)]  # 25 ms late: 1.25
+    assert estimate.overloaded and changed.count(True) == 1
+    for _ in range(8):  # a little calmer, still above threshold - hysteresis: stays overloaded
+        t, cpu = t + 0.1, cpu + 0.075
+        estimate.update(t, cpu, 0.0)
+    assert estimate.overloaded
+    for _ in range(60):
+        t, cpu = t + 0.1, cpu + 0.02
+        estimate.update(t, cpu, 0.0)
+    assert not estimate.overloaded and estimate.load < 0.3
+
+
+async def test_a_worker_past_its_load_threshold_claims_no_new_call_and_the_fleet_counts_it_full(redis_url, tmp_path,
+                                                                                                key_prefix):
+    sb = System(redis_url, key_prefix, tmp_path, workers=0).start()
+    try:
+        sb.add_worker("calm")
+        # Any measurable load is past this threshold: the worker is "saturated" from its first samples.
+        sb.add_worker("hot", WORKER_LOAD_THRESHOLD="0.0001")
+        client = redis_async.Redis.from_url(redis_url)
+        try:
+            async def fleet() -> capacity.FleetView:
+                return (await capacity.read(client, Keys(key_prefix)))[0]
+            deadline = time.monotonic() + 10
+            while (view := await fleet()).overloaded < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert (view.workers, view.overloaded, view.capacity) == (2, 1, sb.capacity)  # only calm's slots
+            await asyncio.sleep(0.5)  # a claim already blocking when "hot" crossed its threshold has ended
+            results = await asyncio.gather(*(run_call(SimConfig(url=sb.edge_url, script=SHORT)) for _ in range(4)))
+        finally:
+            await client.aclose()
+        for result in results:
+            assert result.ok, result.failure
+            assert sb.call_record(result.stream_sid)["worker"].endswith("calm")
+        hot = sb.worker_services[-1]
+        port = int(hot.health_url.split(":")[2].split("/")[0])
+        assert scrape(port, "switchboard_worker_overloaded") == 1 and scrape(port, "switchboard_worker_load") > 0
+    finally:
+        sb.stop()

@@ -1,11 +1,14 @@
 """Fleet capacity for admission control: what workers publish, and how free slots are counted.
 
 Every worker keeps one field of the fleet hash up to date (on every heartbeat, and at once
-when it claims or releases a call): `"<capacity> <live> <draining> <deadline_ms>"`. The
-deadline is stamped by Redis itself (Lua `TIME`), and readers compare it with Redis' clock
-too, so clock skew between hosts can neither keep a dead worker alive nor bury a live one.
+when it claims or releases a call or crosses its load threshold):
+`"<capacity> <live> <draining> <load‰> <overloaded> <deadline_ms>"` (older workers publish
+the first three only). The deadline is stamped by Redis itself (Lua `TIME`), and readers
+compare it with Redis' clock too, so clock skew between hosts can neither keep a dead worker
+alive nor bury a live one. Edges publish `"<load‰> <overloaded> <deadline_ms>"` in their own
+hash: a call needs an edge that is not saturated as much as a worker slot.
 
-    free = Σ capacity of live, non-draining workers
+    free = Σ capacity of live workers neither draining nor over their load threshold
            − calls claimed from the dispatch stream (pending in its consumer group)
            − calls announced on it that no worker has claimed yet
            − calls the TwiML endpoint admitted whose stream is not announced yet (reservations)
@@ -42,10 +45,16 @@ class WorkerLoad:
     live: int
     draining: bool
     deadline_ms: int
+    load: float = 0.0  # measured (switchboard.loadmeter): 1.0 = a full core or 20 ms of event-loop lag
+    overloaded: bool = False  # past its own threshold: it takes no new call
+
+    @property
+    def accepting(self) -> bool:
+        return not (self.draining or self.overloaded)
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else max(0, self.capacity - self.live)
+        return max(0, self.capacity - self.live) if self.accepting else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +65,20 @@ class FleetView:
     claimed: int = 0  # dispatch entries claimed by any worker, live or not, and not ended
     unclaimed: int = 0  # announced on the dispatch stream, not claimed yet
     reserved: int = 0  # admitted by TwiML, not announced yet
+    overloaded: int = 0  # live workers past their load threshold (their slots are not counted)
+    edges: int = 0  # live edges that publish their load
+    edges_overloaded: int = 0
+
+    @property
+    def edges_saturated(self) -> bool:
+        """Every edge is past its load threshold: no new stream would be served well."""
+        return self.edges > 0 and self.edges_overloaded == self.edges
 
     @property
     def unreserved_free(self) -> int:
         """Free slots before reservations: what the TwiML admission script starts from."""
-        return self.capacity - self.claimed - self.unclaimed
+        free = self.capacity - self.claimed - self.unclaimed
+        return min(free, 0) if self.edges_saturated else free
 
     @property
     def free(self) -> int:
@@ -72,29 +90,54 @@ def parse_worker(worker_id: bytes | str, value: bytes | str) -> WorkerLoad | Non
     """One fleet hash field; None for a value this version does not understand."""
     raw = value.decode(errors="replace") if isinstance(value, bytes) else value
     parts = raw.split()
-    if len(parts) != 4:
+    if len(parts) not in (4, 6):
         return None
     try:
-        capacity, live, draining, deadline = (int(part) for part in parts)
+        numbers = [int(part) for part in parts]
     except ValueError:
         return None
     name = worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else worker_id
-    return WorkerLoad(name, capacity, live, draining != 0, deadline)
+    if len(numbers) == 4:  # a worker from before load was published
+        capacity, live, draining, deadline = numbers
+        return WorkerLoad(name, capacity, live, draining != 0, deadline)
+    capacity, live, draining, permille, overloaded, deadline = numbers
+    return WorkerLoad(name, capacity, live, draining != 0, deadline, permille / 1000, overloaded != 0)
+
+
+def parse_edge(value: bytes | str) -> tuple[bool, int] | None:
+    """(overloaded, deadline_ms) of one edge field; None if unreadable."""
+    parts = (value.decode(errors="replace") if isinstance(value, bytes) else value).split()
+    if len(parts) != 3:
+        return None
+    try:
+        _permille, overloaded, deadline = (int(part) for part in parts)
+    except ValueError:
+        return None
+    return overloaded != 0, deadline
 
 
 def fleet_view(
-    fields: Sequence[Any], now_ms: int, *, claimed: int = 0, unclaimed: int = 0, reserved: int = 0
+    fields: Sequence[Any], now_ms: int, *, claimed: int = 0, unclaimed: int = 0, reserved: int = 0,
+    edge_fields: Sequence[Any] = (),
 ) -> FleetView:
-    """The fleet from a flat HGETALL reply [id, value, id, value, ...] at Redis time `now_ms`."""
-    workers = capacity = live = 0
+    """The fleet from flat HGETALL replies [id, value, id, value, ...] at Redis time `now_ms`."""
+    workers = capacity = live = overloaded = 0
     for load in _loads(fields):
         if load.deadline_ms < now_ms:
             continue  # stopped publishing: dead, frozen or partitioned
         workers += 1
         live += load.live
-        if not load.draining:
+        overloaded += load.overloaded
+        if load.accepting:
             capacity += load.capacity
-    return FleetView(workers, capacity, live, max(0, claimed), max(0, unclaimed), max(0, reserved))
+    edges = edges_overloaded = 0
+    for i in range(1, len(edge_fields), 2):
+        edge = parse_edge(edge_fields[i])
+        if edge is not None and edge[1] >= now_ms:
+            edges += 1
+            edges_overloaded += edge[0]
+    return FleetView(workers, capacity, live, max(0, claimed), max(0, unclaimed), max(0, reserved),
+                     overloaded, edges, edges_overloaded)
 
 
 def _loads(fields: Sequence[Any]) -> Iterable[WorkerLoad]:
@@ -134,19 +177,24 @@ if redis.call('PTTL', KEYS[1]) < 2 * ttl then redis.call('PEXPIRE', KEYS[1], 2 *
 return now
 """
 
-# KEYS[1] fleet, KEYS[2] reservations; ARGV: reservation ttl ms, callSid whose reservation to
-# look up (or ""). Drops fields of workers past their deadline (atomically: a worker that
-# publishes again is never lost) and lapsed reservations.
+# KEYS[1] fleet, KEYS[2] reservations, KEYS[3] edges; ARGV: reservation ttl ms, callSid whose
+# reservation to look up (or ""). Drops fields of workers and edges past their deadline
+# (atomically: one that publishes again is never lost) and lapsed reservations.
 _READ = _NOW + """
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local deadline = tonumber(string.match(fields[i + 1], '(%d+)$'))
-  if deadline == nil or deadline < now then redis.call('HDEL', KEYS[1], fields[i]) end
+local function live(key)
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local deadline = tonumber(string.match(fields[i + 1], '(%d+)$'))
+    if deadline == nil or deadline < now then redis.call('HDEL', key, fields[i]) end
+  end
+  return fields
 end
+local fields = live(KEYS[1])
+local edges = live(KEYS[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
 local held = 0
 if ARGV[2] ~= '' and redis.call('ZSCORE', KEYS[2], ARGV[2]) then held = 1 end
-return {now, redis.call('ZCARD', KEYS[2]), held, fields}
+return {now, redis.call('ZCARD', KEYS[2]), held, fields, edges}
 """
 
 # KEYS: reservations, queue, queue seen. ARGV: callSid, free slots before reservations,
@@ -184,9 +232,10 @@ return {0, ahead, waited, avail, redis.call('ZCARD', KEYS[2])}
 """
 
 
-def publish_command(keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int) -> tuple:
-    """EVAL arguments that publish one worker's load (for `pipe.eval(*args)` or `redis.eval(*args)`)."""
-    value = f"{capacity} {live} {int(draining)}"
+def publish_command(keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int,
+                    load: float = 0.0, overloaded: bool = False) -> tuple:
+    """EVAL arguments that publish one worker's slots and load (for `pipe.eval(*args)` or `redis.eval(*args)`)."""
+    value = f"{capacity} {live} {int(draining)} {round(load * 1000)} {int(overloaded)}"
     return (_PUBLISH, 1, keys.admission_fleet(), worker_id, value, max(1, ttl_ms))
 
 
@@ -194,6 +243,11 @@ async def publish(
     redis: Any, keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int
 ) -> None:
     await redis.eval(*publish_command(keys, worker_id, capacity, live, draining, ttl_ms))
+
+
+def publish_edge_command(keys: Keys, edge_id: str, load: float, overloaded: bool, ttl_ms: int) -> tuple:
+    """EVAL arguments that publish one edge's load."""
+    return (_PUBLISH, 1, keys.admission_edges(), edge_id, f"{round(load * 1000)} {int(overloaded)}", max(1, ttl_ms))
 
 
 async def withdraw(redis: Any, keys: Keys, worker_id: str) -> None:
@@ -204,7 +258,8 @@ async def withdraw(redis: Any, keys: Keys, worker_id: str) -> None:
 async def read(redis: Any, keys: Keys, *, reservation_of: str = "") -> tuple[FleetView, bool]:
     """The fleet now, and whether the call `reservation_of` (a callSid) holds a reservation."""
     pipe = redis.pipeline(transaction=False)
-    pipe.eval(_READ, 2, keys.admission_fleet(), keys.admission_reserved(), RESERVATION_TTL_MS, reservation_of)
+    pipe.eval(_READ, 3, keys.admission_fleet(), keys.admission_reserved(), keys.admission_edges(),
+              RESERVATION_TTL_MS, reservation_of)
     pipe.xinfo_groups(keys.dispatch())
     pipe.xlen(keys.dispatch())
     script, groups, length = await pipe.execute(raise_on_error=False)
@@ -214,9 +269,10 @@ async def read(redis: Any, keys: Keys, *, reservation_of: str = "") -> tuple[Fle
         groups = []
     if isinstance(length, Exception):
         raise length
-    now_ms, reserved, held, fields = script
+    now_ms, reserved, held, fields, edge_fields = script
     claimed, unclaimed = dispatch_backlog(groups, int(length))
-    view = fleet_view(fields, int(now_ms), claimed=claimed, unclaimed=unclaimed, reserved=int(reserved))
+    view = fleet_view(fields, int(now_ms), claimed=claimed, unclaimed=unclaimed, reserved=int(reserved),
+                      edge_fields=edge_fields)
     return view, bool(held)
 
 

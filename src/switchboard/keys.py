@@ -95,6 +95,10 @@ class Keys:
         """Hash worker id → "capacity live draining deadline_ms"; expires when every worker is gone."""
         return f"{self.prefix}{{admission}}:fleet"
 
+    def admission_edges(self) -> str:
+        """Hash edge id → "load‰ overloaded deadline_ms"; expires when every edge is gone."""
+        return f"{self.prefix}{{admission}}:edges"
+
     def admission_reserved(self) -> str:
         """Sorted set callSid → admitted at (Redis ms): admitted by TwiML, call not announced yet."""
         return f"{self.prefix}{{admission}}:reserved"

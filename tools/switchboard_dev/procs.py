@@ -168,9 +168,15 @@ def console(name: str) -> list[str]:
     return [str(candidate)] if candidate.exists() else [name]
 
 
+# A developer's machine runs the simulator, the emulator, Redis and every service on a few
+# cores, often beside a test suite: load thresholds this high let a busy laptop take its calls.
+# Load-shedding tests and the benchmark pass their own (the services default to 0.85).
+DEV_LOAD_THRESHOLD = "5"
+
+
 def edge(redis_url: str, port: int, metrics_port: int, *, auth_token: str | None = None, **env: str) -> Service:
     base = {"REDIS_URL": redis_url, "EDGE_PORT": str(port), "METRICS_PORT": str(metrics_port),
-            "METRICS_HOST": "127.0.0.1", "EDGE_HOST": "127.0.0.1"}
+            "METRICS_HOST": "127.0.0.1", "EDGE_HOST": "127.0.0.1", "EDGE_LOAD_THRESHOLD": DEV_LOAD_THRESHOLD}
     if auth_token:
         base["TWILIO_AUTH_TOKEN"] = auth_token
     else:
@@ -183,7 +189,7 @@ def worker(redis_url: str, metrics_port: int, deepgram_url: str, api_key: str, *
            capacity: int = 50, **env: str) -> Service:
     base = {"REDIS_URL": redis_url, "METRICS_PORT": str(metrics_port), "METRICS_HOST": "127.0.0.1",
             "DEEPGRAM_AGENT_URL": deepgram_url, "DEEPGRAM_API_KEY": api_key, "WORKER_ID": worker_id,
-            "WORKER_CAPACITY": str(capacity)}
+            "WORKER_CAPACITY": str(capacity), "WORKER_LOAD_THRESHOLD": DEV_LOAD_THRESHOLD}
     return Service(worker_id, console("switchboard-worker"), {**base, **env},
                    health_url=f"http://127.0.0.1:{metrics_port}/healthz")
 

@@ -69,6 +69,11 @@ DTMF_ENTRIES = Counter(
 )
 
 
+LOAD = Gauge("switchboard_worker_load",
+              "Measured load: CPU seconds per second, or event-loop lag / 20 ms, whichever is higher (smoothed)")
+OVERLOADED = Gauge("switchboard_worker_overloaded", "1 while past WORKER_LOAD_THRESHOLD: no new calls claimed")
+
+
 def observe(metric: str, label: str, value: float) -> None:
     """One of the conversation core's observations (switchboard.conversation.Observe)."""
     if metric == "turn_stage":

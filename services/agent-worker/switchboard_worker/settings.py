@@ -28,6 +28,11 @@ class WorkerSettings(CommonSettings):
         1024 * 1024, ge=16 * 1024, description="Caller audio queued for one Deepgram socket before it counts as stalled"
     )
     worker_stall_timeout_s: float = Field(10.0, gt=0, description="A Deepgram send slower than this fails the connection")
+    worker_load_threshold: float = Field(
+        0.85, gt=0, le=10,
+        description="Measured load (1.0 = a full core or 20 ms of event-loop lag) past which this worker claims no "
+        "new call and admission control counts it as full; calls in progress and takeovers go on",
+    )
     worker_outage_buffer_s: float = Field(
         30.0, ge=4, le=300,
         description="While Redis is unreachable, agent audio a call keeps (in order, 8 kB/s) for when it is back; "

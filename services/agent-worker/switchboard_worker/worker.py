@@ -25,6 +25,7 @@ from switchboard.besteffort import Outage, best_effort
 from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
+from switchboard.loadmeter import LoadMeter
 from switchboard.streams import StreamReader, StreamWriter
 from switchboard.supervise import Supervisor
 
@@ -35,7 +36,11 @@ from .session import CallSession
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-DRAIN_SESSION_WAIT_S = 3.0  # released sessions stop within ms; this bounds only a lost cancellation
+DRAIN_SESSION_WAIT_S = 3.0
+OVERLOADED_RECHECK_S = 0.25
+# A claim blocks this long at most: a worker that crosses its load threshold stops claiming
+# within it (the read already waiting would still hand it a call).
+CLAIM_BLOCK_MS = 250  # released sessions stop within ms; this bounds only a lost cancellation
 
 # Renew the lease only if it is still ours: a worker that was paused past its lease must
 # not extend another worker's. A missing key (Redis restarted and lost it, or it lapsed
@@ -84,6 +89,9 @@ class Worker:
         self._heartbeat_lock = asyncio.Lock()
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
         self.tasks = Supervisor("worker")  # main stops the worker when one of its loops dies
+        # Past its load threshold a worker takes no new call; admission control counts it as full.
+        self.load = LoadMeter(settings.worker_load_threshold, on_change=self._load_changed)
+        metrics.LOAD.set_function(lambda: self.load.load)
         self._claiming: list[asyncio.Task[Any]] = []
         self._heartbeat_outage, self._capacity_outage = Outage(), Outage()
         self._claim_outage, self._takeover_outage = Outage(), Outage()
@@ -104,7 +112,7 @@ class Worker:
         await self._health.start()
         for name, loop in (("writer", self.writer.run()), ("reader", self.reader.run()),
                            ("heartbeat", self._heartbeat_loop()), ("capacity", self._capacity_loop()),
-                           ("ticker", self._tick_loop())):
+                           ("ticker", self._tick_loop()), ("load", self.load.run())):
             self.tasks.spawn(loop, name=name)
         self._claiming = [self.tasks.spawn(self._claim_loop(), name="claim"),
                           self.tasks.spawn(self._takeover_loop(), name="takeover")]
@@ -136,9 +144,14 @@ class Worker:
                 self._free.clear()
                 await self._free.wait()
                 continue
+            if self.load.overloaded:
+                # New calls wait for a worker that can serve them well; calls in progress (and
+                # takeovers of a dead worker's calls) are served here as before.
+                await asyncio.sleep(OVERLOADED_RECHECK_S)
+                continue
             async with best_effort("claim calls", errors=metrics.REDIS_ERRORS, outage=self._claim_outage) as attempt:
                 response = await self._redis_claim.xreadgroup(
-                    keyspace.DISPATCH_GROUP, self.settings.worker_id, {dispatch: ">"}, count=free, block=1000
+                    keyspace.DISPATCH_GROUP, self.settings.worker_id, {dispatch: ">"}, count=free, block=CLAIM_BLOCK_MS
                 )
             if attempt.failed:
                 await asyncio.sleep(0.5 + self.random.random())
@@ -286,10 +299,18 @@ class Worker:
     def _capacity_command(self, live: int) -> tuple:
         # The published load lapses after one lease: a worker that stops heartbeating stops
         # counting as capacity exactly when its calls become eligible for takeover.
-        free = 0 if self._draining else max(0, self.settings.worker_capacity - live)
+        overloaded = self.load.overloaded
+        free = 0 if self._draining or overloaded else max(0, self.settings.worker_capacity - live)
         metrics.FREE_SLOTS.set(free)
         return capacity.publish_command(self.keys, self.settings.worker_id, self.settings.worker_capacity, live,
-                                        self._draining, self.settings.lease_ms)
+                                        self._draining, self.settings.lease_ms, self.load.load, overloaded)
+
+    def _load_changed(self, overloaded: bool) -> None:
+        metrics.OVERLOADED.set(int(overloaded))
+        log.warning("load %.2f %s the threshold %.2f: %s new calls", self.load.load,
+                    "crossed" if overloaded else "back under", self.settings.worker_load_threshold,
+                    "claiming no" if overloaded else "claiming", extra={"worker_id": self.settings.worker_id})
+        self._capacity_changed.set()  # admission control hears it now, not a heartbeat later
 
     async def _publish_capacity(self) -> None:
         await self.redis.eval(*self._capacity_command(len(self.sessions)))
@@ -339,6 +360,7 @@ class Worker:
         # the result instead), and a loop that only relies on it would never end.
         self._stopping = True
         self._capacity_changed.set()
+        self.load.stop()
         self.writer.stop()
         self.reader.stop()
         await self.tasks.aclose()

@@ -8,8 +8,12 @@ This is the second, for calls that raced past it or never went through it (a Twi
   conversation in progress;
 - a stream whose callSid holds a TwiML reservation passes (the reservation ends once the
   call is announced);
-- any other stream passes while the fleet has a free slot, and otherwise waits, first come
-  first served, until one frees or EDGE_ADMISSION_WAIT_S runs out.
+- any other stream passes while the fleet has a free slot and this edge is under its load
+  threshold (switchboard.loadmeter), and otherwise waits, first come first served, until one
+  frees or EDGE_ADMISSION_WAIT_S runs out.
+
+The edge publishes its measured load with every refresh, so that the TwiML admission counts
+the fleet as full when every edge is saturated.
 
 The fleet view is read at each start (one pipelined round trip) and refreshed every
 250 ms in the background for waiters and the gauges; never per frame. Starts this edge has
@@ -27,6 +31,7 @@ from typing import Any
 from switchboard import capacity, twilio
 from switchboard.besteffort import Outage, best_effort
 from switchboard.keys import RESUME_PARAMETER, Keys
+from switchboard.loadmeter import LoadMeter
 
 from . import metrics
 
@@ -37,9 +42,13 @@ _FORGET_UNANNOUNCED_S = 30.0  # an admitted start that never reached its announc
 
 
 class EdgeAdmission:
-    def __init__(self, redis: Any, keys: Keys) -> None:
+    def __init__(self, redis: Any, keys: Keys, *, load: LoadMeter | None = None, edge_id: str = "",
+                 publish_ttl_ms: int = 1500) -> None:
         self._redis = redis
         self._keys = keys
+        self._load = load
+        self._edge_id = edge_id
+        self._publish_ttl_ms = publish_ttl_ms
         self._view = capacity.FleetView()
         # stream_sid → [admitted at, announced at or None], until a view includes the call
         self._in_flight: dict[str, list[float | None]] = {}
@@ -61,6 +70,11 @@ class EdgeAdmission:
                 view, _ = await capacity.read(self._redis, self._keys)
             if not attempt.failed:
                 self._update(view, started)
+            if self._load is not None:
+                async with best_effort("publish the edge's load", errors=metrics.REDIS_ERRORS, outage=self._outage,
+                                       logger=log):
+                    await self._redis.eval(*capacity.publish_edge_command(
+                        self._keys, self._edge_id, self._load.load, self._load.overloaded, self._publish_ttl_ms))
             await asyncio.sleep(REFRESH_S)
 
     async def admit_now(self, start: twilio.Start) -> str | None:
@@ -116,6 +130,8 @@ class EdgeAdmission:
         self._in_flight[stream_sid] = [time.monotonic(), None]
 
     def _free_here(self) -> int:
+        if self._load is not None and self._load.overloaded:
+            return 0  # saturated here: a new stream would degrade every call on this edge
         return self._view.free - len(self._in_flight)
 
     def _update(self, view: capacity.FleetView, read_started: float) -> None:

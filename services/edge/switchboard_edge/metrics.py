@@ -48,3 +48,7 @@ FLEET_FREE = Gauge(
 FLEET_CAPACITY = Gauge(
     "switchboard_edge_fleet_capacity_slots", "Slots of all live, non-draining workers, as this edge sees them"
 )
+
+LOAD = Gauge("switchboard_edge_load",
+             "Measured load: CPU seconds per second, or event-loop lag / 20 ms, whichever is higher (smoothed)")
+OVERLOADED = Gauge("switchboard_edge_overloaded", "1 while past EDGE_LOAD_THRESHOLD: new streams are held")

@@ -20,6 +20,7 @@ from switchboard import signature
 from switchboard.config import redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
 from switchboard.keys import Keys
+from switchboard.loadmeter import LoadMeter
 from switchboard.streams import StreamReader, StreamWriter
 from switchboard.supervise import Supervisor
 
@@ -59,7 +60,8 @@ class EdgeServer:
             self._on_agent_entries,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
         )
-        self.admission = EdgeAdmission(self.redis, self.keys)
+        self.load = LoadMeter(settings.edge_load_threshold, on_change=_load_changed)
+        self.admission = EdgeAdmission(self.redis, self.keys, load=self.load, edge_id=settings.edge_id)
         self.calls = LiveCalls(self.reader, self.writer)
         self.tasks = Supervisor("edge")
         self._port = CallPort(settings, self.keys, self.writer, self.calls,
@@ -82,6 +84,8 @@ class EdgeServer:
         self.tasks.spawn(self.reader.run(), name="reader")
         self.tasks.spawn(self.calls.watch_stalls(), name="stall-watch")
         self.tasks.spawn(self.admission.run(), name="admission")
+        self.tasks.spawn(self.load.run(), name="load")
+        metrics.LOAD.set_function(lambda: self.load.load)
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
         self._ws_server = await serve(
@@ -118,6 +122,7 @@ class EdgeServer:
         # The loops also end on these flags: on Python 3.11 a cancellation that arrives while a
         # Redis command is being sent can be lost inside redis-py.
         self.admission.close()
+        self.load.stop()
         self.writer.stop()
         self.reader.stop()
         await self.tasks.aclose()
@@ -179,6 +184,12 @@ class EdgeServer:
             "live_calls": len(self.calls),
             **self.tasks.readiness_detail(),
         }
+
+
+def _load_changed(overloaded: bool) -> None:
+    metrics.OVERLOADED.set(int(overloaded))
+    log.warning("edge load %s its threshold: %s new streams", "crossed" if overloaded else "back under",
+                "holding" if overloaded else "admitting")
 
 
 def _on_flush(count: int, seconds: float) -> None:

@@ -39,6 +39,11 @@ class EdgeSettings(CommonSettings):
         1024 * 1024, ge=16 * 1024, description="Agent audio queued for one Twilio socket before it counts as stalled"
     )
     edge_stall_timeout_s: float = Field(10.0, gt=0, description="A Twilio send slower than this cuts the socket")
+    edge_load_threshold: float = Field(
+        0.85, gt=0, le=10,
+        description="Measured load (1.0 = a full core or 20 ms of event-loop lag) past which this edge holds new "
+        "streams (up to EDGE_ADMISSION_WAIT_S) and admission control counts the fleet as full when every edge is",
+    )
     edge_outage_buffer_s: float = Field(
         10.0, ge=4, le=120,
         description="While Redis is unreachable, caller audio a call keeps (in order, 8 kB/s) for when it is back",
