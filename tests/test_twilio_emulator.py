@@ -345,3 +345,36 @@ async def test_no_request_however_malformed_gets_a_500_and_every_refusal_is_twil
             assert r.status_code == 400 and r.json()["code"] == 21201
             r = await http.post(base + "/Calls.json", content=b"To=" + b"1" * 70_000, auth=auth)
             assert r.status_code == 400 and "larger than" in r.json()["message"]
+
+
+# --- the admin API --------------------------------------------------------------------------------
+
+
+async def test_callees_are_scripted_over_the_admin_api_with_one_shot_overrides_first(twilio, app):
+    number = "+14155550150"
+    async with httpx.AsyncClient(base_url=twilio.url) as http:
+        r = await http.put(f"/_emulator/callees/{number}", json={"kind": "person", "ring_s": 0.1})
+        assert r.status_code == 200 and r.json()["kind"] == "person"
+        for spec in ({"kind": "busy", "ring_s": 0.1}, {"kind": "no_answer"}):
+            assert (await http.post(f"/_emulator/callees/{number}/next", json=spec)).status_code == 200
+        assert (await http.get(f"/_emulator/callees/{number}")).json()["kind"] == "busy"
+        bad = await http.put(f"/_emulator/callees/{number}", json={"kind": "robot"})
+        assert bad.status_code == 400 and "kind" in bad.json()["error"]
+        assert (await http.put(f"/_emulator/callees/{number}", content=b"{")).status_code == 400
+        client = twilio.client()
+        sids = [(await create(client, to=number, from_=FROM, url=app.url("/twiml"), timeout=1)).sid for _ in range(3)]
+        statuses = [str((await twilio.wait_call(sid, "ended")).rec.status) for sid in sids]
+        assert statuses == ["busy", "no-answer", "completed"]
+        r = await http.get(f"/_emulator/calls/{sids[2]}", params={"wait": "report", "timeout_s": "5"})
+        detail = r.json()
+        assert detail["wait_timed_out"] is False and detail["resource"]["sid"] == sids[2]
+        assert "answered" in [e.get("progress") for e in detail["timeline"]]
+        assert (await http.get("/_emulator/calls/CAnope")).status_code == 404
+        assert (await http.get(f"/_emulator/calls/{sids[2]}", params={"wait": "soon"})).status_code == 400
+        callbacks = (await http.get("/_emulator/callbacks", params={"call_sid": sids[2]})).json()["callbacks"]
+        assert [c["kind"] for c in callbacks] == ["twiml"] and callbacks[0]["status"] == 200
+        assert (await http.delete(f"/_emulator/callees/{number}")).json() == {"removed": True}
+        assert (await http.post("/_emulator/reset")).json() == {"reset": True}
+        assert (await http.get("/_emulator/requests")).json() == {"requests": []}
+        metrics = (await http.get("/metrics")).text
+    assert 'switchboard_twilio_emulator_calls_total{direction="outbound-api",status="busy"} 1.0' in metrics

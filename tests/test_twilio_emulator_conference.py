@@ -143,3 +143,40 @@ async def test_ending_a_conference_over_rest_sends_a_dial_caller_on_to_its_next_
     assert ended.timeline.find("conference-kicked") and ended.end_reason == "twiml-hangup"
     assert target.end_reason == "left-conference" and str(target.rec.status) == "completed"
     assert end[0].form["ReasonConferenceEnded"] == "conference-ended-via-api"
+
+
+async def test_participants_are_held_muted_and_removed_over_rest():
+    people = [callee(CALLER, kind="person", ring_s=0.1), callee(TARGET, kind="person", ring_s=0.1, talk_s=0)]
+    async with Receiver() as app, TwilioEmulator(config(), people) as twilio:
+        app.answers["/hold-music"] = "<Response><Say>You are on hold</Say></Response>"
+        client = twilio.client()
+        twiml = conference_twiml(app, "room-4", after="<Say>Removed from the call</Say><Hangup/>")
+        caller = await run(client.calls.create, to=CALLER, from_=FROM, twiml=twiml)
+        await app.wait(lambda: app.at("/hold"))
+        participant = await run(client.conferences("room-4").participants.create, from_=FROM, to=TARGET,
+                                label="expert")
+        await app.wait(lambda: any(h.form["StatusCallbackEvent"] == "conference-start" for h in app.at("/conf")))
+        room = client.conferences(participant.conference_sid)
+        held = await run(room.participants(caller.sid).update, hold=True, hold_url=app.url("/hold-music"),
+                         muted=True)
+        assert held.hold is True and held.muted is True
+        await app.wait(lambda: app.at("/hold-music"))
+        await run(room.participants(caller.sid).delete)
+        ended = await twilio.wait_call(caller.sid, "ended")
+        remaining = await run(room.participants.list)
+        assert [p.label for p in remaining] == ["expert"]
+        err = await asyncio.to_thread(lambda: run_error(room.participants("nobody").fetch))
+    assert err == (404, 20404)
+    assert [h["say"] for h in ended.heard if h["source"] == "hold"][-1] == "You are on hold"
+    assert [h["say"] for h in ended.heard if h["source"] == "twiml"] == ["Removed from the call"]
+    assert ended.timeline.find("conference-kicked")
+
+
+def run_error(fn) -> tuple[int, int]:
+    from twilio.base.exceptions import TwilioRestException
+
+    try:
+        fn()
+    except TwilioRestException as exc:
+        return exc.status, exc.code
+    raise AssertionError("no error")

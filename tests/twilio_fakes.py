@@ -115,13 +115,17 @@ class StreamConnection:
         return next(m for m in self.messages if m.get("event") == "start")
 
     async def next(self, predicate: Callable[[dict], bool], timeout: float = 10) -> dict:
-        seen = 0
+        return self.messages[await self.find(predicate, timeout)]
+
+    async def find(self, predicate: Callable[[dict], bool], timeout: float = 10, since: int = 0) -> int:
+        """Index of the first message from `since` on that matches (waits for it)."""
+        seen = since
         async with asyncio.timeout(timeout):
             while True:
-                for message in self.messages[seen:]:
-                    if predicate(message):
-                        return message
-                seen = len(self.messages)
+                for index in range(seen, len(self.messages)):
+                    if predicate(self.messages[index]):
+                        return index
+                seen = max(seen, len(self.messages))
                 if self.closed.is_set():
                     raise ConnectionError("the stream closed first")
                 self.arrived.clear()
@@ -199,9 +203,9 @@ async def reply(conn: StreamConnection, number: int, frames: int, mark: str | No
 
 
 async def after_utterance(conn: StreamConnection, utterance: int) -> None:
-    """Until the caller has spoken utterance `utterance` and fallen silent."""
-    await conn.next(lambda m: (i := caller_info(m)) is not None and i.stream_no == utterance)
-    await conn.next(lambda m: m.get("event") == "media" and caller_info(m) is None)
+    """Until the caller has spoken utterance `utterance` and fallen silent after it."""
+    spoke = await conn.find(lambda m: (i := caller_info(m)) is not None and i.stream_no == utterance)
+    await conn.find(lambda m: m.get("event") == "media" and caller_info(m) is None, since=spoke)
 
 
 def received_audio(conn: StreamConnection) -> bytes:

@@ -95,7 +95,6 @@ class CallActor:
         self.queued = queued
         self.timeline = Timeline(core.changes, now)
         self.heard: list[dict[str, Any]] = []  # what this call's party heard: <Say>, <Play>, whisper, hold music
-        self.hearing = "twiml"  # what is playing to the party now: twiml | whisper | hold | bridge
         self.leg: CallerLeg | None = None
         self.report: dict[str, Any] | None = None  # the party's stream results, once the call is over
         self.report_complete = False

@@ -94,7 +94,6 @@ class Bridge:
         from .media import fetch, run_verbs
 
         if self.whisper_url:
-            child.hearing = "whisper"
             verbs, code, detail = await fetch(child, "whisper", self.whisper_url, self.whisper_method)
             if verbs is None:
                 child.timeline.add("error", code=code, reason=detail)
@@ -102,8 +101,7 @@ class Bridge:
             if any(isinstance(v, (twiml.Dial, twiml.Connect)) for v in verbs):
                 child.timeline.add("error", code=NESTED_DIAL, reason="a <Number url> document cannot <Dial> or <Connect>")
                 return Finish(f"whisper-error-{NESTED_DIAL}")
-            step = await run_verbs(child, verbs, self.whisper_url)
-            child.hearing = "bridge"
+            step = await run_verbs(child, verbs, self.whisper_url, source="whisper")
             if isinstance(step, Finish) and step.reason != "twiml-ended":
                 return step  # the whisper hung up (call screening said no): no bridge
         self.bridged_at = time.time()

@@ -88,7 +88,8 @@ async def _application_error(call: CallActor, code: int, reason: str) -> Step:
     return Finish(f"application-error-{code}")
 
 
-async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: str) -> Step:
+async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: str, source: str = "twiml") -> Step:
+    """Run a document's verbs; `source` labels what the party hears (twiml, whisper, hold)."""
     from .dialing import run_dial  # dialing builds on this module
 
     for verb in verbs:
@@ -100,15 +101,15 @@ async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: st
         step: Step
         match verb:
             case twiml.Say():
-                step = await _say(call, verb)
+                step = await _say(call, verb, source)
             case twiml.Play():
-                step = await _play(call, verb)
+                step = await _play(call, verb, source)
             case twiml.Pause():
                 call.timeline.add("verb", verb="Pause", seconds=verb.seconds)
                 await asyncio.sleep(verb.seconds)
                 step = None
             case twiml.Gather():
-                step = await _gather(call, verb, base_url)
+                step = await _gather(call, verb, base_url, source)
             case twiml.Redirect():
                 call.timeline.add("verb", verb="Redirect", url=verb.url, method=verb.method)
                 return Goto(Source(urljoin(base_url, verb.url), verb.method))
@@ -130,28 +131,28 @@ async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: st
     return Finish("twiml-ended")
 
 
-async def _say(call: CallActor, verb: twiml.Say, source: str | None = None) -> Step:
-    call.timeline.add("verb", verb="Say", text=verb.text[:500], loop=verb.loop)
-    call.heard.append({"at": time.time(), "say": verb.text, "source": source or call.hearing})
+async def _say(call: CallActor, verb: twiml.Say, source: str) -> Step:
+    call.timeline.add("verb", verb="Say", text=verb.text[:500], loop=verb.loop, source=source)
+    call.heard.append({"at": time.time(), "say": verb.text, "source": source})
     await asyncio.sleep(len(verb.text) * verb.loop * call.core.config.say_ms_per_char / 1000)
     return None
 
 
-async def _play(call: CallActor, verb: twiml.Play) -> Step:
-    call.timeline.add("verb", verb="Play", url=verb.url, loop=verb.loop, digits=verb.digits)
-    call.heard.append({"at": time.time(), "play": verb.url, "digits": verb.digits, "source": call.hearing})
+async def _play(call: CallActor, verb: twiml.Play, source: str) -> Step:
+    call.timeline.add("verb", verb="Play", url=verb.url, loop=verb.loop, digits=verb.digits, source=source)
+    call.heard.append({"at": time.time(), "play": verb.url, "digits": verb.digits, "source": source})
     await asyncio.sleep((0.5 if verb.digits and not verb.url else call.core.config.play_s) * verb.loop)
     return None
 
 
-async def _gather(call: CallActor, verb: twiml.Gather, base_url: str) -> Step:
+async def _gather(call: CallActor, verb: twiml.Gather, base_url: str, source: str) -> Step:
     """The prompts play; the party presses nothing; after the timeout Twilio goes on (or to the action)."""
     call.timeline.add("verb", verb="Gather", timeout_s=verb.timeout_s, note="the party presses nothing")
     for child in verb.children:
         if isinstance(child, twiml.Say):
-            await _say(call, child)
+            await _say(call, child, source)
         elif isinstance(child, twiml.Play):
-            await _play(call, child)
+            await _play(call, child, source)
         else:
             await asyncio.sleep(child.seconds)
     await asyncio.sleep(verb.timeout_s)

@@ -179,21 +179,16 @@ class Rooms:
         if url == "":
             call.heard.append({"at": time.time(), "hold": "silence", "source": "hold"})
             return
-        previous = call.hearing
-        call.hearing = "hold"
-        try:
-            for _ in range(MAX_WAIT_REDIRECTS):
-                verbs, code, detail = await fetch(call, "wait", url, method)
-                if verbs is None:
-                    call.timeline.add("error", code=code, reason=detail, where="waitUrl")
-                    return
-                allowed = tuple(v for v in verbs if isinstance(v, WAIT_VERBS))
-                step = await run_verbs(call, allowed, url)
-                if not isinstance(step, Goto) or step.source.url is None:
-                    return  # played once; the emulator does not loop the hold music
-                url, method = step.source.url, step.source.method
-        finally:
-            call.hearing = previous
+        for _ in range(MAX_WAIT_REDIRECTS):
+            verbs, code, detail = await fetch(call, "wait", url, method)
+            if verbs is None:
+                call.timeline.add("error", code=code, reason=detail, where="waitUrl")
+                return
+            allowed = tuple(v for v in verbs if isinstance(v, WAIT_VERBS))
+            step = await run_verbs(call, allowed, url, source="hold")
+            if not isinstance(step, Goto) or step.source.url is None:
+                return  # played once; the emulator does not loop the hold music
+            url, method = step.source.url, step.source.method
 
     # --- what changes do --------------------------------------------------------------------------
     def _apply(self, conf: Conference, change: Change) -> None:
