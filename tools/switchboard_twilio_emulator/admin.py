@@ -8,6 +8,7 @@ so a test in another process waits for an event instead of sleeping.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -61,6 +62,18 @@ def max_in_window(times: list[float], window_s: float) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def mean_rate(times: list[float]) -> float | None:
+    """Events per second from the first to the last (None for fewer than two)."""
+    if len(times) < 2 or max(times) == min(times):
+        return None
+    return (len(times) - 1) / (max(times) - min(times))
+
+
+def min_interval(times: list[float]) -> float | None:
+    ordered = sorted(times)
+    return min((b - a for a, b in itertools.pairwise(ordered)), default=None)
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -240,7 +253,7 @@ class Admin:
 
     async def stats(self, request: Request) -> Response:
         core = self.core
-        creates = [e["at"] for e in core.requests.entries()
+        creates = [e["received_at"] for e in core.requests.entries()
                    if e["method"] == "POST" and e["endpoint"] in ("calls", "participants") and e["status"] == 201]
         placed = [c for c in core.calls.values() if c.rec.direction == "outbound-api"]
         dialled = [c.rec.start_time for c in placed if c.rec.start_time is not None]
@@ -253,8 +266,10 @@ class Admin:
                 amd[c.rec.answered_by] = amd.get(c.rec.answered_by, 0) + 1
         return JSONResponse({
             "creates": {"total": len(creates), "max_in_any_second": max_in_window(creates, 1.0),
+                        "min_interval_s": min_interval(creates), "mean_per_second": mean_rate(creates),
                         "first_at": min(creates, default=None), "last_at": max(creates, default=None)},
-            "dials": {"total": len(dialled), "max_in_any_second": max_in_window(dialled, 1.0)},
+            "dials": {"total": len(dialled), "max_in_any_second": max_in_window(dialled, 1.0),
+                      "min_interval_s": min_interval(dialled), "mean_per_second": mean_rate(dialled)},
             "calls": {"outbound_api": len(placed), "max_concurrent": max_overlap(spans),
                       "live": sum(1 for c in placed if not c.finished)},
             "outcomes": outcomes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -93,6 +94,7 @@ class Api:
 
     async def _gate(self, request: Request, endpoint: str, handler: Handler | None) -> Response:
         core = self.core
+        received_at = time.time()  # pacing is measured on arrival, not on when the answer was ready
         account_sid = request.path_params.get("account", "")
         result = auth.AuthResult(False, "none")
         form: Form = {}
@@ -124,7 +126,7 @@ class Api:
         finally:
             self.in_flight -= 1
         core.requests.add(
-            method=request.method, path=request.url.path, query=_query(request) if request.method != "GET" else {},
+            received_at=received_at, method=request.method, path=request.url.path, query=_query(request) if request.method != "GET" else {},
             form={k: ["***"] * len(v) if k in SECRET_PARAMS else v for k, v in form.items()}, auth=result.to_json(), endpoint=endpoint, status=status, code=code, sid=sid,
             unknown=list(parsed.unknown) if parsed else [], notes=list(parsed.notes) if parsed else [],
         )

@@ -3,8 +3,10 @@
     switchboard-twilio-emulator place --api http://127.0.0.1:8766 --to +14155550101 --to +14155550102 \\
         --from +14155550100 --url http://127.0.0.1:8000/twiml --count 20 --cps 2 --concurrency 5 --json out.json
 
-Calls are created at most `cps` per second with at most `concurrency` live at once (a call is
-live until the emulator says it ended), cycling through the `--to` numbers. A 429 is retried
+Calls are created with at least 1/cps seconds between two creations (measured when each
+request is sent, so a call that waited for a free concurrency slot does not burst) and at
+most `concurrency` live at once (a call is live until the emulator says it ended), cycling
+through the `--to` numbers. A 429 is retried
 after its Retry-After (or 1 s), a few times. Each call's outcome comes from the emulator's
 own record (`/_emulator/calls/{sid}?wait=report`): status, AMD verdict, duration, and the
 party's stream results (turns, byte-exact flags, what a voicemail recorded). The report
@@ -89,7 +91,18 @@ async def run_campaign(c: Campaign) -> CampaignReport:
     loop = asyncio.get_running_loop()
     report = CampaignReport()
     gate = asyncio.Semaphore(c.concurrency)
+    pace = asyncio.Lock()
+    last_sent = [-float("inf")]
     started = loop.time()
+
+    async def my_turn() -> None:
+        # Spacing taken from the actual send times: a schedule fixed in advance would let a call
+        # that waited for the gate go out right behind the one before it.
+        async with pace:
+            delay = last_sent[0] + 1 / c.cps - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            last_sent[0] = loop.time()
     auth = (c.username or c.account_sid, c.password)
     form: list[tuple[str, str]] = [("From", c.from_), ("Timeout", str(c.timeout_s))]
     form += [("Url", c.url)] if c.url else [("Twiml", c.twiml or "<Response><Hangup/></Response>")]
@@ -105,8 +118,8 @@ async def run_campaign(c: Campaign) -> CampaignReport:
     async def one(i: int, http: httpx.AsyncClient) -> None:
         to = c.to[i % len(c.to)]
         async with gate:
-            sid = None
             for _ in range(MAX_429_RETRIES + 1):
+                await my_turn()
                 body: dict[str, list[str]] = {"To": [to]}
                 for name, value in form:  # repeated names (StatusCallbackEvent) become lists
                     body.setdefault(name, []).append(value)
@@ -128,10 +141,6 @@ async def run_campaign(c: Campaign) -> CampaignReport:
     async with httpx.AsyncClient(timeout=30) as http:
         async with asyncio.TaskGroup() as tg:
             for i in range(c.count):
-                # Pace the creations on an absolute schedule: call i is created no earlier than i / cps.
-                delay = started + i / c.cps - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
                 tg.create_task(one(i, http))
         report.stats = (await http.get(f"{api}/_emulator/stats")).json()
     report.wall_s = loop.time() - started
