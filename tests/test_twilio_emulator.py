@@ -283,7 +283,7 @@ async def test_the_load_generator_places_a_paced_campaign_and_collects_every_out
     assert report["outcomes"] == {"completed": 4, "busy": 2}
     assert report["answered_by"] == {"human": 2, "machine_end_beep": 2}  # synchronous AMD: decided before the TwiML
     creates = report["emulator"]["creates"]
-    assert creates["mean_per_second"] <= 4.0 and creates["min_interval_s"] >= 0.25 - 0.1  # jitter on arrival
+    assert creates["mean_per_second"] <= 4.4 and creates["min_interval_s"] >= 0.25 - 0.1  # jitter on arrival
     assert report["emulator"]["calls"]["max_concurrent"] <= 2
     assert {c["to"] for c in report["calls"]} == {"+14155550131", "+14155550132", "+14155550133"}
 
