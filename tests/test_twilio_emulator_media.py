@@ -290,3 +290,25 @@ async def test_a_person_holds_a_conversation_through_the_real_edge_byte_exact(sy
     assert report["turns_completed"] == 2, report
     assert report["byte_exact_out"] is True and report["byte_exact_in"] is True, report
     assert ended.end_reason == "callee-hangup" and report["warnings"] == {}
+
+
+async def test_an_inbound_call_can_be_rejected_busy_and_plays_gathers_and_says_in_order():
+    answers = {"/reject": '<Response><Reject reason="busy"/></Response>',
+               "/menu": '<Response><Play>https://example.com/hello.mp3</Play><Gather timeout="1" numDigits="1">'
+                        '<Say>Press 1 for sales</Say></Gather><Say>Goodbye</Say></Response>'}
+    async with Receiver(answers) as app, TwilioEmulator(config(play_s=0.1)) as twilio:
+        async with httpx.AsyncClient(base_url=twilio.url) as http:
+            sids = []
+            for path in ("/reject", "/menu"):
+                r = await http.post("/_emulator/inbound", json={"url": app.url(path), "caller": {"kind": "person"}})
+                sids.append(r.json()["sid"])
+            bad = await http.post("/_emulator/inbound", json={"url": "ftp://nowhere", "caller": {"kind": "person"}})
+        rejected = await twilio.wait_call(sids[0], "ended")
+        menu = await twilio.wait_call(sids[1], "ended")
+    assert bad.status_code == 400 and "url" in bad.json()["error"]
+    assert str(rejected.rec.status) == "busy" and rejected.rec.answered_at is None
+    assert [h.get("play") or h.get("say") for h in menu.heard] == [
+        "https://example.com/hello.mp3", "Press 1 for sales", "Goodbye"]
+    assert str(menu.rec.status) == "completed" and menu.end_reason == "twiml-ended"
+    gather = next(e for e in menu.timeline.events if e.get("verb") == "Gather")
+    assert gather["note"] == "the party presses nothing"
