@@ -68,6 +68,24 @@ class CallingHours:
         raise ValueError("calling hours name no day")  # days is never empty: the API refuses that
 
 
+# Countries with a single time zone: a destination there needs no `timezone` of its own.
+SINGLE_ZONE_COUNTRIES = {
+    "+27": "Africa/Johannesburg", "+31": "Europe/Amsterdam", "+32": "Europe/Brussels", "+33": "Europe/Paris",
+    "+39": "Europe/Rome", "+41": "Europe/Zurich", "+43": "Europe/Vienna", "+44": "Europe/London",
+    "+45": "Europe/Copenhagen", "+46": "Europe/Stockholm", "+47": "Europe/Oslo", "+48": "Europe/Warsaw",
+    "+49": "Europe/Berlin", "+65": "Asia/Singapore", "+81": "Asia/Tokyo", "+82": "Asia/Seoul",
+    "+91": "Asia/Kolkata", "+353": "Europe/Dublin", "+972": "Asia/Jerusalem",
+}
+
+
+def zone_for(number: str, *given: str | None) -> str | None:
+    """The first time zone given, else the number's country's when it has only one, else None."""
+    for zone in given:
+        if zone:
+            return zone
+    return next((z for code, z in SINGLE_ZONE_COUNTRIES.items() if number.startswith(code)), None)
+
+
 def parse_days(names: list[str]) -> frozenset[int]:
     try:
         return frozenset(DAYS.index(name.lower()[:3]) for name in names)

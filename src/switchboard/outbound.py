@@ -91,6 +91,7 @@ class OField(StrEnum):
     PROFILE = "profile"
     CONTEXT = "context"  # JSON
     STATUS = "status"  # Twilio's: queued, initiated, ringing, in-progress, completed, busy, no-answer, failed, canceled
+    STATUS_RANK = "status_rank"  # rank(status): a stale callback never moves the call backwards
     OUTCOME = "outcome"  # once ended: completed, voicemail, amd_*, busy, no-answer, failed, canceled, error
     ERROR = "error"  # why Twilio refused or failed the call
     AMD = "amd"  # "1" when answering-machine detection was asked for
@@ -106,7 +107,7 @@ class OField(StrEnum):
     CAMPAIGN = "campaign"
     INDEX = "index"  # the destination within the campaign
     RING_TIMEOUT_S = "ring_timeout_s"
-    SLOT = "slot"  # the admission reservation's member (ref, then callSid)
+    SETTINGS = "settings"  # per-call agent settings of the request (JSON), stored by callSid once it is known
 
 
 class TwilioStatus(StrEnum):

@@ -47,7 +47,7 @@ def parse_prefixes(text: str) -> tuple[str, ...]:
         entry = raw.strip().replace(" ", "")
         if not entry:
             continue
-        digits = entry[1:] if entry.startswith("+") else entry
+        digits = entry.removeprefix("+")
         if not digits.isdigit() or not 1 <= len(digits) <= 15 or digits[0] == "0":
             raise ValueError(f"{raw.strip()!r} is not a phone number prefix (a country code such as +44, or longer)")
         out.append("+" + digits)

@@ -21,6 +21,10 @@ from . import refusals
 from .deps import State
 from .limits import TWIML_MAX_BODY, BodyLimitMiddleware
 from .metrics import MetricsMiddleware
+from .outbound import callbacks as outbound_callbacks
+from .outbound import campaign_routes
+from .outbound import routes as outbound_routes
+from .outbound.service import Outbound
 from .console import routes as console
 from .routes import calls, ended, health, journal, twiml
 from .routes import settings as settings_routes
@@ -56,9 +60,12 @@ def create_app(settings: ControlSettings) -> FastAPI:
         state = State(settings, Keys(settings.key_prefix), redis_client(settings), _blocking_client(settings),
                       SseSlots(settings.control_sse_max_per_token, settings.control_sse_max_total))
         app.state.control = state
+        app.state.outbound = outbound = Outbound(state)  # outbound calls and campaigns
+        await outbound.start()
         try:
             yield
         finally:
+            await outbound.stop()
             await console.close_hub(app)
             await state.redis.aclose()
             await state.redis_block.aclose()
@@ -77,6 +84,8 @@ def create_app(settings: ControlSettings) -> FastAPI:
             {"name": "settings", "description": "Agent settings: default, profiles, per call"},
             {"name": "calls", "description": "Live calls, transcripts, events and commands"},
             {"name": "twilio", "description": "Twilio's voice webhook"},
+            {"name": "outbound", "description": "Outbound calls: place one, cancel it while it rings"},
+            {"name": "campaigns", "description": "Paced campaigns of outbound calls"},
             {"name": "health", "description": "Liveness, readiness, metrics"},
         ],
     )
@@ -90,6 +99,8 @@ def create_app(settings: ControlSettings) -> FastAPI:
     app.add_exception_handler(orjson.JSONEncodeError, _unencodable)  # type: ignore[arg-type]
     # `ended` before `calls`: /v1/calls/ended is a listing, not a callSid.
     for module in (health, settings_routes, ended, calls, journal, twiml):
+        app.include_router(module.router)
+    for module in (outbound_routes, campaign_routes, outbound_callbacks):
         app.include_router(module.router)
     if settings.console_enabled:
         app.include_router(console.page)

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 
 from switchboard.agent_settings import AgentSettings
 
+from .outbound.view import OutboundView
+
 CALL_SID = r"^[A-Za-z0-9]{2,64}$"
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -68,6 +70,8 @@ class CallSummary(BaseModel):
     turns: int = 0
     settings_source: str | None = None
     settings_version: int | None = None
+    direction: str = Field("inbound", description="inbound | outbound (`state` is `dialing` until it is answered)")
+    outbound: OutboundView | None = Field(None, description="Outbound calls: to/from, Twilio's status, AMD, context")
 
 
 class CallList(BaseModel):

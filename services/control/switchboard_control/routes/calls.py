@@ -25,6 +25,8 @@ from switchboard.agent_settings import MASK, MaskedSecretError, Speak, restore_s
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
 from ..models import CALL_SID, CallDetail, CallList, CommandResult, Problem
+from ..outbound import sse as outbound_sse
+from ..outbound import views as outbound_views
 from ..sse_slots import SlotStreamingResponse, client_key
 
 log = logging.getLogger(__name__)
@@ -54,13 +56,17 @@ async def list_calls(
 ) -> CallList:
     """Calls not yet ended, oldest first."""
     calls, total = await callstate.live_calls(state, limit, offset)
+    calls, total = await outbound_views.listed(state, calls, total, limit, offset)  # outbound: from `queued` on
     return CallList(calls=calls, total=total)
 
 
 @router.get("/{call_sid}", response_model=CallDetail, responses={401: {"model": Problem}, 404: {"model": Problem}})
 async def get_call(call_sid: CallSid, state: StateDep) -> CallDetail:
     """One call with its transcript; ended calls stay readable for CALL_RETENTION_S."""
-    return await callstate.detail(state, await callstate.require(state, call_sid))
+    record = await callstate.find(state, call_sid)
+    if record is None:
+        return await outbound_views.detail(state, call_sid)  # an outbound call not answered (yet), or 404
+    return await outbound_views.decorate(state, await callstate.detail(state, record))
 
 
 @router.get(
@@ -84,8 +90,10 @@ async def call_events(
     """The call's events as they happen: history first (from `Last-Event-ID` if given), then live,
     until `call_ended`. Each replica serves at most CONTROL_SSE_MAX_PER_TOKEN streams per token
     and CONTROL_SSE_MAX_TOTAL in all; over that the answer is 429 with Retry-After."""
-    record = await callstate.require(state, call_sid)
     wanted = None if types == "all" else frozenset(types.split(","))
+    if (ref := await outbound_sse.ref_of(state, call_sid)) is not None:  # lifecycle + media stream, queued on
+        return outbound_sse.respond(state, request, call_sid, ref, wanted, last_event_id)
+    record = await callstate.require(state, call_sid)
     slot = state.sse.take(client_key(request.headers.get("authorization")))
     if slot is None:
         refusals.count("sse_limit", "too many live-event streams", call_sid=call_sid, open=state.sse.open)
