@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import itertools
 import json
 
 import httpx
@@ -188,9 +187,10 @@ async def test_over_the_cps_limit_twilio_queues_the_calls_and_dials_them_one_slo
         client = twilio.client()
         sids = [(await create(client, to=TO, from_=FROM, twiml=HANGUP)).sid for _ in range(3)]
         calls = [await twilio.wait_call(sid, "ended") for sid in sids]
+    queued = sorted(c.rec.queue_time_ms for c in calls)  # the slots Twilio gave them: 250 ms apart
+    assert queued[0] <= 50 and 150 <= queued[1] <= 260 and 400 <= queued[2] <= 510, queued
     starts = sorted(c.rec.start_time for c in calls)
-    assert all(b - a >= 0.24 for a, b in itertools.pairwise(starts)), starts
-    assert max(c.rec.queue_time_ms for c in calls) >= 200
+    assert starts[2] - starts[0] >= 0.45, starts
 
 
 async def test_injected_faults_answer_twilio_shaped_5xx_then_clear(twilio):
@@ -222,7 +222,7 @@ async def test_busy_no_answer_and_failed_callees_end_with_their_status(app):
         "+14155550111": "busy", "+14155550112": "no-answer", "+14155550113": "failed"}
     assert app.at("/twiml") == []  # nobody answered: no TwiML was fetched
     no_answer = ended["+14155550112"]
-    assert 0.95 <= no_answer.rec.end_time - no_answer.rec.start_time < 1.5  # Timeout=1
+    assert 0.95 <= no_answer.rec.end_time - no_answer.rec.start_time < 2.5  # Timeout=1
     for to, codes in (("+14155550111", "486"), ("+14155550112", "487"), ("+14155550113", "503")):
         hits = app.at(f"/status/{to}")
         assert hits[-1].form["SipResponseCode"] == codes and hits[-1].form["CallDuration"] == "0"
