@@ -131,6 +131,7 @@ def _print_summary(stack: Stack) -> None:
     print(f"  Twilio stream URL : {stack.edge_url}  (expose it as wss:// through a tunnel for a real number)")
     print(f"  Control API       : {stack.control_url}  (docs at /docs)")
     print(f"  Control API token : {stack.control_token}")
+    print(f"  Web console       : {stack.control_url}/console/  (sign in with the token above)")
     print(f"  Example           : curl -H 'Authorization: Bearer {stack.control_token}' {stack.control_url}/v1/calls")
     print("  A real number     : ./dev twilio-setup  (prints the tunnels, webhook and TwiML)")
 
