@@ -165,7 +165,8 @@ async def test_a_caller_redirected_to_a_new_stream_carries_on_the_same_conversat
 
 
 async def test_a_voicemail_gets_its_amd_verdict_after_the_beep_and_records_only_the_message():
-    machine = {"lead_ms": 100, "greeting_ms": 1000, "gap_ms": 100, "beep_ms": 300, "record_ms": 5000}
+    # lead_ms covers the TwiML fetch and the stream's opening, so the whole greeting goes up the stream
+    machine = {"lead_ms": 400, "greeting_ms": 1000, "gap_ms": 100, "beep_ms": 300, "record_ms": 5000}
     vm = callee(TO, kind="voicemail", ring_s=0.1, machine=machine)
     app_ref: list[Receiver] = []
 
@@ -189,9 +190,9 @@ async def test_a_voicemail_gets_its_amd_verdict_after_the_beep_and_records_only_
     answered = next(h for h in app.at("/status") if h.form["CallStatus"] == "in-progress")
     assert amd.signed_ok(TOKEN)
     assert amd.form == {"AccountSid": twilio.config.account_sid, "CallSid": call.sid,
-                        "AnsweredBy": "machine_end_beep", "MachineDetectionDuration": "1600"}
+                        "AnsweredBy": "machine_end_beep", "MachineDetectionDuration": "1900"}
     decided = ended.timeline.find("amd")[0]["at"] - ended.rec.answered_at
-    assert 1.6 <= decided <= 2.2  # the beep ends 1.5 s after the answer, detected 0.1 s later
+    assert 1.9 <= decided <= 2.5  # the beep ends 1.8 s after the answer, detected 0.1 s later
     assert amd.at > answered.at
     assert ended.rec.answered_by == "machine_end_beep"
     assert app.at("/status")[-1].form["AnsweredBy"] == "machine_end_beep"
@@ -240,7 +241,7 @@ async def test_dial_with_a_whisper_bridges_then_reports_to_the_action():
     (dialed,) = app.at("/dialed")
     assert dialed.signed_ok(TOKEN)
     assert dialed.form["DialCallStatus"] == "completed" and dialed.form["DialCallSid"] == child.sid
-    assert dialed.form["DialBridged"] == "true" and dialed.form["DialCallDuration"] in ("0", "1")
+    assert dialed.form["DialBridged"] == "true" and 0 <= int(dialed.form["DialCallDuration"]) <= 3
     assert app.at("/busy")[0].form["DialCallStatus"] == "busy"
     assert ended.end_reason == "twiml-hangup"
 
