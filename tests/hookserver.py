@@ -36,7 +36,7 @@ class HookServer:
     requests: list[Seen] = field(default_factory=list)
     server_names: list[str | None] = field(default_factory=list)
 
-    async def start(self) -> "HookServer":
+    async def start(self) -> HookServer:
         if self.tls is not None:
             self.tls.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
         self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)

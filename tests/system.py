@@ -139,7 +139,7 @@ def scrape(metrics_port: int, name: str, labels: str = "") -> float:
     return total
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float, what: str) -> None:
     procs.wait_until(predicate, timeout, what)
 
 
@@ -162,7 +162,7 @@ class TcpBalancer:
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
 
-    async def _serve(self, reader, writer) -> None:  # noqa: ANN001
+    async def _serve(self, reader, writer) -> None:
         import asyncio
         for port in self.backends:
             try:
@@ -174,7 +174,7 @@ class TcpBalancer:
             writer.close()
             return
 
-        async def pipe(src, dst) -> None:  # noqa: ANN001
+        async def pipe(src, dst) -> None:
             try:
                 while data := await src.read(65536):
                     dst.write(data)

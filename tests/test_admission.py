@@ -21,13 +21,13 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from switchboard import capacity
-from switchboard_dev import procs
 from switchboard.keys import Keys
 from switchboard_callsim.call import CallResult, SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 from switchboard_callsim.twiml import Connect, Hangup, Pause, Redirect, Say
 from switchboard_callsim.twiml import parse as parse_twiml
+from switchboard_dev import procs
 
 from system import System, scrape
 from test_e2e_call import _start

@@ -11,13 +11,13 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, SILENCE, agent_frame, caller_frame, parse_frame
 from switchboard_callsim.audiocheck import AgentAudioChecker
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import percentiles
 from switchboard_callsim.playback import Playback
 from switchboard_callsim.script import SILENT, CallScript, Conversation, Phase
-from switchboard_callsim.twiliomsg import MALFORMED, INVALID, CallIdentity, ProtocolWarning, parse_server
+from switchboard_callsim.twiliomsg import INVALID, MALFORMED, CallIdentity, ProtocolWarning, parse_server
+from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, SILENCE, agent_frame, caller_frame, parse_frame
 
 SID = "MZ" + "0" * 32
 

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
-from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
+from switchboard_dev import procs
 
 from system import System
 

@@ -13,9 +13,10 @@ import asyncio
 import orjson
 import pytest
 import websockets
+from websockets.exceptions import ConnectionClosed
+
 from switchboard_callsim.call import run_call
 from switchboard_callsim.twiliomsg import CallIdentity, OutboundStream
-from websockets.exceptions import ConnectionClosed
 
 from inprocess import InProcess, metric, until
 

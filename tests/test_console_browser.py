@@ -12,18 +12,17 @@ import json
 import os
 import random
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_sync
 
-from console_browser import Background, browser, shot
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
+
+from console_browser import Background, browser, shot
 from system import System
 
 PREFIX = "console:"

@@ -18,11 +18,11 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from switchboard_dev import procs
 from switchboard.keys import Keys
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
+from switchboard_dev import procs
 from switchboard_worker.functions import SIGNATURE_HEADER, verify
 
 from system import System
@@ -48,11 +48,11 @@ class FakeHttp:
 
     requests: list[Recorded] = field(default_factory=list)
 
-    def start(self) -> "FakeHttp":
+    def start(self) -> FakeHttp:
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 recorder.requests.append(Recorded(self.path, {k: v for k, v in self.headers.items()}, body))
                 if self.path.startswith("/fail"):
@@ -104,7 +104,7 @@ class ControlStack:
     prefix: str
     log_dir: Path
 
-    def start(self) -> "ControlStack":
+    def start(self) -> ControlStack:
         self.fake = FakeHttp().start()
         self.system = System(
             self.redis_url, self.prefix, self.log_dir, workers=1,
@@ -169,7 +169,7 @@ async def wait_state(api: httpx.AsyncClient, call_sid: str, state: str, timeout:
     raise AssertionError(f"call {call_sid} never reached {state}: {last}")
 
 
-async def until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+async def until(predicate, timeout: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         if predicate():

@@ -27,10 +27,10 @@ import pytest
 import redis as redis_sync
 
 from switchboard import entries, wav
-from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.journal import Recorder, decode_journal
 from switchboard.keys import Keys
+from switchboard_dev import procs
 
 from test_control_api import API_TOKEN, control_service
 
@@ -241,7 +241,7 @@ def live_call(redis_url: str, prefix: str, call_sid: str) -> None:
         client.set(keys.call_by_callsid(call_sid), stream_sid, ex=600)
 
 
-async def until(predicate, what: str, timeout: float = 10) -> None:  # noqa: ANN001
+async def until(predicate, what: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not await asyncio.to_thread(predicate):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

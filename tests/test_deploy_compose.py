@@ -16,8 +16,8 @@ import re
 import shutil
 import subprocess
 import warnings
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest

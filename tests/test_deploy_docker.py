@@ -130,7 +130,7 @@ def test_base_images_are_pinned_to_a_patch_release_never_latest(dockerfile):
         if stage.base in names:
             continue
         image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), stage.base)
-        assert ":" in image and "@" not in image or "@sha256:" in image, f"{stage.base} has no tag"
+        assert (":" in image and "@" not in image) or "@sha256:" in image, f"{stage.base} has no tag"
         tag = image.split(":", 1)[1]
         assert tag != "latest" and re.match(r"\d+\.\d+\.\d+", tag), f"{image}: pin a patch release"
         assert "slim" in tag, f"{image}: use a slim base"

@@ -220,4 +220,4 @@ def test_custom_metric_autoscaler_uses_exported_worker_metrics():
     from switchboard_worker import metrics
 
     for name in re.findall(r"\b(switchboard_worker_[a-z_]+)\{", text):
-        assert name in (metrics.LIVE_CALLS._name, metrics.CAPACITY._name), name  # noqa: SLF001
+        assert name in (metrics.LIVE_CALLS._name, metrics.CAPACITY._name), name

@@ -54,10 +54,10 @@ def exported_metrics(service: str) -> dict[str, set[str]]:
                 pytest.skip(f"{module} is not importable yet: {exc}")
     prefix = f"switchboard_{service}_"
     series: dict[str, set[str]] = {}
-    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 - the registry has no public listing
+    for collector in list(REGISTRY._collector_to_names):
         if not isinstance(collector, MetricWrapperBase):
             continue
-        labels = set(collector._labelnames)  # noqa: SLF001
+        labels = set(collector._labelnames)
         for family in collector.describe():
             if family.name.startswith(prefix):
                 for suffix in SUFFIXES[family.type]:

@@ -22,9 +22,9 @@ import pytest
 import redis as redis_sync
 from redis.exceptions import AuthenticationError, ResponseError
 
-from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
+from switchboard_dev import procs
 
 from system import System
 
@@ -34,7 +34,7 @@ CONTROL_TOKEN = "c" * 24
 
 def status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local URLs only
+        with urllib.request.urlopen(url, timeout=2) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -52,10 +52,10 @@ class Stack:
         self.system = System(redis_url, prefix, log_dir, workers=1, edge_env={"EDGE_REQUIRE_STREAM_TOKEN": "true"})
         self.log_dir = log_dir
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.system.start()
         self.control_port = procs.free_port()
-        self.system._run(procs.Service("control", procs.console("switchboard-control"), {  # noqa: SLF001
+        self.system._run(procs.Service("control", procs.console("switchboard-control"), {
             "REDIS_URL": self.system.redis_url, "KEY_PREFIX": self.system.prefix, "CONTROL_HOST": "127.0.0.1",
             "CONTROL_PORT": str(self.control_port), "CONTROL_API_TOKEN": CONTROL_TOKEN,
             "CONTROL_INSECURE_TWIML": "true", "EDGE_PUBLIC_URL": self.system.edge_url,

@@ -14,10 +14,10 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from switchboard import signature
-from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
+from switchboard_dev import procs
 
 from system import System, scrape
 from test_e2e_call import _start

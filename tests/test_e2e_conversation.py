@@ -10,12 +10,13 @@ import asyncio
 import time
 
 import pytest
+
+from switchboard import settings_store
+from switchboard.agent_settings import AgentSettings
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 
-from switchboard import settings_store
-from switchboard.agent_settings import AgentSettings
 from system import System, scrape
 
 pytestmark = pytest.mark.asyncio

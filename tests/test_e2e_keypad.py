@@ -8,12 +8,13 @@ import urllib.request
 
 import orjson
 import pytest
+
+from switchboard import settings_store
+from switchboard.agent_settings import AgentSettings
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 
-from switchboard import settings_store
-from switchboard.agent_settings import AgentSettings
 from system import System, scrape
 
 

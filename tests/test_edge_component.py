@@ -5,11 +5,11 @@ import asyncio
 import httpx
 import orjson
 import pytest
-from switchboard_edge.server import EdgeServer
-from switchboard_edge.settings import EdgeSettings
 from websockets.asyncio.client import connect
 
 from switchboard.entries import Entry, Kind
+from switchboard_edge.server import EdgeServer
+from switchboard_edge.settings import EdgeSettings
 
 
 @pytest.fixture()

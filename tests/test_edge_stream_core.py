@@ -2,6 +2,9 @@
 on a hand-moved clock."""
 
 import pytest
+
+from switchboard import twilio
+from switchboard.conversation import mark_name
 from switchboard_edge.stream_core import (
     HANGUP_MARK,
     MAX_OUTSTANDING_MARKS,
@@ -20,9 +23,6 @@ from switchboard_edge.stream_core import (
     SendMark,
     StreamCore,
 )
-
-from switchboard import twilio
-from switchboard.conversation import mark_name
 
 SID, CALL = "MZ00000000000000000000000000000001", "CA00000000000000000000000000000001"
 T0 = 1000.0  # the shell's monotonic clock, in seconds

@@ -15,7 +15,6 @@ from ipaddress import ip_address
 import httpx
 import pytest
 
-from hookserver import OK_BODY, HookServer
 from switchboard import egress
 from switchboard.egress_policy import (
     EgressPolicy,
@@ -26,6 +25,8 @@ from switchboard.egress_policy import (
     embedded_ipv4,
     numeric_host,
 )
+
+from hookserver import OK_BODY, HookServer
 
 DEV = EgressPolicy(allow_http=True)  # plain http allowed, nothing private
 LOOPBACK_2 = EgressPolicy.parse("127.0.0.2/32", allow_http=True)  # the receiver's address only

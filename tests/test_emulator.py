@@ -19,7 +19,6 @@ import httpx
 import jsonschema
 import orjson
 import pytest
-from deepgram_spec import SPEC_AVAILABLE, requires_spec, validate_client_message, validate_server_message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -27,6 +26,8 @@ from switchboard_dev.testaudio import AGENT_MAGIC, FRAME_BYTES, SILENCE, caller_
 from switchboard_emulator.config import EmulatorConfig
 from switchboard_emulator.server import EmulatorServer
 from switchboard_emulator.vad import ENDED, STARTED, Framer, VoiceActivity, detector_for
+
+from deepgram_spec import SPEC_AVAILABLE, requires_spec, validate_client_message, validate_server_message
 
 TIMEOUT = 3.0
 KEY = "test-key"

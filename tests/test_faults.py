@@ -14,11 +14,11 @@ import httpx
 import orjson
 import pytest
 
-from switchboard_dev import procs
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
+from switchboard_dev import procs
 
 from system import System, TcpBalancer, scrape, wait_for
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+
+from switchboard import settings_store
+from switchboard.agent_settings import AgentSettings
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 
 from hookserver import HookServer
-from switchboard import settings_store
-from switchboard.agent_settings import AgentSettings
 from system import System, scrape
 
 MAX_BYTES = 64 * 1024

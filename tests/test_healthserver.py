@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from switchboard_dev import procs
 from switchboard.httpserver import MAX_HEADERS, HealthServer, Refusal, Request, parse_head
-
+from switchboard_dev import procs
 
 # --- the pure parser -------------------------------------------------------------------------------
 

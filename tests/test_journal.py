@@ -17,13 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switchboard import entries, journal, wav
-from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.conversation import Conversation, ConversationConfig, Emit, ToCaller
 from switchboard.entries import Entry, Kind
 from switchboard.journal import JournalError, Recorder, Source, decode_journal, from_jsonl, to_jsonl
-from switchboard_dev.testaudio import caller_frame, agent_frame
-
+from switchboard_dev import procs
+from switchboard_dev.testaudio import agent_frame, caller_frame
 from switchboard_journal.replay import replay
 
 ON = Journal(enabled=True, audio=True)
@@ -256,7 +255,7 @@ def test_a_journal_without_audio_has_no_wav():
         wav.render(records)
 
 
-def in_pages(records: list[journal.JournalRecord], size: int):  # noqa: ANN201
+def in_pages(records: list[journal.JournalRecord], size: int):
     return lambda: (records[i:i + size] for i in range(0, len(records), size))
 
 
@@ -316,7 +315,7 @@ def test_streaming_a_half_hour_call_holds_about_a_page_of_audio_not_the_call():
     page_entries = 1000
     rec = Recorder(ON)
 
-    def pages():  # noqa: ANN202
+    def pages():
         page: list[Entry] = []
         for n in range(1800 * 50):  # 20 ms frames
             t = T0 + n * 20_000

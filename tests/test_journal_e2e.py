@@ -15,12 +15,12 @@ import pytest
 import redis as redis_sync
 
 from switchboard import wav
-from switchboard_dev import procs
 from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.journal import Recorder, Source, decode_journal, from_jsonl
-from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, parse_frame
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
+from switchboard_dev import procs
+from switchboard_dev.testaudio import CALLER_MAGIC, FRAME_BYTES, parse_frame
 
 from test_control_api import API_TOKEN, ControlStack, new_call
 from test_journal import T0, pcm_channels, synthetic_call

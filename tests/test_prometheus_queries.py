@@ -19,11 +19,12 @@ import httpx
 import pytest
 import yaml
 
-from console_browser import Background
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 from switchboard_dev import procs
+
+from console_browser import Background
 from system import System
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +100,7 @@ class Prometheus:
         alerts = httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
         return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
-    def wait(self, predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    def wait(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ import urllib.request
 
 import orjson
 import pytest
+
 from switchboard_dev import procs
 
 pytestmark = pytest.mark.slow

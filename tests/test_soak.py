@@ -15,8 +15,8 @@ import pytest
 from switchboard_callsim.call import SimConfig
 from switchboard_callsim.load import run_load
 from switchboard_callsim.script import CallScript
-from switchboard_dev.testaudio import SILENCE, caller_frame
 from switchboard_callsim.twiliomsg import CallIdentity
+from switchboard_dev.testaudio import SILENCE, caller_frame
 
 from system import System, scrape, wait_for
 from test_e2e_call import _start
@@ -55,9 +55,7 @@ async def test_a_thousand_short_calls_leave_no_keys_tasks_or_memory_behind(redis
             leftovers = []
             for key in client.scan_iter(match=f"{key_prefix}*", count=1000):
                 ttl = client.ttl(key)
-                if ttl == -1 and key.decode() != sb.keys.dispatch():
-                    leftovers.append(key)
-                elif ttl > 3600:
+                if (ttl == -1 and key.decode() != sb.keys.dispatch()) or ttl > 3600:
                     leftovers.append(key)
             assert leftovers == [], leftovers[:10]
             assert client.xlen(sb.keys.dispatch()) == 0

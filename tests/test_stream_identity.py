@@ -21,13 +21,13 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from switchboard import signature
-from switchboard_dev import procs
 from switchboard.keys import RESUME_PARAMETER, STREAM_TOKEN_PARAMETER
 from switchboard_callsim.call import CallResult, SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity, OutboundStream, new_sid
 from switchboard_callsim.twiml import Connect
 from switchboard_callsim.twiml import parse as parse_twiml
+from switchboard_dev import procs
 
 from system import System, scrape
 

@@ -13,9 +13,11 @@ import json
 
 import httpx
 import pytest
+from twilio.base.exceptions import TwilioRestException
+
 from switchboard_twilio_emulator.config import EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator
-from twilio.base.exceptions import TwilioRestException
+
 from twilio_fakes import Receiver
 
 TOKEN = "test-auth-token-123"

@@ -13,6 +13,7 @@ import json
 
 from switchboard_twilio_emulator.config import EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator
+
 from twilio_fakes import Receiver, StreamConnection, StreamServer, after_utterance, reply, stream_twiml
 
 TOKEN = "conference-test-token"

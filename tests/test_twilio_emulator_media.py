@@ -13,10 +13,12 @@ import json
 
 import httpx
 import pytest
+from twilio.request_validator import RequestValidator
+
 from switchboard_twilio_emulator.config import EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator
+
 from system import System
-from twilio.request_validator import RequestValidator
 from twilio_fakes import (
     Receiver,
     StreamConnection,

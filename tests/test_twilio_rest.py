@@ -10,12 +10,12 @@ import time
 
 import httpx
 import pytest
-from switchboard_twilio_emulator.config import EmulatorConfig
-from switchboard_twilio_emulator.server import TwilioEmulator
 
 from switchboard import twilio_rest
 from switchboard.retry import Retry
 from switchboard.twilio_rest import CallsApi, Credentials, TwilioApiError
+from switchboard_twilio_emulator.config import EmulatorConfig
+from switchboard_twilio_emulator.server import TwilioEmulator
 
 TOKEN = "rest-test-token"
 KEY_SID, KEY_SECRET = "SK" + "7" * 32, "rest-key-secret"

@@ -24,9 +24,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from switchboard_dev.testaudio import CALLER_MAGIC, agent_frame, parse_frame
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
+
+from switchboard_dev.testaudio import CALLER_MAGIC, agent_frame, parse_frame
 
 
 @dataclass

@@ -21,7 +21,14 @@ from . import json_limits
 from .answering import Amd, Voicemail
 from .call_features import Dtmf, PreCall, Transfer
 from .redaction import (
-    MASK, MaskedSecretError, holds_secret, is_secret_name, is_url, redact_url, restore_url, same_origin,
+    MASK,
+    MaskedSecretError,
+    holds_secret,
+    is_secret_name,
+    is_url,
+    redact_url,
+    restore_url,
+    same_origin,
 )
 
 __all__ = ["MASK", "MaskedSecretError"]  # re-exported: the control API imports them from here
@@ -77,7 +84,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="after")
-    def _bounded_extras(self) -> "_Open":
+    def _bounded_extras(self) -> _Open:
         extra = self.model_extra or {}
         if len(extra) > MAX_PROVIDER_EXTRA_FIELDS:
             raise PydanticCustomError(
@@ -231,7 +238,7 @@ class AgentSettings(BaseModel):
     precall: PreCall | None = Field(None, description="Optional lookup before the greeting (CRM); see README")
 
     @model_validator(mode="after")
-    def _bounded_document(self) -> "AgentSettings":
+    def _bounded_document(self) -> AgentSettings:
         try:
             size = json_limits.encoded_size(self.model_dump(mode="json", exclude_none=True))
         except json_limits.LimitError as exc:

@@ -19,7 +19,7 @@ POINTS = ("p50", "p95", "p99")
 def from_histogram(dump: dict[str, Any] | None) -> dict[str, Any]:
     """Nearest-rank percentiles (ms, bucket lower edge as the emulator reports them) of a pooled dump."""
     if not dump:
-        return {"count": 0, **{p: None for p in POINTS}, "max": None, "method": "unavailable"}
+        return {"count": 0, **dict.fromkeys(POINTS), "max": None, "method": "unavailable"}
     if not dump.get("pooled"):
         return _from_session_summaries(dump["sessions"])
     hist = [(int(b), int(n)) for b, n in dump["hist"]]
@@ -62,7 +62,7 @@ def added(switchboard: dict[str, Any], relay: dict[str, Any]) -> dict[str, float
 
 def scrape(port: int) -> str:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
             return resp.read().decode()
     except OSError:
         return ""

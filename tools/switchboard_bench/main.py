@@ -26,8 +26,8 @@ import psutil
 
 from . import report
 from .compare import compare
-from .runner import Plan, run_level
 from .profile import Profiler
+from .runner import Plan, run_level
 
 QUICK = {"levels": "2", "barge_in_share": 0.5, "duration_s": 3.0, "ramp_s": 0.5, "settle_s": 1.5, "workers": 1,
          "utterance_ms": 400, "lead_ms": 300, "eou_ms": 200, "think_ms": 50, "reply_ms": 800,

@@ -45,7 +45,7 @@ def rss_by_proc(processes: list[Proc]) -> dict[str, int]:
 
 def emulator_live_sessions(emulator_http: str) -> int | None:
     try:
-        with urllib.request.urlopen(f"{emulator_http}/_emulator/healthz", timeout=2) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{emulator_http}/_emulator/healthz", timeout=2) as resp:
             return int(orjson.loads(resp.read())["active_sessions"])
     except (OSError, ValueError, KeyError):
         return None

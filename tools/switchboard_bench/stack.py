@@ -21,7 +21,7 @@ import orjson
 from switchboard_dev import procs
 from switchboard_dev.stack import Proc, Stack
 
-__all__ = ["Proc", "RelayStack", "SwitchboardStack", "SYSTEM_ROLES", "worker_capacity"]
+__all__ = ["SYSTEM_ROLES", "Proc", "RelayStack", "SwitchboardStack", "worker_capacity"]
 
 EMULATOR_KEY = "bench-deepgram-key"
 SYSTEM_ROLES = ("redis", "edge", "worker", "relay")

@@ -14,7 +14,7 @@ MAX_REASONS = 5
 
 
 class AgentAudioChecker:
-    __slots__ = ("_rest", "_reply", "_next_seq", "_floor", "frames", "bytes", "errors", "reasons", "cut_partial")
+    __slots__ = ("_floor", "_next_seq", "_reply", "_rest", "bytes", "cut_partial", "errors", "frames", "reasons")
 
     def __init__(self) -> None:
         self._rest = b""

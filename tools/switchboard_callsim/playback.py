@@ -13,7 +13,7 @@ US_PER_BYTE = 125  # 8000 bytes/s of 8 kHz mu-law
 
 
 class Playback:
-    __slots__ = ("play_end_us", "_marks")
+    __slots__ = ("_marks", "play_end_us")
 
     def __init__(self) -> None:
         # When the audio queued so far will have finished playing; in the past = idle.

@@ -41,7 +41,7 @@ class CallIdentity:
 class OutboundStream:
     """Messages of one stream, numbered as Twilio numbers them (all after `connected`)."""
 
-    __slots__ = ("ident", "_seq", "_chunk", "_media_tail", "_sid_field")
+    __slots__ = ("_chunk", "_media_tail", "_seq", "_sid_field", "ident")
 
     def __init__(self, ident: CallIdentity) -> None:
         self.ident = ident

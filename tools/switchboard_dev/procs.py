@@ -48,7 +48,7 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # noqa: ANN001
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -59,7 +59,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> 
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - local URLs only
+        with urllib.request.urlopen(url, timeout=0.5) as response:
             return 200 <= response.status < 300
     except OSError:
         return False

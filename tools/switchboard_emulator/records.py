@@ -24,7 +24,7 @@ _MAGICS: Final = (CALLER_MAGIC, AGENT_MAGIC)
 class CallerFrameStats:
     """Order and transit time of the synthetic frames a caller sent (see switchboard.testaudio)."""
 
-    __slots__ = ("frames", "out_of_order", "corrupt", "_last", "_hist", "_max_us")
+    __slots__ = ("_hist", "_last", "_max_us", "corrupt", "frames", "out_of_order")
 
     def __init__(self) -> None:
         self.frames = 0
@@ -87,7 +87,7 @@ class CallerFrameStats:
 
 
 class ReplyRecord:
-    __slots__ = ("number", "text", "frames_sent", "interrupted")
+    __slots__ = ("frames_sent", "interrupted", "number", "text")
 
     def __init__(self, number: int, text: str) -> None:
         self.number = number

@@ -57,7 +57,7 @@ def detector_for(encoding: str, sample_rate: int) -> tuple[int, Callable[[bytes]
 class Framer:
     """Cuts a byte stream arriving in arbitrary chunks into fixed-size frames."""
 
-    __slots__ = ("size", "_rest")
+    __slots__ = ("_rest", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -76,7 +76,7 @@ class Framer:
 class VoiceActivity:
     """Speech starts after `start_frames` consecutive loud frames and ends after `eou_frames` quiet ones."""
 
-    __slots__ = ("loudness", "start_frames", "eou_frames", "speaking", "_loud_run", "_quiet_run", "_speech_frames")
+    __slots__ = ("_loud_run", "_quiet_run", "_speech_frames", "eou_frames", "loudness", "speaking", "start_frames")
 
     def __init__(self, loudness: Callable[[bytes], float], start_frames: int, eou_ms: int) -> None:
         self.loudness = loudness

@@ -22,7 +22,14 @@ from pydantic import ValidationError
 from switchboard import deepgram
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
-    Action, Conversation, ConversationConfig, Emit, GiveUp, Hangup, Reconnect, parse_mark,
+    Action,
+    Conversation,
+    ConversationConfig,
+    Emit,
+    GiveUp,
+    Hangup,
+    Reconnect,
+    parse_mark,
 )
 from switchboard.entries import Entry, Kind
 from switchboard.journal import JournalRecord, Source

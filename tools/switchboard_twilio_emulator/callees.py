@@ -50,7 +50,7 @@ class Callee:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be an object")  # noqa: TRY004 - one error type for every bad callee
+        raise ValueError(f"{where} must be an object")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -67,7 +67,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def from_json(data: Any) -> Callee:
     """A callee from its JSON form; a clear ValueError for anything Twilio's callee could not be."""
     if not isinstance(data, Mapping):
-        raise ValueError("a callee must be a JSON object")  # noqa: TRY004 - one error type for every bad callee
+        raise ValueError("a callee must be a JSON object")
     values = dict(data)
     if "script" in values:
         values["script"] = _build(CallScript, values["script"], "script")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
+
 from switchboard_callsim.call import Pacer
 
 from .callees import Directory

@@ -22,6 +22,7 @@ from typing import Any, Self
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+
 from switchboard_callsim.call import Pacer
 
 from .admin import WAITS, Admin, _reached

@@ -172,7 +172,7 @@ def _amd(r: Reader, callback_name: str) -> AmdRequest | None:
     callback = r.url(callback_name)
     callback_method = r.method(callback_name + "Method")
     if mode is None:
-        if asynchronous and callback_name == "AsyncAmdStatusCallback" or callback:
+        if (asynchronous and callback_name == "AsyncAmdStatusCallback") or callback:
             r.notes.append("AsyncAmd/AMD callback without MachineDetection: no detection runs")
         return None
     if asynchronous and callback is None:

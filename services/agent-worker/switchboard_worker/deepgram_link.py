@@ -16,7 +16,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from switchboard import deepgram
 
-
 WELCOME_WAIT_S = 1.0
 
 

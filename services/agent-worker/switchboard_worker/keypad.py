@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import redis.asyncio as redis
 
 from switchboard.besteffort import best_effort

@@ -29,7 +29,7 @@ class SettingsDocument(BaseModel):
 class LiveChanges(BaseModel):
     """What a settings write did to the running call, if the call is live."""
 
-    applied: dict[str, "CommandResult"] = Field(
+    applied: dict[str, CommandResult] = Field(
         default_factory=dict, description="update_prompt / update_speak sent to the call and their results"
     )
     next_connect: list[str] = Field(

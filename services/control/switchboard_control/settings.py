@@ -98,7 +98,7 @@ class ControlSettings(OutboundSettings):  # OutboundSettings: outbound calls and
     )
 
     @model_validator(mode="after")
-    def _secure_by_default(self) -> "ControlSettings":
+    def _secure_by_default(self) -> ControlSettings:
         if self.control_api_token is None and not self.control_insecure_no_auth:
             raise ValueError(
                 "CONTROL_API_TOKEN is not set: set it, or set CONTROL_INSECURE_NO_AUTH=true for local development"

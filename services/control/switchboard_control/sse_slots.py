@@ -26,7 +26,7 @@ class SseSlots:
     _by_token: dict[str, int] = field(default_factory=dict)
     _open: int = 0
 
-    def take(self, token: str) -> "Slot | None":
+    def take(self, token: str) -> Slot | None:
         """A slot for one more stream of this client, or None when it or the replica is at its cap."""
         held = self._by_token.get(token, 0)
         if held >= self.per_token or self._open >= self.total:

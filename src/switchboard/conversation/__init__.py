@@ -11,7 +11,18 @@
 """
 
 from .actions import (
-    Action, Count, DigitsCollected, Emit, GiveUp, Hangup, Observe, Played, Reconnect, Record, ToAgent, ToCaller,
+    Action,
+    Count,
+    DigitsCollected,
+    Emit,
+    GiveUp,
+    Hangup,
+    Observe,
+    Played,
+    Reconnect,
+    Record,
+    ToAgent,
+    ToCaller,
 )
 from .config import ConversationConfig
 from .context import Context

@@ -218,4 +218,4 @@ async def call_row(call_sid: Annotated[str, PathParam(pattern=CALL_SID)], state:
     return {**table.row(fields), "call_sid": call_sid, "parameters": table.parameters(fields)}
 
 
-__all__ = ["api", "page", "close_hub", "sse"]
+__all__ = ["api", "close_hub", "page", "sse"]
