@@ -50,6 +50,7 @@ from .adoption import adopt
 from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink, DeepgramUnavailable
 from .functions import FunctionRunner
 from .lifecycle import CallState, Lifecycle
+from .outbound import prepare as prepare_outbound
 from .port import WorkerPort
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,9 @@ class CallSession:
         port = self.port
         profile = meta.get(b"profile", b"").decode() or None
         resolved = await settings_store.resolve(port.redis, port.keys, self.call_sid, profile)
-        self.settings = resolved.settings
+        # An outbound call: its context filled into the prompt and greeting, the greeting held for AMD.
+        outbound = await prepare_outbound(port, self.call_sid, meta, resolved.settings)
+        self.settings = outbound.settings
         self.conv.config = self._conversation_config()
         self._journal = Recorder(self.settings.journal)
         self._record(self._journal.start(self.call_sid, self.stream_sid, self.settings, now_us(), self.conv.session_id,
@@ -160,6 +163,10 @@ class CallSession:
             CallField.WORKER: port.settings.worker_id, CallField.STATE: RecordState.CONNECTING,
             CallField.SETTINGS_SOURCE: resolved.source, CallField.SETTINGS_VERSION: str(resolved.version),
         })
+        if outbound.amd is not None:
+            # A takeover with a verdict known: the previous session acted on it (no second greeting).
+            self._apply(self.conv.start_amd(outbound.amd, time.monotonic(), verdict=outbound.verdict,
+                                            detection_ms=outbound.detection_ms, decided=self.takeover))
         log.info("call claimed", extra={**self.extra, "takeover": self.takeover, "settings_source": resolved.source})
 
     async def _resume(self, old_stream_sid: str) -> bool:
@@ -324,7 +331,10 @@ class CallSession:
 
     def _send_caller_audio(self, parts: list[bytes]) -> None:
         if parts:
-            self._agent.send_audio(parts[0] if len(parts) == 1 else b"".join(parts))
+            if self.conv.holding_caller_audio:  # answering-machine detection: the agent must not hear the line
+                self.conv.withheld_caller_audio(sum(map(len, parts)))
+            else:
+                self._agent.send_audio(parts[0] if len(parts) == 1 else b"".join(parts))
             parts.clear()
 
     def _on_stop(self, reason: str) -> None:
@@ -441,6 +451,12 @@ class CallSession:
             return False
         self._record(self._journal.to_deepgram(message, now_us()))
         return True
+
+    def amd_verdict(self, answered_by: str, detection_ms: int | None) -> tuple[bool, str]:
+        """Twilio's answering-machine verdict (the amd_verdict command): greet, or the voicemail behaviour."""
+        actions = self.conv.on_amd_verdict(answered_by, detection_ms, time.monotonic())
+        self._apply(actions)
+        return (True, f"{answered_by}: acted on") if actions else (False, "no verdict awaited (decided already)")
 
     def request_hangup(self, reason: str, *, after_reply: bool = False) -> None:
         self._apply(self.conv.request_hangup(reason, after_reply=after_reply))
