@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from switchboard_callsim.machine import GREETING, BEEP, Machine, MachinePhase, MachineScript
+from switchboard_callsim.machine import BEEP, GREETING, Machine, MachinePhase, MachineScript
 from switchboard_callsim.playback import Playback
 from switchboard_callsim.script import SILENT, CallScript, Conversation, Phase
 from switchboard_twilio_emulator import amd, auth, callees, errors, forms, numbers, twiml, validate

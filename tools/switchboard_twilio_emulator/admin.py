@@ -25,7 +25,7 @@ from .validate import Source, StatusCallback
 
 MAX_ADMIN_BODY = 256 * 1024
 MAX_WAIT_S = 120.0
-WAITS = ("answered", "ended", "report") + tuple(str(s) for s in FINAL) + ("ringing", "in-progress")
+WAITS = ("answered", "ended", "report", "ringing", "in-progress", *(str(s) for s in FINAL))
 
 
 class BadRequest(ValueError):

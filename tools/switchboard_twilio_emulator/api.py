@@ -126,8 +126,10 @@ class Api:
         finally:
             self.in_flight -= 1
         core.requests.add(
-            received_at=received_at, method=request.method, path=request.url.path, query=_query(request) if request.method != "GET" else {},
-            form={k: ["***"] * len(v) if k in SECRET_PARAMS else v for k, v in form.items()}, auth=result.to_json(), endpoint=endpoint, status=status, code=code, sid=sid,
+            received_at=received_at, method=request.method, path=request.url.path,
+            query=_query(request) if request.method != "GET" else {},
+            form={k: ["***"] * len(v) if k in SECRET_PARAMS else v for k, v in form.items()},
+            auth=result.to_json(), endpoint=endpoint, status=status, code=code, sid=sid,
             unknown=list(parsed.unknown) if parsed else [], notes=list(parsed.notes) if parsed else [],
         )
         core.metrics.requests.labels(endpoint, str(status)).inc()

@@ -78,7 +78,8 @@ async def _dial_number(call: CallActor, verb: twiml.Dial, target: twiml.DialNumb
     finally:
         if not child.finished:
             child.hang_up("parent-left-the-dial")
-    return DialOutcome(DIAL_STATUS[child.rec.status], child.sid, child.rec.duration_s or 0, bridge.bridged_at is not None)
+    bridged = bridge.bridged_at is not None
+    return DialOutcome(DIAL_STATUS[child.rec.status], child.sid, child.rec.duration_s or 0, bridged)
 
 
 class Bridge:
@@ -99,7 +100,8 @@ class Bridge:
                 child.timeline.add("error", code=code, reason=detail)
                 return Finish(f"whisper-error-{code}")
             if any(isinstance(v, (twiml.Dial, twiml.Connect)) for v in verbs):
-                child.timeline.add("error", code=NESTED_DIAL, reason="a <Number url> document cannot <Dial> or <Connect>")
+                child.timeline.add("error", code=NESTED_DIAL,
+                                   reason="a <Number url> document cannot <Dial> or <Connect>")
                 return Finish(f"whisper-error-{NESTED_DIAL}")
             step = await run_verbs(child, verbs, self.whisper_url, source="whisper")
             if isinstance(step, Finish) and step.reason != "twiml-ended":

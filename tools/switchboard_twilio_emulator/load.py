@@ -129,9 +129,10 @@ async def run_campaign(c: Campaign) -> CampaignReport:
                     break
                 await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
             if response.status_code != 201:
-                body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-                report.errors.append({"to": to, "status": response.status_code, "code": body.get("code"),
-                                      "message": body.get("message")})
+                is_json = response.headers.get("content-type", "").startswith("application/json")
+                error = response.json() if is_json else {}
+                report.errors.append({"to": to, "status": response.status_code, "code": error.get("code"),
+                                      "message": error.get("message")})
                 return
             sid = response.json()["sid"]
             waited = await http.get(f"{api}/_emulator/calls/{sid}",

@@ -151,7 +151,9 @@ def _numbers(r: Reader, caller_ids: Collection[str] | None) -> tuple[str, str]:
     return to, from_
 
 
-def _status_callback(r: Reader, prefix: str, allowed: tuple[str, ...], default: frozenset[str]) -> StatusCallback | None:
+def _status_callback(
+    r: Reader, prefix: str, allowed: tuple[str, ...], default: frozenset[str]
+) -> StatusCallback | None:
     url = r.url(prefix)
     method = r.method(prefix + "Method")
     events = r.events(prefix + "Event", allowed)
