@@ -12,12 +12,14 @@ import uuid
 
 import redis.asyncio as redis
 from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .keys import Keys
 
 
 def default_instance_id(kind: str) -> str:
@@ -40,6 +42,11 @@ class CommonSettings(BaseSettings):
         "options (rediss://…?ssl_ca_certs=/path/ca.pem) in it; never logged",
     )
     redis_cluster: bool = Field(False, description="Treat REDIS_URL as a Redis Cluster node")
+    redis_cluster_buckets: int = Field(
+        16, ge=1, le=16384,
+        description="Redis Cluster only: hash-tag buckets the calls' keys are spread over (an instance reads each "
+        "bucket with one XREAD); the same on every service, and changed only with no call in progress",
+    )
     key_prefix: str = Field("sb:", description="Prefix of every Redis key")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     metrics_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics")
@@ -83,3 +90,8 @@ async def redis_reachable(client: redis.Redis, timeout_s: float = 1.0) -> bool:
     except (RedisError, TimeoutError, OSError):
         return False
     return True
+
+
+def keys_for(settings: CommonSettings) -> Keys:
+    """The key names every service of one deployment agrees on."""
+    return Keys(settings.key_prefix, settings.redis_cluster_buckets if settings.redis_cluster else 0)

@@ -1,12 +1,16 @@
 """Every Redis key name and lifetime Switchboard uses, in one place.
 
-All keys of one call carry the hash tag `{<streamSid>}` so that per-call operations stay on
-one Redis Cluster slot. Every stream is capped (MAXLEN ~) and every per-call key expires
-after the call (RETENTION).
+All keys of one call carry one hash tag so that per-call operations stay on one Redis
+Cluster slot: `{<streamSid>}` on a single Redis; on a cluster (`cluster_buckets` > 0)
+`{c<n>}`, one of a fixed number of buckets picked from the streamSid, so that an instance
+reads every call of a bucket with one XREAD (XREAD cannot span slots) instead of holding a
+reader per call, while the buckets still spread the calls over the cluster's masters. Every
+stream is capped (MAXLEN ~) and every per-call key expires after the call (RETENTION).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 DISPATCH_GROUP = "workers"
@@ -15,35 +19,41 @@ DISPATCH_GROUP = "workers"
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "sb:"
+    cluster_buckets: int = 0  # 0: a single Redis (every call its own hash tag)
+
+    def _call(self, stream_sid: str) -> str:
+        if self.cluster_buckets:
+            return f"{self.prefix}call:{{c{zlib.crc32(stream_sid.encode()) % self.cluster_buckets}}}:{stream_sid}"
+        return f"{self.prefix}call:{{{stream_sid}}}"
 
     # --- one call -------------------------------------------------------------------------
     def call(self, stream_sid: str) -> str:
         """Hash: callSid, accountSid, edge, worker, profile, state, timestamps, parameters."""
-        return f"{self.prefix}call:{{{stream_sid}}}"
+        return self._call(stream_sid)
 
     def caller_audio(self, stream_sid: str) -> str:
         """Stream edge → worker: caller audio, dtmf, mark echoes, stop."""
-        return f"{self.prefix}call:{{{stream_sid}}}:in"
+        return self._call(stream_sid) + ":in"
 
     def agent_output(self, stream_sid: str) -> str:
         """Stream worker → edge: agent audio, clear, mark, hangup."""
-        return f"{self.prefix}call:{{{stream_sid}}}:out"
+        return self._call(stream_sid) + ":out"
 
     def events(self, stream_sid: str) -> str:
         """Stream worker → anyone: transcript and timeline of the call."""
-        return f"{self.prefix}call:{{{stream_sid}}}:events"
+        return self._call(stream_sid) + ":events"
 
     def commands(self, stream_sid: str) -> str:
         """Stream control → owner worker: live commands."""
-        return f"{self.prefix}call:{{{stream_sid}}}:cmd"
+        return self._call(stream_sid) + ":cmd"
 
     def journal(self, stream_sid: str) -> str:
         """Stream worker → replay tools: the call's recorded Twilio and Deepgram traffic (opt-in)."""
-        return f"{self.prefix}call:{{{stream_sid}}}:journal"
+        return self._call(stream_sid) + ":journal"
 
     def lease(self, stream_sid: str) -> str:
         """String: the owner worker's fencing token; expires unless renewed."""
-        return f"{self.prefix}call:{{{stream_sid}}}:lease"
+        return self._call(stream_sid) + ":lease"
 
     def per_call(self, stream_sid: str) -> tuple[str, ...]:
         return (

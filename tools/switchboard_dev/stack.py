@@ -176,6 +176,9 @@ class Stack:
 
     @property
     def keys(self) -> Keys:
+        env = {**self.env, **self.edge_env}
+        if env.get("REDIS_CLUSTER") == "true":  # the services' own rule (switchboard.config.keys_for)
+            return Keys(self.key_prefix, int(env.get("REDIS_CLUSTER_BUCKETS", "16")))
         return Keys(self.key_prefix)
 
     # --- observing -----------------------------------------------------------------------------

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--redis-cluster", action="store_true",
                          default=os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes"))
         sub.add_argument("--key-prefix", default=os.environ.get("KEY_PREFIX", "sb:"), help="default: env KEY_PREFIX")
+        sub.add_argument("--redis-cluster-buckets", type=int, default=int(os.environ.get("REDIS_CLUSTER_BUCKETS", "16")),
+                         help="with --redis-cluster, as the services' REDIS_CLUSTER_BUCKETS (default: env, or 16)")
         return sub
 
     dump = add("dump", "write a call's journal as JSON lines (audio base64)", file_ok=False)
@@ -61,7 +63,8 @@ def _load(args: argparse.Namespace) -> source.Journal:
         return source.read_file(args.file)
     client = source.client(args.redis_url, args.redis_cluster)
     try:
-        return source.read_redis(client, Keys(args.key_prefix), args.call)
+        keys = Keys(args.key_prefix, args.redis_cluster_buckets if args.redis_cluster else 0)
+        return source.read_redis(client, keys, args.call)
     finally:
         client.close()
 

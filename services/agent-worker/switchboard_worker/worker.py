@@ -22,9 +22,8 @@ from redis.exceptions import RedisError, ResponseError
 from switchboard import capacity
 from switchboard import keys as keyspace
 from switchboard.besteffort import Outage, best_effort
-from switchboard.config import redis_client, redis_reachable
+from switchboard.config import keys_for, redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
-from switchboard.keys import Keys
 from switchboard.loadmeter import LoadMeter
 from switchboard.streams import StreamReader, StreamWriter
 from switchboard.supervise import Supervisor
@@ -55,7 +54,7 @@ return 0
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys_for(settings)
         self.random = random.Random()
         self.redis = redis_client(settings)
         self._redis_block = redis_client(settings, blocking=True)

@@ -14,8 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from switchboard.config import redis_client
-from switchboard.keys import Keys
+from switchboard.config import keys_for, redis_client
 
 from . import refusals
 from .deps import State
@@ -57,7 +56,7 @@ def _blocking_client(settings: ControlSettings) -> redis.Redis:
 def create_app(settings: ControlSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = State(settings, Keys(settings.key_prefix), redis_client(settings), _blocking_client(settings),
+        state = State(settings, keys_for(settings), redis_client(settings), _blocking_client(settings),
                       SseSlots(settings.control_sse_max_per_token, settings.control_sse_max_total))
         app.state.control = state
         app.state.outbound = outbound = Outbound(state)  # outbound calls and campaigns

@@ -17,9 +17,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from switchboard import signature
-from switchboard.config import redis_client, redis_reachable
+from switchboard.config import keys_for, redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
-from switchboard.keys import Keys
 from switchboard.loadmeter import LoadMeter
 from switchboard.streams import StreamReader, StreamWriter
 from switchboard.supervise import Supervisor
@@ -42,7 +41,7 @@ STREAM_PATHS = ("/twilio", "/twilio/")
 class EdgeServer:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = keys_for(settings)
         self.redis = redis_client(settings)
         self._redis_block = redis_client(settings, blocking=True)
         self.writer = StreamWriter(
