@@ -202,3 +202,11 @@ def test_ended_call_filters_match_on_the_record():
     assert not ended_calls.matches(fields, 100.0, ended_calls.Filter(outcome="no_capacity"))
     assert not ended_calls.matches(fields, 100.0, ended_calls.Filter(since=101))
     assert ended_calls.matches({**fields, "direction": "outbound"}, 100.0, ended_calls.Filter(direction="outbound"))
+
+
+def test_rows_show_amd_verdicts_and_transfers_when_the_record_has_them():
+    fields = {"call_sid": "CA1", "stream_sid": "MZ1", "state": "active", "amd_answered_by": "machine_start",
+              "transfer": json.dumps({"to": "+14155550111", "status": "ringing"})}
+    row = table.row(fields)
+    assert row["amd"] == "machine_start" and row["transfers"] == "+14155550111 · ringing"
+    assert table.row({"call_sid": "CA2", "stream_sid": "MZ2"})["transfers"] is None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from switchboard import ended_calls
 from switchboard.messages import CallField, RecordState
 
@@ -18,7 +20,19 @@ from ..callstate import _parameters  # the same masking of secret-looking parame
 Row = dict[str, Any]
 
 # Record fields that later features write (outbound calls, transfers): shown when present.
-_OPTIONAL_FIELDS = {"amd": ("amd", "answered_by"), "transfers": ("transfers", "transferred_to")}
+_OPTIONAL_FIELDS = {"amd": ("amd_answered_by", "amd", "answered_by"), "transfers": ("transfer", "transfers")}
+
+
+def _transfer(value: str) -> str:
+    """A transfer record (JSON) as one short cell: where to, and how it stands."""
+    try:
+        record = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value[:80]
+    if not isinstance(record, dict):
+        return str(record)[:80]
+    parts = [str(record.get(k)) for k in ("to", "target", "status", "state") if record.get(k)]
+    return " · ".join(parts)[:80] or "yes"
 
 
 def _number(value: str | None) -> float | int | None:
@@ -54,6 +68,8 @@ def row(fields: dict[str, str]) -> Row:
         value = next((fields[name] for name in names if fields.get(name)), None)
         if value is None and column == "amd":
             value = params.get("AnsweredBy")
+        if value is not None and column == "transfers":
+            value = _transfer(value)
         out[column] = value
     return out
 

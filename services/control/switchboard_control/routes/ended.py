@@ -60,9 +60,9 @@ async def list_ended_calls(
     for ended_at, fields in found:
         params = ended_calls.parameters(fields)
         caller, callee = ended_calls.numbers(fields, params)
-        calls.append(EndedCall(
-            **callstate.summary(fields).model_dump(), ended_at=ended_at, outcome=fields.get("outcome") or None,
-            end_reason=fields.get("end_reason") or None, direction=ended_calls.direction(fields, params),
-            from_number=caller or None, to_number=callee or None,
-        ))
+        calls.append(EndedCall(**{
+            **callstate.summary(fields).model_dump(), "ended_at": ended_at, "outcome": fields.get("outcome") or None,
+            "end_reason": fields.get("end_reason") or None, "direction": ended_calls.direction(fields, params),
+            "from_number": caller or None, "to_number": callee or None,
+        }))
     return EndedCallList(calls=calls, next_before=cursor)

@@ -92,7 +92,7 @@ export const KINDS = {
       text.replaceChildren(el('span.heard', {}, e.heard_text || ''), ' ',
         el('s.unheard', {title: 'Not heard: cut off when the caller spoke'}, e.unheard_text));
       node.classList.add('interrupted');
-      node.append(el('small.cut', {}, `cut off after ${(e.heard_ms / 1000).toFixed(1)} s of ${(e.audio_ms / 1000).toFixed(1)} s`));
+      node.append(el('small.cut', {}, `cut off by the caller: ${(e.heard_ms / 1000).toFixed(1)} s played of the ${(e.audio_ms / 1000).toFixed(1)} s received`));
     } else {
       node.classList.add('heard');
     }
