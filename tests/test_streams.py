@@ -108,3 +108,26 @@ async def test_a_writer_that_dies_of_a_bug_releases_its_waiters_instead_of_leavi
         await asyncio.wait_for(waiter, 1)
     writer.append(key_prefix + "later", entries.mark("m"))
     assert await asyncio.wait_for(writer.drain(timeout_s=30), 1) is False  # at once, not after 30 s
+
+
+def test_the_batch_window_waits_only_while_entries_come_often_enough_to_gather_more():
+    import redis.asyncio as redis_async
+
+    from switchboard import entries
+    from switchboard.streams import StreamWriter
+
+    writer = StreamWriter(redis_async.Redis(), batch_window_s=0.002)
+    t = writer._rate_at
+    # One call: a frame every 20 ms. Waiting 2 ms would gather nothing: write at once.
+    for _ in range(60):
+        t += 0.02
+        writer.append("k1", entries.audio(b"\xff" * 160, 0))
+        assert writer._window_now(t) == 0.0
+    # A hundred calls at random phases: 5 frames a millisecond. Now the window pays.
+    for _ in range(400):
+        t += 0.002
+        for n in range(10):
+            writer.append(f"k{n}", entries.audio(b"\xff" * 160, 0))
+        window = writer._window_now(t)
+    assert window == 0.002
+    assert StreamWriter(redis_async.Redis(), batch_window_s=0.0)._window_now(t) == 0.0  # 0: never waits

@@ -23,7 +23,11 @@ class WorkerSettings(CommonSettings):
     keepalive_after_s: float = Field(1.0, gt=0, description="Caller audio pause that triggers a KeepAlive")
     keepalive_every_s: float = Field(4.0, gt=0, le=8, description="KeepAlive period while audio is paused")
     lease_ms: int = Field(1500, ge=300, description="A dead worker's calls are taken over after this")
-    worker_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
+    worker_batch_window_ms: float = Field(
+        2.0, ge=0, le=100,
+        description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "
+        "gather two more (many calls); a quiet worker writes at once (0 = never wait)",
+    )
     worker_outbox_max_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, description="Caller audio queued for one Deepgram socket before it counts as stalled"
     )

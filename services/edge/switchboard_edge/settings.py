@@ -31,7 +31,11 @@ class EdgeSettings(CommonSettings):
         5.0, gt=0, le=60, description="A socket that has not sent its start message by then is closed (1008)"
     )
     trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
-    edge_batch_window_ms: float = Field(0.0, ge=0, le=100, description="Extra wait before a Redis write batch")
+    edge_batch_window_ms: float = Field(
+        2.0, ge=0, le=100,
+        description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "
+        "gather two more (many calls); a quiet edge writes at once (0 = never wait)",
+    )
     edge_max_frame_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)"
     )

@@ -37,6 +37,11 @@ MAX_PENDING_JOURNAL_ITEMS = 2000
 # A failed batch is retried until Redis is back (the queues above bound what waits): 25-50 ms
 # first, doubling up to 0.5-1 s, so a restarted Redis is written to within a second.
 WRITE_RETRY = Retry(base_s=0.05, cap_s=1.0)
+# The batch window is adaptive: a write waits up to the window only while entries arrive often
+# enough that it would gather at least this many more (many calls, each frame at its own phase
+# of the 20 ms period); a quiet writer writes on the next loop tick and adds no latency.
+WINDOW_MIN_GAIN = 2.0
+RATE_SMOOTHING_S = 1.0  # time constant of the append-rate average
 
 
 class WriterDied(RuntimeError):
@@ -72,7 +77,10 @@ class StreamWriter:
         self._redis = client
         self._max_audio = max_pending_audio_bytes
         self._gate = gate
-        self._window = batch_window_s
+        self._window = batch_window_s  # the most a write waits for company (0: never waits)
+        self._appended = 0  # entries appended since the last write was taken
+        self._rate = 0.0  # entries per second, smoothed
+        self._rate_at = time.monotonic()
         self._key_ttl_s = key_ttl_s
         self._pending: dict[str, _StreamQueue] = {}
         self._wakeup = asyncio.Event()
@@ -100,6 +108,7 @@ class StreamWriter:
         if queue is None:
             queue = self._pending[key] = _StreamQueue(maxlen=maxlen)
         items = queue.items
+        self._appended += 1
         if entry.kind is Kind.AUDIO:
             queue.audio_bytes += len(entry.payload)
             last = items[-1] if items else None
@@ -193,8 +202,9 @@ class StreamWriter:
             await self._wakeup.wait()
             if self._stopping:
                 return
-            if self._window:
-                await asyncio.sleep(self._window)
+            window = self._window_now()
+            if window:
+                await asyncio.sleep(window)
             else:
                 # Let every callback that is already runnable append first: one pipeline per tick.
                 await asyncio.sleep(0)
@@ -222,6 +232,18 @@ class StreamWriter:
             if self._on_flush and count:
                 self._on_flush(count, time.perf_counter() - started)
             self._release_waiters()
+
+    def _window_now(self, now: float | None = None) -> float:
+        """How long this write waits for more entries: the window while that gathers enough, else 0."""
+        if not self._window:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        elapsed = now - self._rate_at
+        if elapsed > 0:
+            weight = min(1.0, elapsed / RATE_SMOOTHING_S)
+            self._rate += (self._appended / elapsed - self._rate) * weight
+            self._rate_at, self._appended = now, 0
+        return self._window if self._rate * self._window >= WINDOW_MIN_GAIN else 0.0
 
     async def _write(self, batch: dict[str, _StreamQueue]) -> int:
         if not batch:
