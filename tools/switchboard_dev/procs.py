@@ -214,6 +214,12 @@ def emulator(port: int, *args: str, api_key: str | None = None) -> Service:
     return Service(f"emulator-{port}", argv, {}, health_url=f"http://127.0.0.1:{port}/_emulator/healthz")
 
 
+def twilio_emulator(port: int, *args: str) -> Service:
+    """The Twilio REST emulator (Calls/Conferences API, signed callbacks, the media side)."""
+    argv = [*console("switchboard-twilio-emulator"), "--host", "127.0.0.1", "--port", str(port), *args]
+    return Service(f"twilio-emulator-{port}", argv, {}, health_url=f"http://127.0.0.1:{port}/_emulator/healthz")
+
+
 @dataclass
 class RedisClusterServers:
     """A throwaway Redis Cluster: `masters` redis-servers in cluster mode, no replicas."""
