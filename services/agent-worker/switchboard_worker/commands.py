@@ -75,6 +75,8 @@ def apply(session: CallHandle, envelope: messages.Envelope) -> tuple[bool, str]:
             if not session.send_to_agent(deepgram.inject_user_message(text)):
                 return False, "agent not connected"
             return True, "InjectUserMessage sent"
+        case messages.Transfer(to=to, mode=mode, announce=announce, summary=summary):
+            return session.transfer(to, mode, by="api", announce=announce, summary=summary)
         case messages.AmdVerdict(answered_by=answered_by, detection_ms=detection_ms):
             return session.amd_verdict(answered_by, detection_ms)
         case messages.Hangup(after_reply=after_reply):

@@ -9,10 +9,10 @@ switchboard.conversation.dtmf) are built in (declare them in the profile's funct
 a webhook). Every request gets an answer: a failure answers with an error content rather
 than leaving the agent silent.
 
-transfer_call redirects the live Twilio call to `<Dial>` TwiML through Twilio's REST API
-(TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN on the worker), and only to a destination the
-function's `destinations` list allows: the arguments come from an LLM, which a caller can talk
-into anything, so an open transfer would be a toll-fraud hole.
+transfer_call hands the call to `transfer.py` (cold or warm, through Twilio's REST API with
+TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN on the worker), and only to a destination the profile's
+`transfer.destinations` or the function's `destinations` allow: the arguments come from an LLM,
+which a caller can talk into anything, so an open transfer would be a toll-fraud hole.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import hmac
 import logging
 import time
 from typing import Any
-from xml.etree import ElementTree as ET
 
-import httpx
 import orjson
 
 from switchboard import deepgram, egress
@@ -110,7 +108,7 @@ class FunctionRunner:
         if name == "collect_digits" and (definition is None or definition.webhook is None):
             return await session.collect_digits(call_id, parsed), "ok"
         if name == "transfer_call" and (definition is None or definition.webhook is None):
-            return await self._transfer(parsed)
+            return self._transfer(parsed)  # carried out by transfer.py once the agent's goodbye has played
         if definition is None or definition.webhook is None:
             return _error(f"function {name!r} is not available"), "unknown"
         # A masked keypad entry's reference becomes its digits here, for the customer's own system only.
@@ -157,53 +155,17 @@ class FunctionRunner:
             return _error(f"function {name} failed: the answer is too large"), "error"
         return content, "ok"
 
-    async def _transfer(self, arguments: Any) -> tuple[str, str]:
-        session = self._session
-        config = session.port.settings
-        if not config.twilio_account_sid or config.twilio_auth_token is None:
-            return _error(
-                "transfer_call is not available: the worker has no Twilio REST credentials "
-                "(TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)"
-            ), "error"
-        definition = session.settings.function("transfer_call")
-        allowed = (definition.destinations if definition else None) or []
-        if not allowed:
-            return _error("transfer_call has no allowed destinations configured"), "error"
-        to = arguments.get("to") if isinstance(arguments, dict) else None
-        if to is None and len(allowed) == 1:
-            to = allowed[0]
-        if to not in allowed:
-            return _error(f"transfer to {str(to)[:40]!r} is not allowed; allowed: {', '.join(allowed)}"), "error"
-        url = (
-            f"{config.twilio_api_base_url.rstrip('/')}/2010-04-01/Accounts/{config.twilio_account_sid}"
-            f"/Calls/{session.call_sid}.json"
+    def _transfer(self, arguments: Any) -> tuple[str, str]:
+        args = arguments if isinstance(arguments, dict) else {}
+        to, mode, summary = args.get("to"), args.get("mode"), args.get("summary")
+        ok, detail = self._session.transfer(
+            to if isinstance(to, str) else None, mode if isinstance(mode, str) else None, by="agent",
+            summary=summary[:1000] if isinstance(summary, str) and summary else None, expect_reply=True,
         )
-        try:
-            response = await session.port.http.post(
-                url,
-                data={"Twiml": dial_twiml(str(to))},
-                auth=(config.twilio_account_sid, config.twilio_auth_token.get_secret_value()),
-                timeout=10,
-            )
-        except httpx.HTTPError as exc:
-            log.warning("transfer failed: %r", exc, extra=session.extra)
-            return _error(f"transfer failed: {type(exc).__name__}"), "error"
-        if response.status_code >= 300:
-            log.warning("Twilio refused the transfer: HTTP %d", response.status_code, extra=session.extra)
-            return _error(f"transfer failed: Twilio answered HTTP {response.status_code}"), "error"
-        log.info("call transferred", extra=session.extra)
-        return orjson.dumps({"ok": True, "note": f"the caller is being transferred to {to}"}).decode(), "ok"
-
-
-def dial_twiml(destination: str) -> str:
-    """`<Response><Dial>number</Dial></Response>` (or `<Dial><Sip>uri</Sip></Dial>` for SIP)."""
-    response = ET.Element("Response")
-    dial = ET.SubElement(response, "Dial")
-    if destination.startswith(("sip:", "sips:")):
-        ET.SubElement(dial, "Sip").text = destination
-    else:
-        dial.text = destination
-    return ET.tostring(response, encoding="unicode")
+        if not ok:
+            return _error(detail), "error"
+        note = "Tell the caller you are transferring them now; the call moves once you have finished speaking."
+        return orjson.dumps({"ok": True, "note": note}).decode(), "ok"
 
 
 def _for_agent(refused: egress.Refused) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from switchboard import ended_calls
+from switchboard import call_ended, ended_calls
 from switchboard import keys as keyspace
 from switchboard.agent_settings import Journal
 from switchboard.messages import CallField, RecordState
@@ -31,6 +31,9 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
         lookup_s = max(retention, journal.retention_s) if journal.enabled else retention
         pipe.expire(keys.call_by_callsid(call_sid), lookup_s)
         ended_calls.add(pipe, keys, stream_sid, ended_at, retention)  # listed and searchable within retention
+        # call.ended for the team's systems, delivered by the control API (it checks the call is really over).
+        call_ended.enqueue(pipe, call_ended.OutboxKeys(keys.prefix), call_sid=call_sid, stream_sid=stream_sid,
+                           ended_at=ended_at, reason=stop_reason, outcome=outcome)
     pipe.delete(keys.lease(stream_sid))
     pipe.zrem(keys.live_calls(), stream_sid)
     pipe.xack(keys.dispatch(), keyspace.DISPATCH_GROUP, dispatch_id)

@@ -45,13 +45,14 @@ from switchboard.entries import Entry, Kind, now_us
 from switchboard.journal import Recorder
 from switchboard.messages import CallField, Event, Outcome, RecordState
 
-from . import commands, keypad, metrics, records
+from . import commands, keypad, metrics, precall, records
 from .adoption import adopt
 from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink, DeepgramUnavailable
 from .functions import FunctionRunner
 from .lifecycle import CallState, Lifecycle
 from .outbound import prepare as prepare_outbound
 from .port import WorkerPort
+from .transfer import Transfers
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class CallSession:
         self._functions = FunctionRunner(self)
         self._digit_requests = keypad.DigitRequests()
         self._scrubber = keypad.KeyScrubber(port.redis, self.extra)
+        self._transfers = Transfers(self)
         self._agent = AgentLink(port, self.extra)
         self._stopped = asyncio.Event()  # the edge said the call is over
         self._closer: asyncio.Task[None] | None = None
@@ -137,8 +139,10 @@ class CallSession:
         port = self.port
         profile = meta.get(b"profile", b"").decode() or None
         resolved = await settings_store.resolve(port.redis, port.keys, self.call_sid, profile)
+        # The caller's context (precall.py): templates filled, the pre-call lookup's overrides applied.
+        personal = await precall.personalize(self, meta, resolved.settings)
         # An outbound call: its context filled into the prompt and greeting, the greeting held for AMD.
-        outbound = await prepare_outbound(port, self.call_sid, meta, resolved.settings)
+        outbound = await prepare_outbound(port, self.call_sid, meta, personal)
         self.settings = outbound.settings
         self.conv.config = self._conversation_config()
         self._journal = Recorder(self.settings.journal)
@@ -152,6 +156,8 @@ class CallSession:
         resumed = False
         if resume_of and resume_of != self.stream_sid:
             resumed = await self._resume(resume_of)
+            if resumed:
+                await self._transfers.returned(resume_of)  # back from a transfer nobody answered?
         if self.takeover and not resumed:
             # Resume from the last position the previous owner recorded (at most one heartbeat
             # old), or from the start of an utterance the old session heard but never
@@ -217,8 +223,9 @@ class CallSession:
             await asyncio.gather(self._closer, return_exceptions=True)
         await self._functions.close()
         await self._scrubber.drain()
+        await self._transfers.settle()
         await self._agent.close()
-        outcome = self.released or self._outcome
+        outcome = self.released or self._transfers.outcome or self._outcome
         metrics.CALLS.labels(outcome).inc()
         if self.released:
             # The call lives on with another worker: leave its records alone.
@@ -266,6 +273,7 @@ class CallSession:
         if self.life.can(CallState.ACTIVE):
             self.life.to(CallState.ACTIVE)
         self._apply(self.conv.on_agent_connected(time.monotonic()))
+        self._transfers.on_agent_connected()
         return True
 
     async def _pump(self) -> None:
@@ -427,7 +435,7 @@ class CallSession:
             elif isinstance(action, DigitsCollected):
                 self._digit_requests.answer(action.call_id, action.content)
             elif isinstance(action, Played):
-                pass  # a transfer waiting for the agent's sentence (transfer.py) goes on
+                self._transfers.played(action)  # the agent's sentence has played: the call may move
             elif isinstance(action, Reconnect) and self._agent.attached:
                 log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
                 self._agent.abort()
@@ -468,6 +476,16 @@ class CallSession:
 
     def reveal_digits(self, value: Any) -> Any:
         return self.conv.reveal_digits(value)
+
+    def transfer(self, to: str | None, mode: str | None, *, by: str, announce: str | None = None,
+                 summary: str | None = None, expect_reply: bool = False) -> tuple[bool, str]:
+        """Hand the call to a person once what the agent says has played (transfer.py)."""
+        return self._transfers.request(to, mode, by=by, announce=announce, summary=summary,
+                                       expect_reply=expect_reply)
+
+    def when_played(self, token: str, *, expect_reply: bool, reply_wait_s: float) -> None:
+        self._apply(self.conv.when_played(token, time.monotonic(), expect_reply=expect_reply,
+                                          reply_wait_s=reply_wait_s))
 
     def remember_override(self, field: str, value: Any) -> None:
         self._live_overrides[field] = value

@@ -61,6 +61,10 @@ class WorkerSettings(CommonSettings):
     twilio_account_sid: str | None = Field(None, description="With TWILIO_AUTH_TOKEN: enables transfer_call")
     twilio_auth_token: SecretStr | None = Field(None, description="Twilio REST credentials for transfer_call")
     twilio_api_base_url: str = Field("https://api.twilio.com", description="Twilio REST base URL (tests: a fake)")
+    control_public_url: str | None = Field(
+        None, description="The control API's https:// base URL as Twilio reaches it (CONTROL_PUBLIC_URL): where "
+        "a transfer's callbacks go; needed for warm transfers and for a cold one to come back on no answer",
+    )
 
     @field_validator("worker_egress_allow")
     @classmethod

@@ -27,6 +27,9 @@ from .outbound.service import Outbound
 from .console import routes as console
 from .routes import calls, ended, health, journal, twiml
 from .routes import settings as settings_routes
+from .routes import transfers as transfer_routes
+from .routes import webhooks as webhook_routes
+from .background import Background
 from .settings import ControlSettings
 from .sse_slots import SseSlots
 
@@ -59,6 +62,8 @@ def create_app(settings: ControlSettings) -> FastAPI:
         state = State(settings, keys_for(settings), redis_client(settings), _blocking_client(settings),
                       SseSlots(settings.control_sse_max_per_token, settings.control_sse_max_total))
         app.state.control = state
+        app.state.background = background = Background(state)  # call.ended deliveries, transfers
+        background.start()
         app.state.outbound = outbound = Outbound(state)  # outbound calls and campaigns
         await outbound.start()
         try:
@@ -66,6 +71,7 @@ def create_app(settings: ControlSettings) -> FastAPI:
         finally:
             await outbound.stop()
             await console.close_hub(app)
+            await background.aclose()
             await state.redis.aclose()
             await state.redis_block.aclose()
 
@@ -85,13 +91,14 @@ def create_app(settings: ControlSettings) -> FastAPI:
             {"name": "twilio", "description": "Twilio's voice webhook"},
             {"name": "outbound", "description": "Outbound calls: place one, cancel it while it rings"},
             {"name": "campaigns", "description": "Paced campaigns of outbound calls"},
+            {"name": "webhooks", "description": "call.ended deliveries: the outbox, dead letters, recording links"},
             {"name": "health", "description": "Liveness, readiness, metrics"},
         ],
     )
     app.add_middleware(MetricsMiddleware)
     # Added last, so it runs first: nothing (routing, auth, parsing) reads a body it refuses.
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.control_max_body_bytes,
-                       path_limits={"/twiml": TWIML_MAX_BODY})
+                       path_limits={"/twiml": TWIML_MAX_BODY, "/twilio": TWIML_MAX_BODY})
     app.add_exception_handler(RequestValidationError, _invalid_input)  # type: ignore[arg-type]
     app.add_exception_handler(RecursionError, _too_deep)  # type: ignore[arg-type]
     app.add_exception_handler(RedisError, _redis_unavailable)  # type: ignore[arg-type]
@@ -99,6 +106,8 @@ def create_app(settings: ControlSettings) -> FastAPI:
     # `ended` before `calls`: /v1/calls/ended is a listing, not a callSid.
     for module in (health, settings_routes, ended, calls, journal, twiml):
         app.include_router(module.router)
+    for router in (transfer_routes.router, transfer_routes.api, webhook_routes.router, webhook_routes.public):
+        app.include_router(router)
     for module in (outbound_routes, campaign_routes, outbound_callbacks):
         app.include_router(module.router)
     if settings.console_enabled:

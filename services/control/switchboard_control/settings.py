@@ -7,9 +7,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from .outbound.config import OutboundSettings
+from .outbox.config import CallOutSettings
 
 
-class ControlSettings(OutboundSettings):  # OutboundSettings: outbound calls and campaigns (CommonSettings)
+# OutboundSettings: outbound calls and campaigns; CallOutSettings: call.ended and recording links (CommonSettings)
+class ControlSettings(OutboundSettings, CallOutSettings):
     control_host: str = Field("0.0.0.0", description="Bind address of the REST API")
     control_port: int = Field(8000, ge=0, le=65535)
     control_api_token: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry")
