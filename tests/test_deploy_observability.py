@@ -29,6 +29,8 @@ SERVICE_MODULES = {
     "edge": ["switchboard_edge.metrics", "switchboard_edge.main"],
     "worker": ["switchboard_worker.metrics", "switchboard_worker.main"],
     "control": ["switchboard_control.metrics", "switchboard_control.main"],
+    # Shared by every service: switchboard_task_failures_total (a supervised loop died).
+    "task": ["switchboard.supervise"],
 }
 SUFFIXES = {
     "counter": ("_total",),
@@ -187,6 +189,7 @@ def test_alert_rules_cover_the_ways_calls_fail():
         "SwitchboardCallFailovers",
         "SwitchboardRedisErrors",
         "SwitchboardNoEdge",
+        "SwitchboardBackgroundTaskDied",
     } <= names
     for rule in alert_rules():
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
