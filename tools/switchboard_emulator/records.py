@@ -22,7 +22,7 @@ _MAGICS: Final = (CALLER_MAGIC, AGENT_MAGIC)
 
 
 class CallerFrameStats:
-    """Order and transit time of the synthetic frames a caller sent (see switchboard.testaudio)."""
+    """Order and transit time of the synthetic frames a caller sent (see switchboard_dev.testaudio)."""
 
     __slots__ = ("_hist", "_last", "_max_us", "corrupt", "frames", "out_of_order")
 
