@@ -37,6 +37,7 @@ SUBSCRIBER_QUEUE = 2000
 HISTORY_PAGE = 1000
 FOLLOW_BLOCK_MS = 5000
 RETRY_PAUSE_S = 1.0
+CLUSTER_POLL_S = 0.2
 
 
 def sse(kind: str, data: Any, entry_id: str | None = None) -> bytes:
@@ -189,20 +190,35 @@ class Hub:
 
     # --- one call's events --------------------------------------------------------------------
     async def _follow_loop(self) -> None:
-        redis_block, keys = self._state.redis_block, self._state.keys
+        keys = self._state.keys
         while True:
             await self._attach_new()
-            streams = {keys.events(sid): self._positions[sid] for sid in self._watchers}
-            streams[self._wake_key] = self._wake_pos
-            response = await redis_block.xread(streams, count=500, block=FOLLOW_BLOCK_MS)
-            for key, items in response or []:
+            by_key = {keys.events(sid): sid for sid in self._watchers}
+            streams = {key: self._positions[sid] for key, sid in by_key.items()}
+            for key, items in await self._read(streams):
                 key = key.decode()
                 if key == self._wake_key:
                     self._wake_pos = items[-1][0].decode()
                     continue
-                sid = key.split("{", 1)[1].split("}", 1)[0]
+                sid = by_key.get(key)
+                if sid is None or sid not in self._watchers:
+                    continue  # its last tab went away while the read was under way
                 for entry_id, fields in items:
                     await self._deliver(sid, entry_id.decode(), fields)
+
+    async def _read(self, streams: dict[str, str]) -> list[Any]:
+        if not self._state.settings.redis_cluster:
+            response = await self._state.redis_block.xread({**streams, self._wake_key: self._wake_pos},
+                                                           count=500, block=FOLLOW_BLOCK_MS)
+            return list(response or [])
+        # Redis Cluster: one XREAD may not span slots, so each open call is read on its own, without
+        # blocking, a few times a second (the open calls of a few consoles, not the fleet's).
+        found = []
+        for key, position in streams.items():
+            found.extend(await self._state.redis.xread({key: position}, count=500) or [])
+        if not found:
+            await asyncio.sleep(CLUSTER_POLL_S)
+        return found
 
     async def _attach_new(self) -> None:
         """History for each newly opened call: up to where the follower is, or all of it."""
