@@ -358,7 +358,8 @@ def _transform(doc: dict[str, Any], on_secret: Any, on_url: Any) -> dict[str, An
             return on_url(path, node)
         return node
 
-    return walk(doc, (), False, False)
+    transformed: dict[str, Any] = walk(doc, (), False, False)
+    return transformed
 
 
 def masked(doc: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +390,7 @@ def _lookup(doc: Any, path: _Path) -> Any:
 
 def _origin_moved(new: dict[str, Any], stored: dict[str, Any] | None) -> set[_Path]:
     """The endpoints whose URL now points at another scheme, host or port than the stored one."""
-    moved = set()
+    moved: set[_Path] = set()
     for block, member in _ENDPOINTS:
         try:
             old_url = _lookup(stored, (block, member, "url"))

@@ -233,7 +233,7 @@ return {0, ahead, waited, avail, redis.call('ZCARD', KEYS[2])}
 
 
 def publish_command(keys: Keys, worker_id: str, capacity: int, live: int, draining: bool, ttl_ms: int,
-                    load: float = 0.0, overloaded: bool = False) -> tuple:
+                    load: float = 0.0, overloaded: bool = False) -> tuple[Any, ...]:
     """EVAL arguments that publish one worker's slots and load (for `pipe.eval(*args)` or `redis.eval(*args)`)."""
     value = f"{capacity} {live} {int(draining)} {round(load * 1000)} {int(overloaded)}"
     return (_PUBLISH, 1, keys.admission_fleet(), worker_id, value, max(1, ttl_ms))
@@ -245,7 +245,7 @@ async def publish(
     await redis.eval(*publish_command(keys, worker_id, capacity, live, draining, ttl_ms))
 
 
-def publish_edge_command(keys: Keys, edge_id: str, load: float, overloaded: bool, ttl_ms: int) -> tuple:
+def publish_edge_command(keys: Keys, edge_id: str, load: float, overloaded: bool, ttl_ms: int) -> tuple[Any, ...]:
     """EVAL arguments that publish one edge's load."""
     return (_PUBLISH, 1, keys.admission_edges(), edge_id, f"{round(load * 1000)} {int(overloaded)}", max(1, ttl_ms))
 

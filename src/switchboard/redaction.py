@@ -47,10 +47,7 @@ _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 def is_secret_name(name: str) -> bool:
     """Whether a field or parameter called `name` holds a secret."""
     spaced = _CAMEL_BOUNDARY.sub(r"\1_\2", _ACRONYM_BOUNDARY.sub(r"\1_\2", name))
-    for word in _NON_WORD.split(spaced.lower()):
-        if word in _SECRET_WORDS or word.endswith(_SECRET_SUFFIXES):
-            return True
-    return False
+    return any(word in _SECRET_WORDS or word.endswith(_SECRET_SUFFIXES) for word in _NON_WORD.split(spaced.lower()))
 
 
 def holds_secret(value: Any) -> bool:
@@ -152,7 +149,7 @@ def _origin(parts: SplitResult) -> tuple[str, str | None, int | None]:
 def same_origin(a: Any, b: Any) -> bool:
     """Whether two URLs reach the same scheme, host and port (values that are no URL: equal)."""
     if not (isinstance(a, str) and isinstance(b, str)):
-        return a == b
+        return bool(a == b)
     pa, pb = _split(a), _split(b)
     if pa is None or pb is None:
         return a == b

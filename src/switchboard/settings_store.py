@@ -85,7 +85,7 @@ def encode(settings: AgentSettings, version: int) -> bytes:
     return orjson.dumps({"version": version, "settings": settings.model_dump(mode="json", exclude_none=True)})
 
 
-def decode(raw: bytes) -> tuple[AgentSettings, int]:
+def decode(raw: bytes | str) -> tuple[AgentSettings, int]:
     doc = orjson.loads(raw)
     return AgentSettings.model_validate(doc["settings"]), int(doc.get("version", 1))
 

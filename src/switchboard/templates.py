@@ -80,7 +80,8 @@ def call_context(parameters: Mapping[str, Any], *extra: Mapping[str, Any] | None
         if name in _PRIVATE_PARAMETERS or not isinstance(value, str):
             continue
         context[_TWILIO_NAMES.get(name) or _snake(name)] = value
-    reserved = {name: context[name] for name in ("from", "to", "call_sid", "direction") if name in context}
+    reserved: dict[str, str] = {name: context[name] for name in ("from", "to", "call_sid", "direction")
+                                if name in context}
     for mapping in extra:
         for name, value in _flatten(mapping or {}).items():
             if len(context) >= MAX_CONTEXT_FIELDS and name not in context:

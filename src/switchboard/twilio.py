@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -79,7 +79,7 @@ class Stop:
 TwilioEvent = Connected | Start | Media | Mark | Dtmf | Stop
 
 
-def _require(obj: dict, key: str, where: str) -> object:
+def _require(obj: dict[str, Any], key: str, where: str) -> object:
     try:
         return obj[key]
     except KeyError:
@@ -88,7 +88,7 @@ def _require(obj: dict, key: str, where: str) -> object:
         raise TwilioProtocolError("missing_field", f"{where} field is not an object") from None
 
 
-def _str(obj: dict, key: str, where: str) -> str:
+def _str(obj: dict[str, Any], key: str, where: str) -> str:
     value = _require(obj, key, where)
     if not isinstance(value, str):
         raise TwilioProtocolError("missing_field", f"{where}.{key} is not a string")
@@ -171,7 +171,7 @@ def _start(start: object) -> Start:
     )
 
 
-def _count(fmt: dict, key: str, default: int) -> int:
+def _count(fmt: dict[str, Any], key: str, default: int) -> int:
     """A small positive integer; Twilio sends a JSON number, a string of ASCII digits is tolerated."""
     value = fmt.get(key, default)
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
@@ -181,7 +181,7 @@ def _count(fmt: dict, key: str, default: int) -> int:
     raise TwilioProtocolError("invalid_field", f"start.mediaFormat.{key} is not a positive integer")
 
 
-def _parameters(params: dict) -> dict[str, str]:
+def _parameters(params: dict[str, Any]) -> dict[str, str]:
     if len(params) > MAX_CUSTOM_PARAMETERS:
         raise TwilioProtocolError("invalid_field", f"more than {MAX_CUSTOM_PARAMETERS} customParameters")
     out: dict[str, str] = {}
