@@ -210,3 +210,29 @@ def test_rows_show_amd_verdicts_and_transfers_when_the_record_has_them():
     row = table.row(fields)
     assert row["amd"] == "machine_start" and row["transfers"] == "+14155550111 · ringing"
     assert table.row({"call_sid": "CA2", "stream_sid": "MZ2"})["transfers"] is None
+
+
+async def test_outbound_calls_show_their_numbers_verdict_and_ringing_ones_as_dialing(redis_url):
+    import redis.asyncio as redis_async
+
+    from switchboard.outbound import OutboundKeys
+    from switchboard_control.console import outbound_rows
+
+    okeys = OutboundKeys("obrows:")
+    client = redis_async.Redis.from_url(redis_url)
+    try:
+        await client.hset(okeys.call("r1"), mapping={"ref": "r1", "call_sid": "CAout1", "to": "+4930123", "from": "+1415",
+                                                     "answered_by": "human", "status": "in-progress"})
+        await client.set(okeys.by_callsid("CAout1"), "r1")
+        await client.hset(okeys.call("r2"), mapping={"ref": "r2", "to": "+4930999", "from": "+1415", "status": "ringing",
+                                                     "created_at": "100.0"})
+        await client.zadd(okeys.pending(), {"r2": 1})
+        rows = {"MZ1": table.row({"call_sid": "CAout1", "stream_sid": "MZ1", "state": "active"}),
+                "MZ2": table.row({"call_sid": "CAin", "stream_sid": "MZ2", "state": "active"})}
+        assert await outbound_rows.decorate(client, "obrows:", rows) == 1
+        assert rows["MZ1"]["direction"] == "outbound" and rows["MZ1"]["to"] == "+4930123" and rows["MZ1"]["amd"] == "human"
+        assert rows["MZ2"]["direction"] == "inbound"
+        assert rows["outbound:r2"]["state"] == "dialing" and rows["outbound:r2"]["to"] == "+4930999"
+    finally:
+        await client.delete(okeys.call("r1"), okeys.call("r2"), okeys.by_callsid("CAout1"), okeys.pending())
+        await client.aclose()

@@ -30,7 +30,7 @@ from switchboard import keys as keyspace
 
 from ..callstate import decode_event
 from ..deps import State
-from . import table
+from . import outbound_rows, table
 
 log = logging.getLogger(__name__)
 SUBSCRIBER_QUEUE = 2000
@@ -186,6 +186,7 @@ class Hub:
                 fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
                 fields.setdefault("stream_sid", sid.decode())
                 rows[sid.decode()] = table.row(fields)
+        total += await outbound_rows.decorate(redis, keys.prefix, rows)
         return rows, total
 
     # --- one call's events --------------------------------------------------------------------

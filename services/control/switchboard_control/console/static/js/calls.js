@@ -46,7 +46,7 @@ export function mount(container) {
   const count = el('p.muted', {id: 'calls-count', role: 'status'});
   const text = el('input', {type: 'search', id: 'filter-text', placeholder: 'Number, call SID, worker…', value: filters.text});
   const state = el('select', {id: 'filter-state'}, new Option('any state', ''),
-                   ...['waiting', 'connecting', 'active'].map((s) => new Option(s, s, false, filters.state === s)));
+                   ...['dialing', 'waiting', 'connecting', 'active'].map((s) => new Option(s, s, false, filters.state === s)));
   const direction = el('select', {id: 'filter-direction'}, new Option('any direction', ''),
                        new Option('inbound', 'inbound'), new Option('outbound', 'outbound'));
   direction.value = filters.direction;
