@@ -67,7 +67,7 @@ class Background:
     def _run(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         try:
             self.result = asyncio.run(coroutine)
-        except BaseException as exc:  # handed to the test thread by wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread by wait()
             self.error = exc
 
     def wait(self, timeout: float = 60) -> Any:

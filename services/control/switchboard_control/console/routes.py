@@ -46,8 +46,9 @@ def _load_assets() -> dict[str, tuple[bytes, str, str]]:
             kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if path.suffix == ".js":
                 kind = "text/javascript"
-            assets[path.relative_to(STATIC).as_posix()] = (body, kind + ("; charset=utf-8" if kind.startswith("text") else ""),
-                                                          '"' + hashlib.sha256(body).hexdigest()[:16] + '"')
+            charset = "; charset=utf-8" if kind.startswith("text") else ""
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            assets[path.relative_to(STATIC).as_posix()] = (body, kind + charset, etag)
     return assets
 
 
@@ -108,7 +109,9 @@ def _session_body(state: Any, csrf: str) -> ConsoleSession:
 
 
 @page.post("/session", response_model=ConsoleSession)
-async def sign_in(body: Annotated[SignIn, Body()], request: Request, response: Response, state: StateDep) -> ConsoleSession:
+async def sign_in(
+    body: Annotated[SignIn, Body()], request: Request, response: Response, state: StateDep
+) -> ConsoleSession:
     """Exchange the API token for a console session (a cookie the page cannot read)."""
     client = request.client.host if request.client else "?"
     limiter, now = _limiter(request), time.monotonic()
@@ -156,8 +159,9 @@ def hub_of(request: Request) -> Hub:
     hub = getattr(request.app.state, "console_hub", None)
     if hub is None:
         settings = request.app.state.control.settings
-        hub = request.app.state.console_hub = Hub(request.app.state.control, table_interval_s=settings.console_table_interval_s,
-                                                  max_rows=settings.console_max_rows)
+        hub = Hub(request.app.state.control, table_interval_s=settings.console_table_interval_s,
+                  max_rows=settings.console_max_rows)
+        request.app.state.console_hub = hub
     return hub
 
 
