@@ -159,3 +159,22 @@ async def test_masked_keys_stay_masked_and_the_recording_link_works_only_as_sign
     assert wav.status_code == 200 and wav.content[:4] == b"RIFF"
     assert tampered.status_code == 403 and stale.status_code == 403
     assert orjson.loads(stale.content)["detail"] == "this recording link is expired or invalid"
+
+
+async def test_ended_calls_are_listed_with_filters(system, receiver):
+    ident = await call(system, {"think": {"prompt": "Plain."}})
+    system.wait_call_ended(ident.stream_sid)
+    headers = {"Authorization": f"Bearer {system.stack.control_token}"}
+    async with httpx.AsyncClient(base_url=system.stack.control_url, headers=headers) as api:
+        listed = (await api.get("/v1/calls", params={"ended": "true", "outcome": "completed",
+                                                     "direction": "inbound", "since": time.time() - 60})).json()
+        outbound = (await api.get("/v1/calls", params={"ended": "true", "direction": "outbound"})).json()
+        later = (await api.get("/v1/calls", params={"ended": "true", "since": time.time() + 60})).json()
+        other = (await api.get("/v1/calls", params={"ended": "true", "outcome": "transferred"})).json()
+        live = (await api.get("/v1/calls")).json()
+        bad = await api.get("/v1/calls", params={"ended": "true", "outcome": "Not An Outcome!"})
+    row = next(c for c in listed["calls"] if c["call_sid"] == ident.call_sid)
+    assert row["outcome"] == "completed" and row["direction"] == "inbound" and row["ended_at"] > row["started_at"]
+    assert all(c["call_sid"] != ident.call_sid for c in outbound["calls"] + later["calls"] + other["calls"])
+    assert "total" in live and all(c["call_sid"] != ident.call_sid for c in live["calls"])
+    assert bad.status_code == 422

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
@@ -28,6 +28,7 @@ from ..models import CALL_SID, CallDetail, CallList, CommandResult, Problem
 from ..outbound import sse as outbound_sse
 from ..outbound import views as outbound_views
 from ..sse_slots import SlotStreamingResponse, client_key
+from . import ended as ended_routes
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
@@ -48,13 +49,26 @@ SSE_EVENT_TYPES = "transcript,barge_in,function_call,error,warning,prompt_update
     "reply_heard,turn_latency,dead_air,dtmf_entry,transfer,precall"
 
 
-@router.get("", response_model=CallList, responses={401: {"model": Problem}})
+@router.get("", response_model=CallList | ended_routes.EndedCallList, responses={401: {"model": Problem}})
 async def list_calls(
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> CallList:
-    """Calls not yet ended, oldest first."""
+    ended: Annotated[bool, Query(description="Ended calls within retention instead, newest first "
+                                 "(as GET /v1/calls/ended, whose filters follow)")] = False,
+    since: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: ended at or after (Unix time)")] = None,
+    until: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: ended at or before")] = None,
+    outcome: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,64}$", description="ended=true")] = None,
+    profile: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="ended=true")] = None,
+    direction: Annotated[Literal["inbound", "outbound"] | None, Query(description="ended=true")] = None,
+    before: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: the next page's cursor")] = None,
+) -> CallList | ended_routes.EndedCallList:
+    """Calls not yet ended, oldest first; with `ended=true`, ended calls filtered by time, outcome,
+    profile and direction, newest first (`limit` up to 500, `before` = the previous page's `next_before`)."""
+    if ended:
+        return await ended_routes.list_ended_calls(state, since=since, until=until, outcome=outcome, profile=profile,
+                                                   direction=direction, number=None, before=before,
+                                                   limit=min(limit, 500))
     calls, total = await callstate.live_calls(state, limit, offset)
     calls, total = await outbound_views.listed(state, calls, total, limit, offset)  # outbound: from `queued` on
     return CallList(calls=calls, total=total)
