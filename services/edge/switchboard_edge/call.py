@@ -1,11 +1,15 @@
-"""One Twilio Media Stream on the edge: the socket shell around `stream_core.StreamCore`.
+"""One Twilio Media Stream on the edge: the shell around `stream_core.StreamCore`.
 
-Caller side: each `media` payload is base64-decoded once and appended (raw bytes) to the
-call's `:in` stream through the instance's coalescing writer. Agent side: the registry hands
-this call's `:out` entries to `deliver()`, which turns them into Twilio messages on a
-per-call outbox, so a slow Twilio socket only ever delays its own call. Every decision (when
-to close, what a clear flushed, when a hang-up ends the stream) is the core's; this module
-moves bytes, keeps the one timer the core asks for, and counts and logs what happens.
+Caller side: the server hands each frame to `on_text` / `on_binary`; each `media` payload is
+base64-decoded once and appended (raw bytes) to the call's `:in` stream through the instance's
+coalescing writer. Agent side: the registry hands this call's `:out` entries to `deliver()`,
+which turns them into Twilio messages on the call's own socket (`sockets.TwilioSocket`, whatever
+WebSocket library carries it), so a slow Twilio socket only ever delays its own call. Every
+decision (when to close, what a clear flushed, when a hang-up ends the stream) is the core's;
+this module moves bytes, keeps the one timer the core asks for, and counts and logs what happens.
+
+A `start` is checked and admitted asynchronously (identity, admission may wait for a slot):
+frames that arrive meanwhile wait in order and are handled once it is decided.
 """
 
 from __future__ import annotations
@@ -17,16 +21,14 @@ from collections.abc import Iterable
 from typing import assert_never
 
 from redis.exceptions import RedisError
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from switchboard import entries, twilio
 from switchboard.entries import now_us
 from switchboard.keys import RESUME_PARAMETER, STREAM_TOKEN_PARAMETER
-from switchboard.outbox import Outbox, PeerStalled
 
 from . import metrics
 from .port import CallPort
+from .sockets import TwilioSocket
 from .stream_core import (
     Action,
     AgentBatch,
@@ -47,11 +49,15 @@ from .stream_core import (
 
 log = logging.getLogger(__name__)
 
+# Frames that may wait while a start is decided (admission may wait up to a minute for a
+# slot, and a stream sends 50 frames a second); past this the oldest go, counted as invalid.
+MAX_WAITING_FRAMES = 3000
+
 
 class EdgeCall:
-    def __init__(self, port: CallPort, ws: ServerConnection) -> None:
+    def __init__(self, port: CallPort, socket: TwilioSocket) -> None:
         self._port = port
-        self._ws = ws
+        self._socket = socket
         settings = port.settings
         self._edge_id = settings.edge_id
         self._loop = asyncio.get_running_loop()
@@ -64,14 +70,9 @@ class EdgeCall:
         self.call_sid = ""
         self._in_key = ""
         self._out_key = ""
-        self._outbox = Outbox(
-            ws.send,
-            max_bytes=settings.edge_outbox_max_bytes,
-            stall_timeout_s=settings.edge_stall_timeout_s,
-            transport_buffered=ws.transport.get_write_buffer_size,
-        )
-        self._sender: asyncio.Task[None] | None = None
-        self._closing: asyncio.Task[None] | None = None
+        self.starting: asyncio.Task[None] | None = None  # the start being checked and admitted
+        self._waiting: list[str | bytes | None] = []  # frames that came meanwhile (None: binary)
+        self.stopped_by_twilio = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed: float | None = None
         self._stopped = False
@@ -82,38 +83,62 @@ class EdgeCall:
         return {"call_sid": self.call_sid, "stream_sid": self.stream_sid, "edge_id": self._edge_id}
 
     # --- Twilio → Redis ------------------------------------------------------------------------
-    async def run(self) -> None:
+    def on_text(self, frame: str | bytes) -> None:
+        if self.starting is not None:
+            self._wait(frame)
+        else:
+            self._handle(frame)
+
+    def on_binary(self) -> None:
+        if self.starting is not None:
+            self._wait(None)
+        else:
+            self._handle(None)
+
+    def _wait(self, frame: str | bytes | None) -> None:
+        self._waiting.append(frame)
+        if len(self._waiting) > MAX_WAITING_FRAMES:
+            del self._waiting[0]
+            self._apply(self._core.invalid("backlog", "frames arrive faster than the start is decided"))
+
+    def _handle(self, frame: str | bytes | None) -> None:
         core = self._core
+        if core.closing or self.stopped_by_twilio:
+            return  # keep reading so that the close handshake can complete
+        if frame is None:
+            self._apply(core.invalid("binary_frame", "Twilio sends text frames only"))
+            return
         try:
-            async for frame in self._ws:
-                if core.closing:
-                    continue  # keep reading so that the close handshake can complete
-                if isinstance(frame, bytes):
-                    self._apply(core.invalid("binary_frame", "Twilio sends text frames only"))
-                    continue
-                try:
-                    event = twilio.parse(frame)
-                except twilio.TwilioProtocolError as exc:
-                    self._apply(core.invalid(exc.reason, str(exc)))
-                    continue
-                if type(event) is twilio.Media:
-                    self._on_media(event)
-                elif isinstance(event, twilio.Start):
-                    try:
-                        await self._on_start(event)
-                    except RedisError:
-                        # Nobody can serve a call we could not announce: close, and Twilio's
-                        # <Redirect> brings it back (to this or another edge) for another try.
-                        self._apply(core.close(1011, "try again", "redis_unavailable"))
-                elif isinstance(event, twilio.Stop):
-                    core.twilio_stopped()
-                    break
-                else:
-                    self._apply(core.twilio_event(event))
-        except ConnectionClosed:
-            pass
+            event = twilio.parse(frame)
+        except twilio.TwilioProtocolError as exc:
+            self._apply(core.invalid(exc.reason, str(exc)))
+            return
+        if type(event) is twilio.Media:
+            self._on_media(event)
+        elif isinstance(event, twilio.Start):
+            self.starting = asyncio.create_task(self._start(event), name="edge-start")
+        elif isinstance(event, twilio.Stop):
+            core.twilio_stopped()
+            self.stopped_by_twilio = True
+            self._socket.close(1000, "")
+        else:
+            self._apply(core.twilio_event(event))
+
+    async def _start(self, event: twilio.Start) -> None:
+        try:
+            await self._on_start(event)
+        except RedisError:
+            # Nobody can serve a call we could not announce: close, and Twilio's <Redirect>
+            # brings it back (to this or another edge) for another try.
+            self._apply(self._core.close(1011, "try again", "redis_unavailable"))
         finally:
-            await self._finish()
+            self.starting = None
+            waiting, self._waiting = self._waiting, []
+            for index, frame in enumerate(waiting):
+                if self.starting is not None:  # another start among them: the rest wait again
+                    self._waiting = [*waiting[index:], *self._waiting]
+                    break
+                self._handle(frame)
 
     def _on_media(self, media: twilio.Media) -> None:
         problem = self._core.check_media(media.stream_sid)
@@ -147,31 +172,31 @@ class EdgeCall:
         core.go_live(start.stream_sid)
         self.stream_sid, self.call_sid = start.stream_sid, start.call_sid
         self._in_key, self._out_key = port.keys.caller_audio(self.stream_sid), port.keys.agent_output(self.stream_sid)
-        self._sender = asyncio.create_task(self._send_loop(), name=f"edge-send-{self.stream_sid}")
         port.calls.attach(self._out_key, self)
         metrics.LIVE_CALLS.inc()  # before the await: _finish decrements even if registering fails
         await port.gate.register(start)
         log.info("stream started", extra={**self._ids, "params": sorted(start.custom_parameters)})
 
-    async def _finish(self) -> None:
+    async def finish(self) -> None:
+        """The socket is closed (or Twilio said stop): tell the worker, once."""
         if self._stopped:
             return
         self._stopped = True
         self._disarm()
-        if self._closing is not None:
-            await asyncio.gather(self._closing, return_exceptions=True)
+        if self.starting is not None:
+            # Let it finish rather than cut it between its Redis writes: if it announced the call,
+            # the stop below ends it at once.
+            await asyncio.gather(self.starting, return_exceptions=True)
         if not self._core.announced:
+            await self._socket.flush_and_stop()
             metrics.CALLS.labels("no_start").inc()
             return
         reason, writer = self._core.end_reason, self._port.writer
         self._port.calls.detach(self._out_key)
         writer.append(self._in_key, entries.stop(reason))
-        self._outbox.close()
+        await self._socket.flush_and_stop()
         if await writer.drain(timeout_s=2.0):
             writer.forget(self._in_key)  # else the next write re-registers the key
-        if self._sender:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
         metrics.LIVE_CALLS.dec()
         metrics.CALLS.labels(reason).inc()
         log.info("stream ended", extra={**self._ids, "reason": reason})
@@ -182,22 +207,13 @@ class EdgeCall:
         self._apply(self._core.agent_entries(batch, self._loop.time(), now_us()))
 
     def check_stalled(self, now: float) -> None:
-        if self._outbox.stalled(now):
-            metrics.STALLED.inc()
-            log.warning("Twilio socket stalled (a send hung), closing", extra=self._ids)
-            self._outbox.clear()
-            self._ws.transport.abort()
+        if self._socket.stalled(now):
+            self.socket_stalled("a send hung, or too much is queued")
 
-    async def _send_loop(self) -> None:
-        try:
-            await self._outbox.run()
-        except PeerStalled as exc:
-            metrics.STALLED.inc()
-            log.warning("Twilio socket stalled, closing: %s", exc, extra=self._ids)
-            self._outbox.clear()
-            self._ws.transport.abort()  # a peer that does not read will not read a close frame either
-        except ConnectionClosed:
-            pass
+    def socket_stalled(self, why: str) -> None:
+        metrics.STALLED.inc()
+        log.warning("Twilio socket stalled (%s), closing", why, extra=self._ids)
+        self._socket.abort()  # a peer that does not read will not read a close frame either
 
     # --- carrying out the core's actions -------------------------------------------------------------
     def _apply(self, actions: Iterable[Action], ids: dict[str, str] | None = None) -> None:
@@ -205,16 +221,16 @@ class EdgeCall:
             match action:
                 case SendAudio(payload):
                     metrics.AUDIO_BYTES_OUT.inc(len(payload))
-                    self._outbox.put(twilio.media_message(self.stream_sid, payload))
+                    self._socket.send(twilio.media_message(self.stream_sid, payload))
                 case AudioTransit(transit_us):
                     metrics.AGENT_TRANSIT.observe(transit_us / 1e6)
                 case SendMark(name):
-                    self._outbox.put(twilio.mark_message(self.stream_sid, name))
+                    self._socket.send(twilio.mark_message(self.stream_sid, name))
                 case Clear(flushed_marks, latency_us):
                     # Queued marks survive (Twilio echoes them right after the clear, which is how
                     # the worker learns what was cut); queued audio does not.
-                    self._outbox.clear(keep=_is_mark)
-                    self._outbox.put(twilio.clear_message(self.stream_sid))
+                    self._socket.drop_queued(keep=_is_mark)
+                    self._socket.send(twilio.clear_message(self.stream_sid))
                     self._port.writer.append(self._in_key, entries.cleared(list(flushed_marks)))
                     metrics.CLEARS.inc()
                     metrics.BARGE_IN.observe(latency_us / 1e6)
@@ -234,9 +250,7 @@ class EdgeCall:
                 case Refused(reason):
                     metrics.REJECTED.labels(reason).inc()
                 case Close(code, reason):
-                    # Never await the close inside the read loop: websockets stops reading from a peer
-                    # whose unread frames fill its queue, and the peer's close frame would sit behind them.
-                    self._closing = asyncio.create_task(self._ws.close(code, reason))
+                    self._socket.close(code, reason)
                 case _:
                     assert_never(action)
         self._rearm()

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Self
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from switchboard import signature
 from switchboard.config import keys_for, redis_client, redis_reachable
@@ -23,7 +21,7 @@ from switchboard.loadmeter import LoadMeter
 from switchboard.streams import StreamReader, StreamWriter
 from switchboard.supervise import Supervisor
 
-from . import metrics
+from . import frontends, metrics
 from .admission import EdgeAdmission
 from .call import EdgeCall
 from .calls import LiveCalls
@@ -31,6 +29,7 @@ from .gate import StartGate
 from .port import CallPort
 from .records import MAX_CALL_TTL_S
 from .settings import EdgeSettings
+from .sockets import TwilioSocket
 from .stream_core import AgentBatch
 
 log = logging.getLogger(__name__)
@@ -65,14 +64,14 @@ class EdgeServer:
         self.tasks = Supervisor("edge")
         self._port = CallPort(settings, self.keys, self.writer, self.calls,
                               StartGate(self.redis, self.keys, settings, self.admission))
-        self._ws_server: Server | None = None
+        self._listener: frontends.Listener | None = None
         self._health = HealthServer(settings.metrics_host, settings.metrics_port, self._readiness)
         self._draining = False
 
     @property
     def port(self) -> int:
-        assert self._ws_server is not None
-        return self._ws_server.sockets[0].getsockname()[1]  # type: ignore[no-any-return]
+        assert self._listener is not None
+        return self._listener.port
 
     @property
     def metrics_port(self) -> int:
@@ -87,16 +86,7 @@ class EdgeServer:
         metrics.LOAD.set_function(lambda: self.load.load)
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
-        self._ws_server = await serve(
-            self._handle,
-            self.settings.edge_host,
-            self.settings.edge_port,
-            process_request=self._process_request,
-            max_size=self.settings.edge_max_frame_bytes,
-            compression=None,  # Twilio doesn't negotiate it; base64 audio would not compress anyway
-            ping_interval=20,
-            ping_timeout=20,
-        )
+        self._listener = await frontends.listen(self.settings, self._route, self._new_call)
         log.info(
             "edge listening",
             extra={"port": self.port, "metrics_port": self.metrics_port, "edge_id": self.settings.edge_id},
@@ -110,13 +100,8 @@ class EdgeServer:
         """Close every stream with 1001 (Twilio continues the TwiML), flush Redis, stop."""
         self._draining = True
         self.tasks.closing()
-        if self._ws_server is not None:
-            self._ws_server.close(close_connections=True)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._ws_server.wait_closed()
-            except TimeoutError:
-                log.warning("some Twilio sockets did not close in time")
+        if self._listener is not None:
+            await self._listener.close(timeout_s)
         await self.writer.drain()
         # The loops also end on these flags: on Python 3.11 a cancellation that arrives while a
         # Redis command is being sent can be lost inside redis-py.
@@ -132,45 +117,39 @@ class EdgeServer:
         await self._redis_block.aclose()
 
     # --- handshake -----------------------------------------------------------------------------
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?")[0]
+    def _route(self, path: str, headers: Mapping[str, str]) -> tuple[int, bytes] | None:
+        """Every HTTP request before its upgrade: an answer, or None to accept the stream."""
         if path in ("/healthz", "/readyz"):
             if self._draining:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+                return HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n"
             if path == "/readyz" and not self.tasks.ok:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "failed: " + ", ".join(self.tasks.failures) + "\n")
-            return connection.respond(HTTPStatus.OK, "ok\n")
+                return HTTPStatus.SERVICE_UNAVAILABLE, ("failed: " + ", ".join(self.tasks.failures) + "\n").encode()
+            return HTTPStatus.OK, b"ok\n"
         if path not in STREAM_PATHS:
             metrics.REJECTED.labels("path").inc()
-            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+            return HTTPStatus.NOT_FOUND, b"Not Found\n"
         if self._draining:
             metrics.REJECTED.labels("draining").inc()
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            return HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n"
         token = self.settings.twilio_auth_token
         if token is None:
             return None
-        url = self._public_url(request, path)
-        if not signature.stream_signature_valid(token.get_secret_value(), url, request.headers.get("X-Twilio-Signature")):
+        url = self._public_url(headers, path)
+        if not signature.stream_signature_valid(token.get_secret_value(), url, headers.get("X-Twilio-Signature")):
             metrics.REJECTED.labels("signature").inc()
-            log.warning("rejected stream: bad X-Twilio-Signature", extra={"url": url, "peer": str(connection.remote_address)})
-            return connection.respond(HTTPStatus.FORBIDDEN, "Forbidden\n")
+            log.warning("rejected stream: bad X-Twilio-Signature", extra={"url": url})
+            return HTTPStatus.FORBIDDEN, b"Forbidden\n"
         return None
 
-    def _public_url(self, request: Request, path: str) -> str:
+    def _public_url(self, headers: Mapping[str, str], path: str) -> str:
         if self.settings.edge_public_url:
             return self.settings.edge_public_url
         if self.settings.trust_proxy_headers:
-            return signature.public_url_from_proxy_headers(request.headers, path, default_scheme="wss")
-        return f"wss://{request.headers.get('Host', '')}{path}"
+            return signature.public_url_from_proxy_headers(headers, path, default_scheme="wss")
+        return f"wss://{headers.get('Host', '')}{path}"
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        if self.settings.edge_socket_sndbuf:
-            # Bound what the kernel holds for a Twilio socket that stops reading, so that the
-            # outbox, not an invisible multi-megabyte kernel buffer, decides when it is stalled.
-            sock = ws.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.edge_socket_sndbuf)
-        await EdgeCall(self._port, ws).run()
+    def _new_call(self, socket: TwilioSocket) -> EdgeCall:
+        return EdgeCall(self._port, socket)
 
     def _on_agent_entries(self, key: str, batch: AgentBatch) -> None:
         self.calls.deliver(key, batch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 
 from switchboard.config import CommonSettings, default_instance_id
@@ -31,6 +33,10 @@ class EdgeSettings(CommonSettings):
         5.0, gt=0, le=60, description="A socket that has not sent its start message by then is closed (1008)"
     )
     trust_proxy_headers: bool = Field(False, description="Rebuild the public URL from X-Forwarded-Proto/Host")
+    edge_ws_library: Literal["picows", "websockets"] = Field(
+        "picows", description="WebSocket library of the Twilio side: picows (Cython, about a third of the CPU per "
+        "message) or websockets (pure Python)",
+    )
     edge_batch_window_ms: float = Field(
         2.0, ge=0, le=100,
         description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "
