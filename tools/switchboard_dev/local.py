@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from . import democall, procs
+from . import democall, procs, twilio_local
 from .stack import Stack
 from .twilio_setup import SetupError, TwilioSetup
 
@@ -93,6 +93,8 @@ def build_stack(args: argparse.Namespace, environ: Mapping[str, str]) -> Stack:
     }
     if not auth_token:
         control_env["CONTROL_INSECURE_NO_AUTH"] = "false"  # the API keeps its token; only /twiml is open
+    if twilio_local.emulated(environ):  # no Twilio account: outbound calls go to the bundled REST emulator
+        control_env.update(twilio_local.control_env(environ, args.control_port))
     return Stack(
         log_dir=Path(args.log_dir),
         key_prefix=environ.get("KEY_PREFIX", "sb:"),
@@ -118,10 +120,14 @@ def _start(stack: Stack) -> None:
     reused_redis = bool(stack.redis_url)
     emulated = not stack.deepgram_url
     stack.start()
+    twilio = twilio_local.start(stack, os.environ)
     if stack.redis_server is not None:
         print(f"• started redis-server on 127.0.0.1:{stack.redis_server.port} (nothing persisted)")
     elif reused_redis and "REDIS_URL" not in os.environ:
         print(f"• using the redis-server already listening on 127.0.0.1:{LOCAL_REDIS_PORT}")
+    if twilio is not None:
+        print(f"• TWILIO_ACCOUNT_SID is not set: outbound calls go to the bundled Twilio REST emulator on "
+              f"{stack.control_env['TWILIO_API_BASE_URL']}")
     if emulated:
         print(f"• DEEPGRAM_API_KEY is not set: using the bundled Deepgram emulator on ws://127.0.0.1:{stack.emulator_port}")
 

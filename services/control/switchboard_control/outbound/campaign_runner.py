@@ -1,8 +1,8 @@
 """The campaign dialer: every control replica runs one; Redis decides who dials what.
 
-Each round, for every active campaign: claim due destinations while the campaign is running,
-under its concurrency cap and pace (`CampaignStore.claim`, atomic), and dial each in a task of
-its own; look at in-flight destinations whose time passed (a dialler that died mid-create, a
+Each round, for every active campaign: claim due destinations while the campaign is running and
+under its concurrency cap (`CampaignStore.claim`, atomic), and dial each in a task of its own,
+which takes the campaign's next pace slot right before it asks Twilio (`CampaignStore.pace`); look at in-flight destinations whose time passed (a dialler that died mid-create, a
 status callback lost while control was down: Twilio is asked); and mark the campaign completed
 once nothing is pending or in flight. A destination's attempt ends when its call's final
 status arrives (`finish`, from the callback on whichever replica gets it), which schedules a
@@ -28,12 +28,13 @@ from redis.exceptions import RedisError
 
 from switchboard import campaigns
 from switchboard.campaigns import Destination
-from switchboard.outbound import FINAL, OField
+from switchboard.messages import CallField, RecordState
+from switchboard.outbound import FINAL, OField, TwilioStatus
 from switchboard.twilio_rest import CallsApi, TwilioApiError
 
 from . import metrics
 from .campaign_store import CampaignStore, Placement, decode_spec
-from .dialer import SETUP_S, Dialer, DialError, DialSpec
+from .dialer import Dialer, DialError, DialSpec
 from .lifecycle import Lifecycle
 from .models import CampaignSpec
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 LEASE_MS = 45_000  # a create takes at most ~25 s (retries, timeouts); past this its dialler is gone
 ROUND_MAX_S = 0.25
 NO_SLOT_RETRY_S = 1.0
+FIRST_CHECK_S = 10  # besides the ring time: Twilio's queueing and dialling
 SHUTDOWN_WAIT_S = 20.0
 
 
@@ -106,9 +108,8 @@ class CampaignRunner:
         wait_ms = int(ROUND_MAX_S * 1000)
         state = meta.get("state")
         if state == "running":
-            interval = campaigns.dial_interval_ms(spec.cps)
             while not self.stopping:
-                claim = await self.store.claim(cid, spec.concurrency, interval, LEASE_MS)
+                claim = await self.store.claim(cid, spec.concurrency, LEASE_MS)
                 if claim.index is None:
                     wait_ms = min(wait_ms, claim.wait_ms)
                     break
@@ -148,8 +149,9 @@ class CampaignRunner:
                                     if d.status == "pending" else None)
             return
         ref = uuid.uuid4().hex
-        started = await self.store.update(cid, index, lambda d: (
-            campaigns.dialing(d, ref, now), Placement(flight_ms=_ms(now) + LEASE_MS)) if d.status == "pending" else None)
+        lease = Placement(flight_ms=_ms(now) + LEASE_MS)
+        started = await self.store.update(
+            cid, index, lambda d: (campaigns.dialing(d, ref, now), lease) if d.status == "pending" else None)
         if started is None:
             return  # canceled meanwhile
         call = DialSpec(to=dest.to, from_=spec.from_, profile=spec.profile, settings=spec.settings,
@@ -157,14 +159,20 @@ class CampaignRunner:
                         ring_timeout_s=spec.ring_timeout_s, time_limit_s=spec.time_limit_s,
                         status_webhook=str(spec.status_webhook) if spec.status_webhook else None,
                         campaign=cid, index=index)
+        interval = campaigns.dial_interval_ms(spec.cps)
+
+        async def paced() -> None:
+            await asyncio.sleep(await self.store.pace(cid, interval) / 1000)
+
         try:
-            placed = await self.dialer.place(call, ref=ref, origin="campaign")
+            placed = await self.dialer.place(call, ref=ref, origin="campaign", before_create=paced)
         except DialError as exc:
             await self._not_placed(cid, index, ref, spec, exc)
             return
         metrics.CAMPAIGN_DIALS.labels("placed").inc()
         ring_s = spec.ring_timeout_s or self.dialer.settings.outbound_ring_timeout_s
-        check_at = _ms(time.time()) + (ring_s + SETUP_S) * 1000 + self.check_ms
+        # First look when a call that was never answered must have ended; then every check_s.
+        check_at = _ms(time.time()) + (ring_s + FIRST_CHECK_S) * 1000 + self.check_ms
         await self.store.update(cid, index, lambda d: (
             campaigns.in_call(d, placed.call_sid), Placement(flight_ms=check_at))
             if d.status == "dialing" and d.current is not None and d.current.ref == ref else None)
@@ -243,8 +251,12 @@ class CampaignRunner:
                 log.warning("could not look up a campaign call: %s", exc, extra={"campaign": cid, "destination": index})
 
     async def _check_call(self, ref: str, call_sid: str) -> None:
-        """No final status reached us in time (control was down when Twilio sent it?): ask Twilio."""
+        """No final status reached us in time (control was down when Twilio sent it?): ask Twilio,
+        unless the call is plainly alive (answered, and its stream is live)."""
         if self.api is None:
+            return
+        record = await self.lifecycle.store.get(ref) or {}
+        if record.get(OField.STATUS) == TwilioStatus.IN_PROGRESS and await self._streaming(call_sid):
             return
         call = await self.api.fetch(call_sid)
         status = str(call.get("status", ""))
@@ -252,6 +264,14 @@ class CampaignRunner:
             log.info("campaign call ended while its callback was lost: %s", status, extra={"call_sid": call_sid})
             await self.lifecycle.status(ref, {"CallSid": call_sid, "CallStatus": status,
                                               "CallDuration": str(call.get("duration") or "")})
+
+    async def _streaming(self, call_sid: str) -> bool:
+        store = self.lifecycle.store
+        stream_sid = await store.stream_of(call_sid)
+        if stream_sid is None:
+            return False
+        state = await store.redis.hget(store.keys.call(stream_sid), CallField.STATE)
+        return state is not None and state != RecordState.ENDED.encode()
 
     async def _orphaned_dial(self, cid: str, index: int, dest: Destination, spec: CampaignSpec) -> None:
         """A dialler died between claiming and recording Twilio's answer: did Twilio create the call?"""
@@ -262,15 +282,16 @@ class CampaignRunner:
             caller = spec.from_ or self.dialer.settings.outbound_default_from
             for call in await self.api.list(To=dest.to):
                 created = _rfc2822(call.get("date_created"))
-                if created is not None and created >= attempt.started_at - 5 and (not caller or call.get("from") == caller):
+                mine = not caller or call.get("from") == caller
+                if created is not None and created >= attempt.started_at - 5 and mine:
                     found = call
                     break
         if found is None:
             log.warning("campaign dial interrupted before Twilio took it: dialling again",
                         extra={"campaign": cid, "destination": index})
-            await self.store.update(cid, index, lambda d: (campaigns.requeue(d, time.time()),
-                                                           Placement(due_ms=_ms(time.time()))) if _holding(attempt.ref)(d)
-                                    else None)
+            now = time.time()
+            await self.store.update(cid, index, lambda d: (campaigns.requeue(d, now), Placement(due_ms=_ms(now)))
+                                    if _holding(attempt.ref)(d) else None)
             return
         call_sid = str(found["sid"])
         log.warning("campaign dial interrupted after Twilio took it: adopting %s", call_sid,

@@ -8,8 +8,10 @@
     campaign:{id}:pace     string the earliest time (ms) of the next dial
 
 A destination is always in exactly one of due, flight or neither (done). `claim` moves one from
-due to flight atomically, and only while the campaign is running, under its concurrency cap
-and its pace: of several control replicas, one gets each destination. Every later move is a
+due to flight atomically, and only while the campaign is running and under its concurrency
+cap; a dial takes
+the campaign's next pace slot right before it asks Twilio: of several control replicas, one
+gets each destination. Every later move is a
 compare-and-set on the destination's JSON (`update`), so a status callback on one replica and a
 dialler on another never both move it. State lives only here: a restarted control API, or
 another replica, carries on where the last one was.
@@ -29,7 +31,7 @@ from switchboard.outbound import OutboundKeys
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
-# KEYS: campaign, due, flight, pace. ARGV: concurrency, interval ms, lease ms.
+# KEYS: campaign, due, flight. ARGV: concurrency, lease ms.
 # Returns {1, index, now} or {0, reason, wait ms}.
 _CLAIM = _NOW + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return {0, 'not_running', 1000} end
@@ -38,12 +40,18 @@ local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if #first == 0 then return {0, 'empty', 1000} end
 local due = tonumber(first[2])
 if due > now then return {0, 'not_due', due - now} end
-local pace = tonumber(redis.call('GET', KEYS[4]) or '0')
-if pace > now then return {0, 'pace', pace - now} end
 redis.call('ZREM', KEYS[2], first[1])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), first[1])
-redis.call('SET', KEYS[4], now + tonumber(ARGV[2]), 'PX', tonumber(ARGV[2]) + 60000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), first[1])
 return {1, first[1], now}
+"""
+
+# KEYS: pace. ARGV: interval ms. The campaign's next dial time, taken: returns how long to wait (ms)
+# before sending the create. Taken right before the request (not at the claim), so that the work
+# between the two cannot squeeze two dials closer than the interval.
+_PACE = _NOW + """
+local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+redis.call('SET', KEYS[1], slot + tonumber(ARGV[1]), 'PX', slot - now + tonumber(ARGV[1]) + 60000)
+return slot - now
 """
 
 # KEYS: dest, due, flight, counts. ARGV: index, old JSON, new JSON, due ms ('' = not due),
@@ -154,14 +162,18 @@ class CampaignStore:
         attempts = int(counts.get(b"attempts", 0))
         return int(pending), int(flight), outcomes, attempts, (first[0][1] / 1000 if first else None)
 
-    async def claim(self, cid: str, concurrency: int, interval_ms: int, lease_ms: int) -> Claim:
+    async def claim(self, cid: str, concurrency: int, lease_ms: int) -> Claim:
         k = self.k
-        reply = await self.redis.eval(_CLAIM, 4, k.campaign(cid), k.campaign_due(cid), k.campaign_flight(cid),
-                                      k.campaign_pace(cid), concurrency, interval_ms, lease_ms)
+        reply = await self.redis.eval(_CLAIM, 3, k.campaign(cid), k.campaign_due(cid), k.campaign_flight(cid),
+                                      concurrency, lease_ms)
         if int(reply[0]) == 1:
             return Claim(int(reply[1]), "claimed", 0)
         reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         return Claim(None, reason, max(1, int(reply[2])))
+
+    async def pace(self, cid: str, interval_ms: int) -> int:
+        """Take the campaign's next dial time; the ms to wait until it."""
+        return int(await self.redis.eval(_PACE, 1, self.k.campaign_pace(cid), interval_ms))
 
     async def destination(self, cid: str, index: int) -> tuple[bytes, Destination] | None:
         raw = await self.redis.hget(self.k.campaign_destinations(cid), str(index))
@@ -183,7 +195,8 @@ class CampaignStore:
             ok = await self.redis.eval(
                 _CAS, 4, k.campaign_destinations(cid), k.campaign_due(cid), k.campaign_flight(cid),
                 k.campaign_counts(cid), str(index), raw, orjson.dumps(new.to_json()),
-                "" if where.due_ms is None else str(where.due_ms), "" if where.flight_ms is None else str(where.flight_ms),
+                "" if where.due_ms is None else str(where.due_ms),
+                "" if where.flight_ms is None else str(where.flight_ms),
                 where.outcome, "1" if where.attempt else "",
             )
             if int(ok) == 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,8 +106,10 @@ class Dialer:
         return enabled, agent.amd
 
     # --- dialling ----------------------------------------------------------------------------------
-    async def place(self, spec: DialSpec, *, ref: str | None = None, origin: str = "api") -> Placed:
-        """Dial `spec.to`; raises DialError (nothing dialled, nothing held) when it cannot be."""
+    async def place(self, spec: DialSpec, *, ref: str | None = None, origin: str = "api",
+                    before_create: Callable[[], Awaitable[None]] | None = None) -> Placed:
+        """Dial `spec.to`; raises DialError (nothing dialled, nothing held) when it cannot be.
+        `before_create` runs right before Twilio is asked (a campaign's pace)."""
         refused = self.refusal(spec.to, spec.from_)
         if refused is not None:
             raise refused
@@ -136,11 +139,14 @@ class Dialer:
                                 amd.speech_end_threshold_ms) if detect else None,
         )
         try:
+            if before_create is not None:
+                await before_create()
             call = await self.api.create(params)
         except TwilioApiError as exc:
             if reserved:
                 await slots.release(self.state.redis, self.state.keys, ref)
-            await self.store.fail(ref, f"{exc.kind}: {exc.message}" + (f" (Twilio error {exc.code})" if exc.code else ""))
+            code = f" (Twilio error {exc.code})" if exc.code else ""
+            await self.store.fail(ref, f"{exc.kind}: {exc.message}{code}")
             error = _dial_error(exc)
             metrics.REFUSED.labels(error.reason).inc()
             log.warning("Twilio did not place the call: %s", exc, extra={"ref": ref, "twilio_code": exc.code,

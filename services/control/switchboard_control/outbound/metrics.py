@@ -10,8 +10,9 @@ CALLS = Counter(
     "failed, canceled, error)",
     ["outcome"],
 )
-PLACED = Counter("switchboard_control_outbound_placed_total", "Outbound calls Twilio accepted, by origin (api|campaign)",
-                 ["origin"])
+PLACED = Counter(
+    "switchboard_control_outbound_placed_total", "Outbound calls Twilio accepted, by origin (api|campaign)", ["origin"]
+)
 STATUSES = Counter("switchboard_control_outbound_status_total", "Twilio status callbacks applied, by status",
                    ["status"])
 REFUSED = Counter(
@@ -56,6 +57,9 @@ CAMPAIGN_DIALS = Counter(
     "Campaign dial attempts by result (placed, no_slot, outside_hours, rate_limited, error)", ["result"],
 )
 CAMPAIGN_IN_FLIGHT = Gauge(
-    "switchboard_control_campaign_calls_in_flight", "Campaign calls being dialled or in a call (this replica's last look)"
+    "switchboard_control_campaign_calls_in_flight",
+    "Campaign calls being dialled or in a call (this replica's last look)",
 )
-CAMPAIGNS_ACTIVE = Gauge("switchboard_control_campaigns_active", "Campaigns running or paused (this replica's last look)")
+CAMPAIGNS_ACTIVE = Gauge(
+    "switchboard_control_campaigns_active", "Campaigns running or paused (this replica's last look)"
+)

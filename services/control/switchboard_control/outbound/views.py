@@ -24,8 +24,9 @@ def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def _summary(fields: dict[str, str]) -> CallSummary:
-    return CallSummary(call_sid=fields.get(OField.CALL_SID, ""), stream_sid="", profile=fields.get(OField.PROFILE) or None,
-                       state=DIALING, started_at=float(fields.get(OField.CREATED_AT) or 0) or None,
+    return CallSummary(call_sid=fields.get(OField.CALL_SID, ""), stream_sid="",
+                       profile=fields.get(OField.PROFILE) or None, state=DIALING,
+                       started_at=float(fields.get(OField.CREATED_AT) or 0) or None,
                        direction="outbound", outbound=view(fields))
 
 
