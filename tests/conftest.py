@@ -15,8 +15,8 @@ lands in one without anyone deciding:
 - **fast**: everything else: pure unit tests (codecs, the conversation and stream cores with
   a hand-moved clock) and in-process component tests (`tests/inprocess.py`: control's app,
   the edge, workers and the Deepgram emulator in the test's own event loop, on port 0,
-  against the session's redis-server). The one process the fast tier starts is that
-  redis-server.
+  against the session's redis-server). The fast tier starts no Switchboard process: only
+  that redis-server, and the short helper commands of the modules in `FAST_MODULES`.
 
 Files named on the command line run whatever their tier (`./dev test tests/test_faults.py`).
 """
@@ -43,6 +43,9 @@ E2E_MODULES: dict[str, str] = {
 }
 # Fast although they import a process helper, each for the reason given.
 FAST_MODULES: dict[str, str] = {
+    "test_egress": "runs openssl once, for a test certificate",
+    "test_deploy_observability": "runs promtool over the deploy files",
+    "test_plumbing": "a python child for a second-signal exit status, under a second",
 }
 
 

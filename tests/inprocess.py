@@ -28,6 +28,8 @@ import redis.asyncio as redis_async
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
+
+from switchboard.keys import Keys
 from switchboard_callsim.call import SimConfig
 from switchboard_callsim.script import CallScript
 from switchboard_control.app import create_app
@@ -39,10 +41,9 @@ from switchboard_emulator.server import EmulatorServer
 from switchboard_worker.settings import WorkerSettings
 from switchboard_worker.worker import Worker
 
-from switchboard.keys import Keys
-
 EMULATOR_KEY = "component-deepgram-key"
 API_TOKEN = "component-control-token-0123"
+CONTROL_BASE = "http://control.test"  # the app's address on httpx's ASGI transport (no socket)
 # The end-to-end tests' fast emulator (tests/system.py): short utterances, replies and thinking.
 FAST_EMULATOR: dict[str, Any] = {"eou_ms": 300, "think_ms": 50, "reply_ms": 600}
 # Every service here shares one event loop with the simulator and the test, so the load an edge
@@ -83,7 +84,7 @@ class InProcess:
             self.app = create_app(self.control_settings())
             self._lifespan = self.app.router.lifespan_context(self.app)
             await self._lifespan.__aenter__()
-            self.api = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://control.test",
+            self.api = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=CONTROL_BASE,
                                          headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=15)
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -145,6 +146,11 @@ class InProcess:
     @property
     def keys(self) -> Keys:
         return Keys(self.prefix)
+
+    def twilio_client(self) -> httpx.AsyncClient:
+        """What the simulator fetches TwiML with, as Twilio would: the control app at CONTROL_BASE
+        (through the ASGI transport), every other URL (the emulator's checks) over loopback."""
+        return httpx.AsyncClient(mounts={CONTROL_BASE: httpx.ASGITransport(app=self.app)}, timeout=15)
 
     def sim(self, **script: Any) -> SimConfig:
         """A simulated call on this edge whose agent audio and caller audio are checked byte for byte."""
