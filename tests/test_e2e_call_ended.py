@@ -12,15 +12,16 @@ import urllib.parse
 import httpx
 import orjson
 import pytest
+from webhook_receiver import WebhookReceiver
+
+from switchboard import settings_store, standard_webhooks
+from switchboard.agent_settings import AgentSettings
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 from switchboard_dev import procs
 
-from switchboard import settings_store, standard_webhooks
-from switchboard.agent_settings import AgentSettings
 from system import System, scrape
-from webhook_receiver import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"call-ended-test-secret-32-bytes!").decode()
 KEY = standard_webhooks.parse_secret(SECRET)
@@ -142,12 +143,14 @@ async def test_a_delivery_that_keeps_failing_becomes_a_dead_letter_and_can_be_se
 
 async def test_masked_keys_stay_masked_and_the_recording_link_works_only_as_signed(system, receiver):
     settings = {"dtmf": {"enabled": True, "mask": True}, "journal": {"enabled": True, "audio": True}}
-    ident = await call(system, settings, hold_ms=2500, dtmf=((1500, "7"), (1600, "3"), (1700, "#")))
-    (delivery,) = await receiver.wait(lambda r: deliveries(receiver, ident.call_sid), 20) and \
-        deliveries(receiver, ident.call_sid)
+    ident = await call(system, settings, hold_ms=2500, dtmf=((1500, "9"), (1600, "8"), (1700, "#")))
+    await receiver.wait(lambda r: deliveries(receiver, ident.call_sid), 20)
+    (delivery,) = deliveries(receiver, ident.call_sid)
     data = delivery.json()["data"]
     assert [k["digits"] for k in data["keypad"]] == ["••#"]
-    assert b'"7' not in delivery.body and b"73" not in delivery.body
+    said = [line["content"] for line in data["transcript"] if line["role"] == "user"]
+    assert "The caller pressed: ••#" in said  # what the agent was told (Deepgram's own echo of it)
+    assert b"pressed: 98" not in delivery.body and b'"digits":"98' not in delivery.body
     link = data["recording"]["url"]
     parsed = urllib.parse.urlsplit(link)
     base = system.stack.control_url

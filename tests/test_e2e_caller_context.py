@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from switchboard_callsim.call import SimConfig, run_call
-from switchboard_callsim.script import CallScript
-from switchboard_callsim.twiliomsg import CallIdentity
+from webhook_receiver import WebhookReceiver
 
 from switchboard import settings_store
 from switchboard.agent_settings import AgentSettings
 from switchboard.outbound import OField, OutboundKeys
 from switchboard.webhook_signature import verify
+from switchboard_callsim.call import SimConfig, run_call
+from switchboard_callsim.script import CallScript
+from switchboard_callsim.twiliomsg import CallIdentity
+
 from system import System
-from webhook_receiver import WebhookReceiver
 
 FUNCTION_SECRET = "context-test-function-secret"
 TEMPLATED = {

@@ -12,6 +12,7 @@ import json
 
 import httpx
 import pytest
+
 from switchboard_dev import procs
 from switchboard_twilio_emulator.config import TEST_ACCOUNT_SID, EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator

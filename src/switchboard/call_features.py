@@ -45,7 +45,9 @@ class Transfer(BaseModel):
         "(with transfer_call's own `destinations`)", examples=[["+14155550100", "sip:desk@example.com"]],
     )
     mode: Literal["cold", "warm"] = Field("cold", description="What transfer_call does when the agent names no mode")
-    ring_timeout_s: int = Field(20, ge=5, le=120, description="How long the target may ring before it counts as no answer")
+    ring_timeout_s: int = Field(
+        20, ge=5, le=120, description="How long the target may ring before it counts as no answer",
+    )
     hold_message: str = Field("Please hold while I connect you.", min_length=1, max_length=500,
                               description="Warm: what the caller hears while the target is dialled")
     hold_music_url: HttpUrl | None = Field(None, description="Warm: played after the hold message (mp3/wav URL)")

@@ -74,7 +74,7 @@ async def personalize(session: PrecallHandle, meta: dict[bytes, bytes], settings
 
 async def _stored(session: PrecallHandle, meta: dict[bytes, bytes]) -> dict[str, Any] | None:
     """The answer a previous session of this call got: on this record (takeover) or the one it resumes."""
-    raw = meta.get(CallField.PRECALL.encode())
+    raw: Any = meta.get(CallField.PRECALL.encode())
     resume_of = meta.get(CallField.RESUME_OF.encode(), b"").decode()
     if not raw and resume_of:
         raw = await session.port.redis.hget(session.port.keys.call(resume_of), CallField.PRECALL)
@@ -108,7 +108,7 @@ async def _lookup(session: PrecallHandle, settings: AgentSettings, params: dict[
     if config.function_secret is not None:
         headers[HEADER] = sign(config.function_secret.get_secret_value(), str(int(time.time())), body)
     started = time.perf_counter()
-    outcome, answer = "ok", None
+    outcome, answer, detail = "ok", None, ""
     try:
         # One attempt, one deadline: the caller is waiting for the greeting.
         reply = await egress.post(port.http, str(hook.url), content=body, headers=headers, deadline_s=hook.timeout_s,
@@ -116,7 +116,7 @@ async def _lookup(session: PrecallHandle, settings: AgentSettings, params: dict[
                                   policy=config.egress_policy)
     except egress.Refused as refused:
         outcome = "late" if refused.reason == "deadline" else "refused"
-        detail = refused.reason
+        detail = str(refused.reason)
     else:
         detail = f"HTTP {reply.status}"
         answer = _answer(reply) if reply.status < 300 else None

@@ -109,7 +109,8 @@ class Transfers:
     def allowed_targets(self) -> list[str]:
         settings = self._session.settings
         function = settings.function("transfer_call")
-        return list(dict.fromkeys([*settings.transfer.destinations, *((function.destinations or []) if function else [])]))
+        listed = (function.destinations or []) if function else []
+        return list(dict.fromkeys([*settings.transfer.destinations, *listed]))
 
     def _problem(self, to: str | None, mode: str, allowed: list[str]) -> str | None:
         config = self._session.port.settings
@@ -285,7 +286,8 @@ class Transfers:
         port = self._session.port
         tkeys = TransferKeys(port.keys.prefix)
         pipe = port.redis.pipeline(transaction=False)
-        pipe.hset(tkeys.record(transfer.call_sid), mapping={**transfer.to_fields(), "state": str(state)})
+        mapping: dict[Any, Any] = {**transfer.to_fields(), "state": str(state)}
+        pipe.hset(tkeys.record(transfer.call_sid), mapping=mapping)
         pipe.expire(tkeys.record(transfer.call_sid), transfers.RECORD_TTL_S)
         if state not in (State.HOLDING, State.ANSWERED):
             pipe.zrem(tkeys.pending(), transfer.call_sid)
@@ -301,7 +303,8 @@ class Transfers:
             params = {}
         if not isinstance(params, dict):
             params = {}
-        return {str(k): str(v) for k, v in params.items()}, (profile or b"").decode(errors="replace")
+        name = profile.decode(errors="replace") if isinstance(profile, bytes) else str(profile or "")
+        return {str(k): str(v) for k, v in params.items()}, name
 
     def _control_url(self) -> str:
         return (self._session.port.settings.control_public_url or "").rstrip("/")

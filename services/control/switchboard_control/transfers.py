@@ -102,8 +102,8 @@ class TransferDesk:
             CALLBACKS.labels("conference", "stale").inc()
             return
         CALLBACKS.labels("conference", "applied").inc()
-        if cancel_target and transfer.target_call_sid:
-            await self._twilio("cancel the target's leg", lambda api: api.cancel(transfer.target_call_sid))
+        if cancel_target:
+            await self._cancel_target(transfer)
 
     async def dial_ended(self, transfer: Transfer, form: dict[str, str]) -> State:
         """The cold transfer's <Dial> is over: COMPLETED (hang up) or NO_ANSWER (back to the agent)."""
@@ -134,7 +134,7 @@ class TransferDesk:
         due = await self._redis.zrangebyscore(self._tkeys.pending(), "-inf", now, start=0, num=SWEEP_BATCH)
         swept = 0
         for raw_sid in due:
-            call_sid = raw_sid.decode()
+            call_sid = raw_sid.decode() if isinstance(raw_sid, bytes) else str(raw_sid)
             if not await self._redis.zrem(self._tkeys.pending(), call_sid):
                 continue  # another replica took it
             raw = await self._redis.hgetall(self._tkeys.record(call_sid))
@@ -144,14 +144,18 @@ class TransferDesk:
             transfer.reason = "no answer within the ring timeout"
             if await self._advance(transfer, State.NO_ANSWER, frm=(State.HOLDING, State.ANSWERED), swept=True):
                 swept += 1
-                if transfer.target_call_sid:
-                    await self._twilio("cancel the target's leg", lambda api: api.cancel(transfer.target_call_sid))
+                await self._cancel_target(transfer)
                 await self._send_back(transfer)
         return swept
 
     # --- helpers -------------------------------------------------------------------------------------
     def query(self, transfer: Transfer) -> str:
         return urlencode({"call": transfer.call_sid, "t": transfer.id})
+
+    async def _cancel_target(self, transfer: Transfer) -> None:
+        sid = transfer.target_call_sid
+        if sid:
+            await self._twilio("cancel the target's leg", lambda api: api.cancel(sid))
 
     async def _send_back(self, transfer: Transfer) -> None:
         """Redirect the holding caller to the return URL: a new stream to the agent."""
@@ -175,7 +179,7 @@ class TransferDesk:
         if not moved:
             return False
         now = round(time.time(), 3)
-        fields: dict[str, str] = {"reason": transfer.reason} if transfer.reason else {}
+        fields: dict[Any, Any] = {"reason": transfer.reason} if transfer.reason else {}
         if new == State.CONNECTED:
             fields["connected_at"] = str(now)
         if new in (State.COMPLETED, State.ABANDONED):
@@ -190,7 +194,7 @@ class TransferDesk:
         events_key = self._keys.events(transfer.stream_sid)
         pipe.xadd(events_key, entries.event(orjson.dumps(event)).fields(),  # type: ignore[arg-type]
                   maxlen=keyspace.EVENTS_STREAM_MAXLEN, approximate=True)
-        record: dict[str, str] = {CallField.TRANSFER: orjson.dumps({k: v for k, v in event.items()
+        record: dict[Any, Any] = {CallField.TRANSFER: orjson.dumps({k: v for k, v in event.items()
                                                                     if k not in ("type", "ts")}).decode()}
         if new in (State.CONNECTED, State.ABANDONED):
             # The agent's part of the call is over for good: the stream's record and its followers say so.

@@ -31,7 +31,8 @@ class CallOutSettings(CommonSettings):
     call_ended_max_dead_letters: int = Field(1000, ge=10, le=100_000, description="Dead letters kept (newest)")
     call_ended_include_transcript: bool = Field(True, description="Put the transcript in call.ended")
     recording_link_ttl_s: int = Field(
-        86_400, ge=60, le=30 * 86_400, description="How long a call.ended recording link works (never past the journal)",
+        86_400, ge=60, le=30 * 86_400,
+        description="How long a call.ended recording link works (never past the journal)",
     )
     recording_link_secret: SecretStr | None = Field(
         None, description="Key of recording links' HMAC (unset: derived from CONTROL_API_TOKEN)",

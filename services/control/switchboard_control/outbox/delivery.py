@@ -143,14 +143,15 @@ class Delivery:
         """None: the call is over, deliver now. Else when to look again."""
         redis, keys, now = self._state.redis, self._state.keys, time.time()
         current = await redis.get(keys.call_by_callsid(call_sid))
-        stream_sid = current.decode() if current else item["stream_sid"]
-        fields = {k.decode(): v.decode(errors="replace") for k, v in (await redis.hgetall(keys.call(stream_sid))).items()}
+        stream_sid = payload._text(current) if current else item["stream_sid"]
+        raw = await redis.hgetall(keys.call(stream_sid))
+        fields = {payload._text(k): payload._text(v) for k, v in raw.items()}
         if fields and fields.get(CallField.STATE) != RecordState.ENDED:
             return now + max(1.0, self._settings.call_ended_settle_s)  # it goes on as a new stream
         item["stream_sid"] = stream_sid
         ended_at = float(item.get("ended_at") or now)
-        raw = await redis.hgetall(self._tkeys.record(call_sid))
-        transfer = Transfer.from_fields(raw) if raw else None
+        record = await redis.hgetall(self._tkeys.record(call_sid))
+        transfer = Transfer.from_fields(record) if record else None
         if transfer is not None and transfer.state in OPEN:
             patience = transfer.ring_timeout_s + SWEEP_GRACE_S + 60
             if now < max(ended_at, transfer.created_at) + patience:

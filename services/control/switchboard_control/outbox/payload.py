@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from switchboard import ended_calls
 from switchboard.journal import JournalError, Source, decode_record
@@ -30,6 +30,10 @@ MAX_STREAMS = 12  # a call reconnects at most a few times; a cycle in resume_of 
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _float(value: str | None) -> float | None:
@@ -49,7 +53,7 @@ async def chain(state: State, stream_sid: str) -> list[tuple[str, dict[str, str]
         raw = await state.redis.hgetall(state.keys.call(sid))
         if not raw:
             break
-        fields = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        fields = {_text(k): _text(v) for k, v in raw.items()}
         out.append((sid, fields))
         sid = fields.get(CallField.RESUME_OF) or None
     return out[::-1]
@@ -165,7 +169,7 @@ async def _recording(state: State, call_sid: str, stream_sid: str, key: bytes | 
     if not first:
         return None
     try:
-        record = decode_record(first[0][1])
+        record = decode_record(cast(dict[bytes, bytes], first[0][1]))
         audio = record.source is Source.START and bool(record.json()["settings"]["journal"]["audio"])
     except (JournalError, KeyError, TypeError, ValueError):
         return None

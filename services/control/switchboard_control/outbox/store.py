@@ -72,13 +72,14 @@ class OutboxStore:
         return [i.decode() for i in ids or ()]
 
     async def item(self, call_sid: str) -> dict[str, Any] | None:
-        return parse_item(await self._redis.hget(self.keys.items(), call_sid))
+        raw: Any = await self._redis.hget(self.keys.items(), call_sid)
+        return parse_item(raw)
 
     async def already_sent(self, call_sid: str) -> bool:
         return bool(await self._redis.exists(self.keys.sent(call_sid)))
 
     async def payload(self, call_sid: str) -> bytes | None:
-        raw = await self._redis.hget(self.keys.payloads(), call_sid)
+        raw: Any = await self._redis.hget(self.keys.payloads(), call_sid)
         return bytes(raw) if raw else None
 
     async def keep_payload(self, call_sid: str, payload: bytes) -> None:
@@ -145,7 +146,8 @@ class OutboxStore:
         return False
 
     async def forget_dead(self, call_sid: str, max_scan: int) -> bool:
-        for value in await self._redis.lrange(self.keys.dead(), 0, max_scan - 1):
+        values: list[Any] = await self._redis.lrange(self.keys.dead(), 0, max_scan - 1)
+        for value in values:
             try:
                 letter = orjson.loads(value)
             except orjson.JSONDecodeError:

@@ -30,9 +30,11 @@ api = APIRouter(prefix="/v1/calls", dependencies=[Auth], tags=["calls"])
 
 CallQuery = Annotated[str, Query(alias="call", pattern=CALL_SID, description="The transferred call's callSid")]
 TransferQuery = Annotated[str, Query(alias="t", pattern=r"^[0-9a-f]{12}$", description="The transfer's id")]
-_TWIML = {200: {"content": {"application/xml": {"schema": {"type": "string"}}}, "description": "TwiML"},
-          403: {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"}}
-_CALLBACK = {204: {"description": "Noted"}, 403: {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"}}
+_FORGED: dict[str, Any] = {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"}
+_TWIML: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/xml": {"schema": {"type": "string"}}}, "description": "TwiML"}, 403: _FORGED,
+}
+_CALLBACK: dict[int | str, dict[str, Any]] = {204: {"description": "Noted"}, 403: _FORGED}
 
 
 def _form(raw: dict[str, list[str]]) -> dict[str, str]:
@@ -131,7 +133,8 @@ class TransferView(BaseModel):
 
 
 @api.post("/{call_sid}/transfer", response_model=CommandResult,
-          responses={**COMMAND_RESPONSES, 403: {"model": Problem, "description": "The target is not on the allow-list"}})
+          responses={**COMMAND_RESPONSES,
+                     403: {"model": Problem, "description": "The target is not on the allow-list"}})
 async def transfer_call(call_sid: CallSid, body: messages.Transfer, state: StateDep, response: Response,
                         wait: Wait = True) -> CommandResult:
     """Hand the call to a person: cold (redirected to the target once the agent's current sentence has
@@ -150,7 +153,8 @@ async def transfer_call(call_sid: CallSid, body: messages.Transfer, state: State
     try:
         result = await commander.send(state, record, body, wait=wait)
     except commander.CommandTimeout as exc:
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, commander.timeout_response_detail(state, exc.command_id))
+        detail = commander.timeout_response_detail(state, exc.command_id)
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail) from None
     if not wait:
         response.status_code = status.HTTP_202_ACCEPTED
     return result
