@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from switchboard import entries
+from switchboard import entries, redis_types
 from switchboard import keys as keyspace
 from switchboard.entries import Kind
 from switchboard.messages import CallField
@@ -38,23 +38,26 @@ async def adopt(port: WorkerPort, call_sid: str, old_stream_sid: str, new_events
         keys.call(old_stream_sid),
         [CallField.CALL_SID, CallField.OVERRIDES, CallField.UTT_POS, CallField.UTT_ANSWERED],
     )
-    if old_call_sid is not None and old_call_sid.decode() != call_sid:
+    if old_call_sid is not None and redis_types.text(old_call_sid) != call_sid:
         return None  # defence in depth: the edge resumes only a stream of the same call
-    adopted = Adopted(overrides=overrides or None)
+    adopted = Adopted(overrides=redis_types.maybe_bytes(overrides) or None)
     if utterance_at and utterance_at != answered:
         # The caller was mid-utterance when the stream dropped: the new session hears it first.
         buffered = 0
-        for _entry_id, fields in await redis.xrange(keys.caller_audio(old_stream_sid), min=utterance_at):
+        caller_audio = await redis.xrange(keys.caller_audio(old_stream_sid), min=utterance_at)
+        for _entry_id, fields in redis_types.entries(caller_audio):
             if fields.get(b"k") == Kind.AUDIO.value and buffered < max_audio_bytes:
                 adopted.audio.append(fields[b"p"])
                 buffered += len(fields[b"p"])
-    old_events = await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN)
+    old_events = redis_types.entries(
+        await redis.xrange(keys.events(old_stream_sid), count=keyspace.EVENTS_STREAM_MAXLEN))
     pipe = redis.pipeline(transaction=False)
     for _entry_id, fields in old_events:
         event = orjson.loads(fields.get(b"p", b"{}"))
         if event.get("type") in CARRIED_EVENTS:
-            pipe.xadd(new_events_key, fields, maxlen=keyspace.EVENTS_STREAM_MAXLEN, approximate=True)
-    pipe.xadd(keys.caller_audio(old_stream_sid), entries.stop("moved_to_new_stream").fields(),
+            pipe.xadd(new_events_key, redis_types.writable(fields), maxlen=keyspace.EVENTS_STREAM_MAXLEN,
+                      approximate=True)
+    pipe.xadd(keys.caller_audio(old_stream_sid), redis_types.writable(entries.stop("moved_to_new_stream").fields()),
               maxlen=keyspace.AUDIO_STREAM_MAXLEN, approximate=True)
     await pipe.execute()
     return adopted

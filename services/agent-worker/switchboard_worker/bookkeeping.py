@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from switchboard import redis_types
 from switchboard.besteffort import best_effort
 
 from . import metrics
@@ -40,7 +41,7 @@ class Bookkeeping:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def write(self, key: str, mapping: dict[str, Any]) -> None:
-        self._spawn(self._redis.hset(key, mapping=mapping))
+        self._spawn(self._redis.hset(key, mapping=redis_types.writable(mapping)))
 
     def advance(self, key: str, field: str, stream_id: bytes) -> None:
         """Move a stream position forward only (such writes may land out of order)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from switchboard import call_ended, ended_calls
+from switchboard import call_ended, ended_calls, redis_types
 from switchboard import keys as keyspace
 from switchboard.agent_settings import Journal
 from switchboard.messages import CallField, RecordState
@@ -45,7 +45,7 @@ async def end_call(port: WorkerPort, *, stream_sid: str, call_sid: str, dispatch
 
 async def events(port: WorkerPort, events_key: str) -> list[dict[str, Any]]:
     """The call's recorded events, oldest first (unreadable entries skipped)."""
-    raw = await port.redis.xrange(events_key, count=keyspace.EVENTS_STREAM_MAXLEN)
+    raw = redis_types.entries(await port.redis.xrange(events_key, count=keyspace.EVENTS_STREAM_MAXLEN))
     out = []
     for _entry_id, fields in raw:
         try:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from switchboard import deepgram, entries, settings_store
+from switchboard import deepgram, entries, redis_types, settings_store
 from switchboard import keys as keyspace
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
@@ -99,7 +99,7 @@ class CallSession:
     # --- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
         try:
-            meta = await self.port.redis.hgetall(self.call_key)
+            meta = redis_types.fields(await self.port.redis.hgetall(self.call_key))
             if not meta or meta.get(b"state") == RecordState.ENDED.encode():
                 self._outcome = Outcome.ALREADY_ENDED
                 return

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from redis.exceptions import RedisError, ResponseError
 
-from switchboard import capacity
+from switchboard import capacity, redis_types
 from switchboard import keys as keyspace
 from switchboard.besteffort import Outage, best_effort
 from switchboard.config import keys_for, redis_client, redis_reachable
@@ -104,7 +104,7 @@ class Worker:
     def free_slots(self) -> int:
         return self.settings.worker_capacity - len(self.sessions)
 
-    async def __aenter__(self) -> "Worker":
+    async def __aenter__(self) -> Worker:
         await self._ensure_group()
         await self._publish_capacity()  # so that healthy implies counted as capacity by admission control
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
@@ -156,7 +156,7 @@ class Worker:
                 await asyncio.sleep(0.5 + self.random.random())
                 await self._after_dispatch_error(attempt.error)
                 continue
-            for _key, items in response or ():
+            for _key, items in redis_types.streams(response):
                 for entry_id, fields in items:
                     await self._start_session(entry_id, fields, takeover=False)
 
@@ -295,7 +295,7 @@ class Worker:
         self._leases_confirmed_at = started
 
     # --- capacity, for admission control (switchboard.capacity) ------------------------------------
-    def _capacity_command(self, live: int) -> tuple:
+    def _capacity_command(self, live: int) -> tuple[Any, ...]:
         # The published load lapses after one lease: a worker that stops heartbeating stops
         # counting as capacity exactly when its calls become eligible for takeover.
         overloaded = self.load.overloaded
@@ -409,7 +409,7 @@ class Worker:
                         [s.dispatch_id for s in sessions], idle=self.settings.lease_ms * 10, justid=True)
             await pipe.execute()
 
-    async def _readiness(self) -> tuple[bool, dict]:
+    async def _readiness(self) -> tuple[bool, dict[str, Any]]:
         redis_ok = await redis_reachable(self.redis)
         ready = redis_ok and not self._draining and self.tasks.ok
         return ready, {"redis": redis_ok, "draining": self._draining, "live_calls": len(self.sessions),
