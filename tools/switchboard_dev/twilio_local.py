@@ -29,7 +29,7 @@ KEY_SECRET = "local-emulator-key-secret"
 DEFAULT_TOKEN = "emulator-auth-token"
 FROM = "+14155550100"
 CALLEES = {
-    "+14155550101": {"kind": "person", "ring_s": 1, "script": {"turns": 2, "lead_ms": 800}},
+    "+14155550101": {"kind": "person", "ring_s": 1, "script": {"turns": 2, "lead_ms": 2500}},
     "+14155550102": {"kind": "voicemail", "ring_s": 1},
     "+14155550103": {"kind": "busy", "ring_s": 1},
     "+14155550104": {"kind": "no_answer"},
