@@ -10,15 +10,15 @@ still accepts a str, so a client someone made with decoding keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 Fields = dict[bytes, bytes]
 Entries = list[tuple[bytes, Fields]]
 
 
-def text(reply: bytes | str) -> str:
-    return reply.decode() if isinstance(reply, bytes) else reply
+def text(reply: bytes | str, errors: str = "strict") -> str:
+    return reply.decode(errors=errors) if isinstance(reply, bytes) else reply
 
 
 def maybe_text(reply: bytes | str | None) -> str | None:
@@ -28,6 +28,11 @@ def maybe_text(reply: bytes | str | None) -> str | None:
 def fields(reply: Mapping[Any, Any] | None) -> Fields:
     """An HGETALL reply or one stream entry's fields (nothing: empty)."""
     return cast(Fields, reply) if reply is not None else {}
+
+
+def members(reply: Any) -> Collection[bytes]:
+    """A ZRANGE, SMEMBERS or LRANGE reply: its members."""
+    return cast(Collection[bytes], reply)
 
 
 def entries(reply: Sequence[Any] | None) -> Entries:

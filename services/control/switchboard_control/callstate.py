@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import HTTPException, status
 
+from switchboard import redis_types
 from switchboard.agent_settings import Speak, masked
 from switchboard.messages import CallField, Event, RecordState
 from switchboard.redaction import redact
@@ -42,13 +43,13 @@ def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 
 async def find(state: State, call_sid: str) -> CallRecord | None:
-    stream_sid = await state.redis.get(state.keys.call_by_callsid(call_sid))
+    stream_sid = redis_types.maybe_text(await state.redis.get(state.keys.call_by_callsid(call_sid)))
     if stream_sid is None:
         return None
-    raw = await state.redis.hgetall(state.keys.call(stream_sid.decode()))
+    raw = redis_types.fields(await state.redis.hgetall(state.keys.call(stream_sid)))
     if not raw:
         return None
-    return CallRecord(call_sid, stream_sid.decode(), _text(raw))
+    return CallRecord(call_sid, stream_sid, _text(raw))
 
 
 async def require(state: State, call_sid: str, *, live: bool = False) -> CallRecord:
@@ -98,14 +99,14 @@ async def live_calls(state: State, limit: int, offset: int) -> tuple[list[CallSu
         return [], total
     # Call hashes live on different cluster slots: a non-transactional pipeline is fine.
     pipe = state.redis.pipeline(transaction=False)
-    for sid in sids:
+    for sid in redis_types.members(sids):
         pipe.hgetall(state.keys.call(sid.decode()))
     calls = [summary(_text(raw)) for raw in await pipe.execute() if raw]
     return calls, total
 
 
 async def events(state: State, stream_sid: str) -> list[tuple[str, dict[str, Any]]]:
-    raw = await state.redis.xrange(state.keys.events(stream_sid))
+    raw = redis_types.entries(await state.redis.xrange(state.keys.events(stream_sid)))
     return [(entry_id.decode(), event) for entry_id, fields in raw if (event := decode_event(fields)) is not None]
 
 
@@ -174,10 +175,13 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
                 spoken.reply = event["reply"]
                 by_reply[event["reply"]] = spoken
                 spoken = None
-        elif kind == Event.REPLY_HEARD and (line := by_reply.get(event.get("reply"))) is not None:
-            line.heard_text, line.unheard_text = event.get("heard_text"), event.get("unheard_text")
-            line.interrupted, line.heard_ms, line.audio_ms = event.get("interrupted"), event.get("heard_ms"), event.get("audio_ms")
-        elif kind == Event.TURN_LATENCY and isinstance(event.get("reply"), int) and isinstance(event.get("stages"), dict):
+        # Replies count from 1: an event without its number matches none.
+        elif kind == Event.REPLY_HEARD and (heard := by_reply.get(event.get("reply", 0))) is not None:
+            heard.heard_text, heard.unheard_text = event.get("heard_text"), event.get("unheard_text")
+            heard.interrupted, heard.heard_ms = event.get("interrupted"), event.get("heard_ms")
+            heard.audio_ms = event.get("audio_ms")
+        elif (kind == Event.TURN_LATENCY and isinstance(event.get("reply"), int)
+              and isinstance(event.get("stages"), dict)):
             turn = latency.setdefault((session, event["reply"]),
                                       TurnLatency(reply=event["reply"], stages={}, ts=event.get("ts")))
             turn.stages.update(event["stages"])  # a late LatencyReport adds to the record

@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from switchboard import wav
+from switchboard import redis_types, wav
 from switchboard.journal import JournalRecord, decode_journal, export_info, header_line, record_to_json
 
 from ..deps import Auth, State, StateDep
@@ -39,9 +39,9 @@ NOT_FOUND = {"model": Problem, "description": "No such call, or it has no journa
 
 
 async def _stream_sid(state: State, call: str) -> str:
-    stream_sid = await state.redis.get(state.keys.call_by_callsid(call))
-    if stream_sid is not None and await state.redis.exists(state.keys.journal(stream_sid.decode())):
-        return stream_sid.decode()
+    stream_sid = redis_types.maybe_text(await state.redis.get(state.keys.call_by_callsid(call)))
+    if stream_sid is not None and await state.redis.exists(state.keys.journal(stream_sid)):
+        return stream_sid
     if await state.redis.exists(state.keys.journal(call)):
         return call
     if stream_sid is not None:
@@ -53,7 +53,7 @@ async def _stream_sid(state: State, call: str) -> str:
 async def _pages(state: State, key: str, last: str = "+") -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
     start = "-"
     while True:
-        page = await state.redis.xrange(key, min=start, max=last, count=PAGE)
+        page = redis_types.entries(await state.redis.xrange(key, min=start, max=last, count=PAGE))
         if page:
             yield page
         if len(page) < PAGE:
@@ -74,7 +74,8 @@ def _decoded(use: Callable[[list[JournalRecord]], T], page: list[tuple[bytes, di
 async def _info(state: State, call: str, stream_sid: str) -> dict[str, Any]:
     key = state.keys.journal(stream_sid)
     fields = await state.redis.hmget(state.keys.call(stream_sid), ["call_sid", "params"])
-    record = {name: value.decode(errors="replace") for name, value in zip(("call_sid", "params"), fields) if value}
+    record = {name: redis_types.text(value, errors="replace") for name, value in zip(("call_sid", "params"), fields)
+              if value}
     return export_info(call, stream_sid, key, record, await state.redis.xlen(key), await state.redis.ttl(key))
 
 
@@ -123,7 +124,7 @@ async def get_recording(call_sid: CallSid, state: StateDep) -> StreamingResponse
     """Both audio tracks of a call recorded with `journal.audio` on."""
     stream_sid = await _stream_sid(state, call_sid)
     key = state.keys.journal(stream_sid)
-    newest = await state.redis.xrevrange(key, count=1)
+    newest = redis_types.entries(await state.redis.xrevrange(key, count=1))
     if not newest:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no call or stream {call_sid} with a journal")
     last = newest[0][0].decode()

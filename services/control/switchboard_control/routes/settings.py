@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Path, Response, stat
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from switchboard import json_limits, messages, settings_store
+from switchboard import json_limits, messages, redis_types, settings_store
 from switchboard.agent_settings import AgentSettings, MaskedSecretError, masked, restore_secrets
 
 from .. import callstate, commander, refusals
@@ -121,7 +121,9 @@ async def get_default(state: StateDep, response: Response) -> SettingsDocument:
 
 
 @router.put("/settings/default", response_model=SettingsDocument, responses=ERRORS)
-async def put_default(body: SettingsBody, state: StateDep, response: Response, if_match: IfMatch = None) -> SettingsDocument:
+async def put_default(
+    body: SettingsBody, state: StateDep, response: Response, if_match: IfMatch = None
+) -> SettingsDocument:
     key = state.keys.default_settings()
     stored = await settings_store.read(state.redis, key)
     settings = _validated(body.model_dump(mode="json", exclude_none=True), stored[0] if stored else None)
@@ -132,7 +134,7 @@ async def put_default(body: SettingsBody, state: StateDep, response: Response, i
 # --- profiles -------------------------------------------------------------------------------------
 @router.get("/profiles", response_model=ProfileList, responses={401: {"model": Problem}})
 async def list_profiles(state: StateDep) -> ProfileList:
-    names = sorted(n.decode() for n in await state.redis.smembers(state.keys.profiles()))
+    names = sorted(n.decode() for n in redis_types.members(await state.redis.smembers(state.keys.profiles())))
     pipe = state.redis.pipeline(transaction=False)
     for name in names:
         pipe.get(state.keys.profile(name))
@@ -143,7 +145,8 @@ async def list_profiles(state: StateDep) -> ProfileList:
     return ProfileList(profiles=profiles)
 
 
-@router.get("/profiles/{name}", response_model=SettingsDocument, responses={401: {"model": Problem}, 404: {"model": Problem}})
+@router.get("/profiles/{name}", response_model=SettingsDocument,
+            responses={401: {"model": Problem}, 404: {"model": Problem}})
 async def get_profile(name: ProfileName, state: StateDep, response: Response) -> SettingsDocument:
     stored = await settings_store.read(state.redis, state.keys.profile(name))
     if stored is None:
@@ -209,7 +212,8 @@ async def _store_call_settings(
     before = await _effective(state, call_sid, record)
     stored = before.settings if before.source == "call" else None
     settings = _validated(new_doc, stored or before.settings)
-    version = await _write(state, state.keys.call_settings(call_sid), settings, if_match, state.settings.call_settings_ttl_s)
+    version = await _write(state, state.keys.call_settings(call_sid), settings, if_match,
+                           state.settings.call_settings_ttl_s)
     live = await _apply_live(state, record, before.settings, settings) if record is not None else None
     response.headers["ETag"] = f'"{version}"'
     return CallSettingsDocument(version=version, source="call", settings=_shown(settings), live=live)
@@ -223,7 +227,8 @@ async def _apply_live(
         return None
     changes = LiveChanges()
     if after.think.prompt != before.think.prompt:
-        changes.applied["update_prompt"] = await _command(state, record, messages.UpdatePrompt(prompt=after.think.prompt))
+        changes.applied["update_prompt"] = await _command(state, record,
+                                                          messages.UpdatePrompt(prompt=after.think.prompt))
     if after.speak != before.speak:
         changes.applied["update_speak"] = await _command(state, record, messages.UpdateSpeak(speak=after.speak))
     old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
@@ -251,7 +256,8 @@ async def put_call_settings(
     call_sid: CallSid, body: SettingsBody, state: StateDep, response: Response, if_match: IfMatch = None
 ) -> CallSettingsDocument:
     """Settings for one callSid, before the call starts or while it runs (prompt and voice change live)."""
-    return await _store_call_settings(state, call_sid, body.model_dump(mode="json", exclude_none=True), if_match, response)
+    doc = body.model_dump(mode="json", exclude_none=True)
+    return await _store_call_settings(state, call_sid, doc, if_match, response)
 
 
 @router.patch("/calls/{call_sid}/settings", response_model=CallSettingsDocument, responses=ERRORS)

@@ -20,7 +20,7 @@ import math
 import re
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 from xml.etree import ElementTree as ET
 
@@ -54,13 +54,15 @@ _FORM_SCHEMA = {
 }
 
 
-_RESPONSES = {
+_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/xml": {"schema": {"type": "string"}}}, "description": "TwiML"},
     403: {"model": Problem, "description": "Missing or invalid X-Twilio-Signature"},
     413: {"model": Problem},
     503: {"model": Problem, "description": "TWILIO_AUTH_TOKEN is not configured"},
 }
-_FORM_BODY = {"requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}}}}
+_FORM_BODY = {
+    "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA}}}
+}
 ProfileQuery = Annotated[str | None, Query(pattern=PROFILE_NAME, description="Agent profile of this number")]
 MAX_RECONNECTS = 3  # per call, after its stream dropped
 QueuedQuery = Annotated[int, Query(ge=0, le=10_000, description="Looks for a free slot so far while on hold")]
@@ -283,14 +285,14 @@ def render(settings: ControlSettings, parameters: dict[str, str], continue_url: 
     # Runs when the stream closes or cannot be opened: /twiml/continue decides between
     # hanging up (Switchboard ended the call) and reconnecting (the stream dropped).
     ET.SubElement(response, "Redirect", method="POST").text = continue_url
-    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+    return _serialized(response)
 
 
 def busy(settings: ControlSettings) -> bytes:
     response = ET.Element("Response")
     ET.SubElement(response, "Say").text = settings.control_admission_busy_say
     ET.SubElement(response, "Hangup")
-    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+    return _serialized(response)
 
 
 def hold(settings: ControlSettings, retry_url: str) -> bytes:
@@ -299,7 +301,7 @@ def hold(settings: ControlSettings, retry_url: str) -> bytes:
     ET.SubElement(response, "Say").text = settings.control_admission_hold_say
     ET.SubElement(response, "Pause", length=str(settings.control_admission_hold_pause_s))
     ET.SubElement(response, "Redirect", method="POST").text = retry_url
-    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+    return _serialized(response)
 
 
 def goodbye(settings: ControlSettings, *, apologise: bool) -> bytes:
@@ -307,4 +309,9 @@ def goodbye(settings: ControlSettings, *, apologise: bool) -> bytes:
     if apologise:
         ET.SubElement(response, "Say").text = settings.fallback_say
     ET.SubElement(response, "Hangup")
-    return ET.tostring(response, encoding="utf-8", xml_declaration=True)
+    return _serialized(response)
+
+
+def _serialized(response: ET.Element) -> bytes:
+    document: bytes = ET.tostring(response, encoding="utf-8", xml_declaration=True)
+    return document
