@@ -52,7 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
     )
     for name, field in fields.items():
         flag = "--" + name.replace("_", "-")
-        kind = {int: int, float: float}.get(field.annotation, str)  # type: ignore[call-overload]
+        kind: type = int if field.annotation is int else float if field.annotation is float else str
         parser.add_argument(
             flag, type=kind, default=None, help=f"{field.description or ''} (env EMULATOR_{name.upper()})"
         )

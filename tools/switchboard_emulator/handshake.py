@@ -18,6 +18,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from .config import EmulatorConfig
 from .faults import FaultError, Faults
@@ -55,7 +56,7 @@ def credential(headers: Headers) -> str | None:
     return None
 
 
-def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[str]) -> str | None:
+def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
     # Browsers that authenticate with ["token", key] expect "token" echoed back, or they drop the socket.
     for name in subprotocols:
         if name in AUTH_SUBPROTOCOLS:

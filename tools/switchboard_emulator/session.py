@@ -300,7 +300,7 @@ class Session:
         self._enqueue(Job("turn", text, turn=self._turns, injected=injected, heard_at=self._loop.time()))
 
     async def _inject_agent(self, msg: dict[str, Any]) -> None:
-        text = msg.get("message", msg.get("content"))
+        text = str(msg.get("message", msg.get("content", "")))
         behavior = msg.get("behavior", "default")
         job = Job("agent", text, heard_at=self._loop.time())
         if behavior == "interrupt":

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis as redis_sync
 
+from switchboard import redis_types
 from switchboard.journal import JournalRecord, Source, decode_journal, export_info, from_jsonl
 from switchboard.keys import Keys
 
@@ -39,13 +40,13 @@ def client(url: str, cluster: bool = False) -> redis_sync.Redis:
 
 def stream_sid_of(redis: redis_sync.Redis, keys: Keys, call: str) -> str:
     """The stream whose journal `call` names: a callSid's current stream, or a streamSid itself."""
-    stream_sid = redis.get(keys.call_by_callsid(call))
-    if stream_sid is not None and redis.exists(keys.journal(stream_sid.decode())):
-        return stream_sid.decode()
+    stream_sid = redis_types.maybe_text(redis.get(keys.call_by_callsid(call)))
+    if stream_sid is not None and redis.exists(keys.journal(stream_sid)):
+        return stream_sid
     if redis.exists(keys.journal(call)):
         return call
     if stream_sid is not None:
-        raise NotFound(f"call {call} (stream {stream_sid.decode()}) has no journal: journal.enabled was off "
+        raise NotFound(f"call {call} (stream {stream_sid}) has no journal: journal.enabled was off "
                        "for its settings, or the journal's retention is over")
     raise NotFound(f"no call or stream {call} with a journal (unknown, or its journal's retention is over)")
 
@@ -56,12 +57,13 @@ def read_redis(redis: redis_sync.Redis, keys: Keys, call: str) -> Journal:
     raw: list[tuple[bytes, dict[bytes, bytes]]] = []
     start = "-"
     while True:
-        page = redis.xrange(key, min=start, count=PAGE)
+        page = redis_types.entries(redis.xrange(key, min=start, count=PAGE))
         raw.extend(page)
         if len(page) < PAGE:
             break
         start = "(" + page[-1][0].decode()
-    record = {k.decode(): v.decode(errors="replace") for k, v in redis.hgetall(keys.call(stream_sid)).items()}
+    fields = redis_types.fields(redis.hgetall(keys.call(stream_sid)))
+    record = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
     return Journal(export_info(call, stream_sid, key, record, len(raw), redis.ttl(key)), decode_journal(raw))
 
 

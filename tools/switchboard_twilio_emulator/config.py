@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import callees
 from .auth import Account
+from .callees import Directory  # annotations in the class: `callees` there is the field
 
 TEST_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 
@@ -66,7 +67,7 @@ class EmulatorConfig(BaseSettings):
         ids = frozenset(filter(None, (v.strip() for v in self.caller_ids.split(","))))
         return ids or None
 
-    def directory(self, extra: Sequence[str] = ()) -> callees.Directory:
+    def directory(self, extra: Sequence[str] = ()) -> Directory:
         """Callees from --callees FILE, --default-callee JSON and repeated --callee NUMBER=JSON."""
         numbers: dict[str, callees.Callee] = {}
         default = callees.Callee()
@@ -96,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EmulatorConfig, list[
     )
     for name, field in fields.items():
         flag = "--" + name.replace("_", "-")
-        kind = {int: int, float: float}.get(field.annotation, str)  # type: ignore[call-overload]
+        kind: type = int if field.annotation is int else float if field.annotation is float else str
         parser.add_argument(flag, type=kind, default=None,
                             help=f"{field.description or ''} (env TWILIO_EMULATOR_{name.upper()})")
     parser.add_argument("--callee", action="append", default=[], metavar="NUMBER=JSON",

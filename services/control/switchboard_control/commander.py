@@ -14,7 +14,7 @@ import uuid
 
 from fastapi import HTTPException, status
 
-from switchboard import entries, messages
+from switchboard import entries, messages, redis_types
 from switchboard import keys as keyspace
 from switchboard.messages import Event
 
@@ -37,7 +37,7 @@ async def send(state: State, record: CallRecord, command: messages.Command, *, w
     timeout = state.settings.command_ack_timeout_s
     op = command.op
     envelope = messages.Envelope(id=command_id, expires_at=round(time.time() + timeout, 3), command=command)
-    last = await state.redis.xrevrange(events_key, count=1)
+    last = redis_types.entries(await state.redis.xrevrange(events_key, count=1))
     position: bytes | str = last[0][0] if last else "0-0"
     await state.redis.xadd(
         state.keys.commands(record.stream_sid),
@@ -46,11 +46,12 @@ async def send(state: State, record: CallRecord, command: messages.Command, *, w
         approximate=True,
     )
     if not wait:
-        return CommandResult(applied=None, detail="sent", worker=record.fields.get("worker") or None, command_id=command_id)
+        return CommandResult(applied=None, detail="sent", worker=record.fields.get("worker") or None,
+                             command_id=command_id)
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
         response = await state.redis_block.xread({events_key: position}, count=200, block=max(1, int(remaining * 1000)))
-        for _key, items in response or ():
+        for _key, items in redis_types.streams(response):
             for entry_id, fields in items:
                 position = entry_id
                 event = decode_event(fields)

@@ -16,18 +16,21 @@ from .console import sessions
 from .settings import ControlSettings
 from .sse_slots import SseSlots
 
+RedisClient = redis.Redis  # named apart: inside State, `redis` is the field
+
 
 @dataclass(slots=True)
 class State:
     settings: ControlSettings
     keys: Keys
-    redis: redis.Redis  # short commands
-    redis_block: redis.Redis  # XREAD BLOCK waits (SSE, command acks): never starves short commands
+    redis: RedisClient  # short commands
+    redis_block: RedisClient  # XREAD BLOCK waits (SSE, command acks): never starves short commands
     sse: SseSlots
 
 
 def get_state(request: Request) -> State:
-    return request.app.state.control
+    state: State = request.app.state.control
+    return state
 
 
 bearer = HTTPBearer(auto_error=False, description="CONTROL_API_TOKEN")
