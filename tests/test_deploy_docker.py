@@ -217,7 +217,7 @@ def dockerignore_excludes(path: str) -> bool:
 def test_the_build_copies_every_package_root_and_the_context_keeps_them(dockerfile):
     _, stages = dockerfile
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = list(project["tool"]["setuptools"]["packages"]["find"]["where"]) + [project["project"]["readme"]]
+    needed = [*project["tool"]["setuptools"]["packages"]["find"]["where"], project["project"]["readme"]]
     copied = {i.args.split()[0].rstrip("/") for s in stages for i in s.find("COPY") if not i.args.startswith("--from")}
     for path in needed:
         top = path.split("/")[0]

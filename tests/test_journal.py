@@ -251,7 +251,7 @@ def test_a_journal_without_audio_has_no_wav():
     assert rec.caller_entry(audio_fields(b"\xff" * 160, T0)) is None
     records = decode_journal([rec.from_deepgram('{"type":"Welcome"}', T0).fields(),
                               rec.to_twilio(entries.clear()).fields()])
-    with pytest.raises(wav.NoAudio, match="journal.audio off"):
+    with pytest.raises(wav.NoAudio, match=r"journal\.audio off"):
         wav.render(records)
 
 

@@ -9,14 +9,15 @@ would mean the campaign dialled too fast.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections import Counter
 
 import httpx
 import pytest
-
 from outbound_system import API_TOKEN, KEY_SID, OutboundSystem
+
 from switchboard_dev import procs
 
 pytestmark = pytest.mark.timeout(600)
@@ -104,7 +105,7 @@ def test_a_campaign_of_30_holds_its_pace_and_concurrency_and_accounts_for_every_
     per_number = Counter(c["form"]["To"][0] for c in creates)
     assert per_number == {number: len(outcomes) for number, outcomes in expected.items()}  # none dialled twice
     arrivals = sorted(c["received_at"] for c in creates)
-    closest_ms = min(b - a for a, b in zip(arrivals, arrivals[1:])) * 1000
+    closest_ms = min(b - a for a, b in itertools.pairwise(arrivals)) * 1000
     stats = sb.stats()
     assert stats["creates"]["max_in_any_second"] <= 2 and stats["refusals"] == 0, stats
     assert stats["calls"]["max_concurrent"] <= 5, stats
@@ -145,7 +146,7 @@ def test_a_control_restart_mid_campaign_loses_and_duplicates_no_destination(sb, 
     assert view["counts"]["done"] == 12 and view["counts"]["outcomes"] == {"completed": 12}, view
     assert all(len(row["attempts"]) == 1 for row in rows), rows
     per_number = Counter(c["form"]["To"][0] for c in sb.creates(since))
-    assert per_number == {number: 1 for number in numbers}, per_number  # each dialled exactly once
+    assert per_number == dict.fromkeys(numbers, 1), per_number  # each dialled exactly once
     sent = sb.emulator.get("/_emulator/callbacks", params={"since": last_callback, "kind": "status"}).json()
     lost = [c for c in sent["callbacks"] if c["status"] is None and c["params"]["CallStatus"] == "completed"]
     assert lost, "no final status was lost while control was down: the test proved nothing"

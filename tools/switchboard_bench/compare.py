@@ -26,7 +26,8 @@ def compare(sb: dict[str, Any], relay: dict[str, Any] | None) -> dict[str, Any]:
         "cpu_per_call_minute": _ratio(sb["cpu_s_per_call_minute"], relay["cpu_s_per_call_minute"]),
         **{f"{d}_{p}": _ratio((sb[d] or {}).get(p), (relay[d] or {}).get(p))
            for d in ("caller_to_deepgram_ms", "deepgram_to_caller_ms") for p in ("p50", "p95", "p99")},
-        "turn_latency_p95": _ratio((sb["turn_latency_ms"] or {}).get("p95"), (relay["turn_latency_ms"] or {}).get("p95")),
+        "turn_latency_p95": _ratio((sb["turn_latency_ms"] or {}).get("p95"),
+                                   (relay["turn_latency_ms"] or {}).get("p95")),
         "barge_in_latency_p95": _ratio((sb["barge_in_latency_ms"] or {}).get("p95"),
                                        (relay["barge_in_latency_ms"] or {}).get("p95")),
     }

@@ -84,8 +84,9 @@ def markdown(result: dict[str, Any]) -> str:
     targets = []
     for lvl in result["levels"]:
         for name, ok in (lvl.get("targets") or {}).items():
-            targets.append(f"- {lvl['level']} calls: `{name}`: **{'met' if ok else 'NOT met' if ok is False else 'n/a'}**")
-    return "\n".join(out + [""] + targets)
+            verdict = "met" if ok else "NOT met" if ok is False else "n/a"
+            targets.append(f"- {lvl['level']} calls: `{name}`: **{verdict}**")
+    return "\n".join([*out, "", *targets])
 
 
 def svg(result: dict[str, Any], width: int = 640, height: int = 360) -> str:

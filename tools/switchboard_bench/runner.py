@@ -169,7 +169,8 @@ def _summarise(system: str, level: int, measured: dict[str, Any], idle_rss: dict
         "startup_s": round(startup_s, 1),
         "calls": calls,
         "simulator_exit": sim_rc,
-        "byte_exact": {"agent_to_caller": sim and sim["byte_exact_out"], "caller_to_agent": sim and sim["byte_exact_in"]},
+        "byte_exact": {"agent_to_caller": sim and sim["byte_exact_out"],
+                       "caller_to_agent": sim and sim["byte_exact_in"]},
         "caller_to_deepgram_ms": latency.from_histogram(dump),
         "deepgram_to_caller_ms": sim and (sim["agent_to_caller_transit_ms"]
                                           | {"method": "every agent frame, exact (simulator)"}),

@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         sub.add_argument("--redis-cluster", action="store_true",
                          default=os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes"))
         sub.add_argument("--key-prefix", default=os.environ.get("KEY_PREFIX", "sb:"), help="default: env KEY_PREFIX")
-        sub.add_argument("--redis-cluster-buckets", type=int, default=int(os.environ.get("REDIS_CLUSTER_BUCKETS", "16")),
+        sub.add_argument("--redis-cluster-buckets", type=int,
+                         default=int(os.environ.get("REDIS_CLUSTER_BUCKETS", "16")),
                          help="with --redis-cluster, as the services' REDIS_CLUSTER_BUCKETS (default: env, or 16)")
         return sub
 

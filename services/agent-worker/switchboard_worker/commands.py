@@ -39,7 +39,8 @@ def on_command_entries(session: CallHandle, batch: list[tuple[bytes, dict[bytes,
             log.warning("refusing an invalid command %s: %d error(s)", op, exc.error_count(), extra=session.extra)
             if command_id:
                 session.event(Event.COMMAND_RESULT, id=command_id, op=op, ok=False,
-                              detail=f"invalid {op or 'command'} for this worker", worker=session.port.settings.worker_id)
+                              detail=f"invalid {op or 'command'} for this worker",
+                              worker=session.port.settings.worker_id)
             continue
         ok, detail = apply(session, envelope)
         op = envelope.command.op

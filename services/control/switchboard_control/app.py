@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from switchboard.config import keys_for, redis_client
 
 from . import refusals
+from .background import Background
+from .console import routes as console
 from .deps import State
 from .limits import TWIML_MAX_BODY, BodyLimitMiddleware
 from .metrics import MetricsMiddleware
@@ -24,12 +26,10 @@ from .outbound import callbacks as outbound_callbacks
 from .outbound import campaign_routes
 from .outbound import routes as outbound_routes
 from .outbound.service import Outbound
-from .console import routes as console
 from .routes import calls, ended, health, journal, twiml
 from .routes import settings as settings_routes
 from .routes import transfers as transfer_routes
 from .routes import webhooks as webhook_routes
-from .background import Background
 from .settings import ControlSettings
 from .sse_slots import SseSlots
 

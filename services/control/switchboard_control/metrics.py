@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchboard.metrics import LATENCY_BUCKETS
 
 HTTP_REQUESTS = Counter(
-    "switchboard_control_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+    "switchboard_control_http_requests_total", "HTTP requests by route template and status",
+    ["method", "route", "status"],
 )
 HTTP_DURATION = Histogram(
     "switchboard_control_http_request_duration_seconds",
@@ -23,9 +24,11 @@ HTTP_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 COMMANDS = Counter(
-    "switchboard_control_commands_total", "Live-call commands by op and result (applied|rejected|timeout)", ["op", "result"]
+    "switchboard_control_commands_total", "Live-call commands by op and result (applied|rejected|timeout)",
+    ["op", "result"],
 )
-TWIML = Counter("switchboard_control_twiml_requests_total", "TwiML webhook requests by result (ok|bad_signature)", ["result"])
+TWIML = Counter("switchboard_control_twiml_requests_total", "TwiML webhook requests by result (ok|bad_signature)",
+                ["result"])
 LIVE_CALLS = Gauge("switchboard_control_live_calls", "Calls not yet ended (Redis, read at scrape time)")
 
 
@@ -63,10 +66,12 @@ ADMISSIONS = Counter(
     ["outcome"],
 )
 FLEET_FREE = Gauge(
-    "switchboard_control_fleet_free_slots", "Free slots for new calls (refreshed at each scrape and each admission decision)"
+    "switchboard_control_fleet_free_slots",
+    "Free slots for new calls (refreshed at each scrape and each admission decision)",
 )
 ADMISSION_QUEUE = Gauge(
-    "switchboard_control_admission_queue_callers", "Callers on hold (queue mode; refreshed at each scrape and each admission decision)"
+    "switchboard_control_admission_queue_callers",
+    "Callers on hold (queue mode; refreshed at each scrape and each admission decision)",
 )
 QUEUE_WAIT = Histogram(
     "switchboard_control_admission_queue_wait_seconds",

@@ -15,7 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from picows import (
-    WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server,
+    WSListener,
+    WSMsgType,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
 )
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed

@@ -14,7 +14,8 @@ MALFORMED = Counter("switchboard_edge_malformed_frames_total", "Twilio frames re
 REJECTED = Counter("switchboard_edge_rejected_handshakes_total", "Upgrades refused", ["reason"])
 REDIS_ERRORS = Counter("switchboard_edge_redis_errors_total", "Failed Redis operations")
 REDIS_BATCH = Histogram(
-    "switchboard_edge_redis_batch_entries", "Entries per Redis write pipeline", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+    "switchboard_edge_redis_batch_entries", "Entries per Redis write pipeline",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 AGENT_TRANSIT = Histogram(
     "switchboard_edge_agent_audio_transit_seconds",

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, Self
 
-
 from switchboard import signature
 from switchboard.config import keys_for, redis_client, redis_reachable
 from switchboard.httpserver import HealthServer
