@@ -166,3 +166,15 @@ def test_create_parameters_are_twilios_documented_names_and_values():
 ])
 def test_twilio_errors_say_what_they_mean(status, code, kind):
     assert twilio_rest.TwilioApiError(status, code, "m").kind == kind
+
+
+def test_the_dashboard_shows_outbound_outcomes_amd_verdicts_and_campaigns():
+    import json
+    from pathlib import Path
+
+    board = json.loads((Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/switchboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", ()))
+    for name in ("switchboard_control_outbound_calls_total", "switchboard_control_amd_verdicts_total",
+                 "switchboard_control_amd_detection_seconds_bucket", "switchboard_control_campaign_dials_total",
+                 "switchboard_control_outbound_refused_total"):
+        assert name in exprs, name
