@@ -8,11 +8,15 @@ back, signed, as Twilio does. Stream tokens and resume grants are on (TWILIO_AUT
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import httpx
+import orjson
 import pytest
+from webhook_receiver import WebhookReceiver
 
+from switchboard import standard_webhooks
 from switchboard_dev import procs
 from switchboard_twilio_emulator.config import TEST_ACCOUNT_SID, EmulatorConfig
 from switchboard_twilio_emulator.server import TwilioEmulator
@@ -20,6 +24,7 @@ from switchboard_twilio_emulator.server import TwilioEmulator
 from system import System, scrape
 
 TOKEN = "transfer-test-auth-token"
+SECRET = "whsec_" + base64.b64encode(b"transfer-test-call-ended-secret!").decode()
 CALLER, NUMBER, TARGET, NOBODY = "+14155550123", "+14155550100", "+14155550177", "+14155550178"
 
 
@@ -29,7 +34,13 @@ def ports() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def system(redis_url, tmp_path_factory, ports):
+async def receiver():
+    async with WebhookReceiver() as hooks:
+        yield hooks
+
+
+@pytest.fixture(scope="module")
+def system(redis_url, tmp_path_factory, ports, receiver):
     control_url = f"http://127.0.0.1:{ports['control']}"
     twilio_url = f"http://127.0.0.1:{ports['twilio']}"
     edge_url = f"ws://127.0.0.1:{ports['edge']}/twilio"
@@ -38,7 +49,9 @@ def system(redis_url, tmp_path_factory, ports):
                 edge_port=ports["edge"], edge_env={"EDGE_PUBLIC_URL": edge_url},
                 worker_env={**twilio_env, "TWILIO_AUTH_TOKEN": TOKEN, "CONTROL_PUBLIC_URL": control_url}).start()
     sb.stack.control_port = ports["control"]
-    sb.stack.start_control(CONTROL_PUBLIC_URL=control_url, CONTROL_ADMISSION="off", **twilio_env)
+    sb.stack.start_control(CONTROL_PUBLIC_URL=control_url, CONTROL_ADMISSION="off", **twilio_env,
+                           CALL_ENDED_WEBHOOK_URL=receiver.url("/call-ended"), CALL_ENDED_WEBHOOK_SECRET=SECRET,
+                           CONTROL_EGRESS_ALLOW="127.0.0.1/32", CONTROL_EGRESS_ALLOW_HTTP="true")
     yield sb
     sb.stop()
 
@@ -225,3 +238,50 @@ async def test_a_forged_transfer_callback_is_refused(system):
         answer = await client.post("/twiml/transfer/return?call=CA1&t=0123456789ab", data={"CallSid": "CA1"},
                                    headers={"X-Twilio-Signature": "Zm9v"})
     assert response.status_code == 403 and answer.status_code == 403
+
+
+async def test_one_call_with_a_templated_greeting_keyed_digits_a_warm_transfer_and_its_call_ended(system, ports,
+                                                                                                 receiver):
+    directive = json.dumps({"to": TARGET, "mode": "warm"})
+    await profile(system, "showcase", {
+        "greeting": "Hello, thanks for calling {{to}}. I see you are calling from {{from}}.",
+        "think": {"prompt": f"You are Acme Motors' front desk, talking to {{{{from}}}}.\n"
+                            f"emulator: on turn 2 call transfer_call {directive}",
+                  "functions": [{"name": "transfer_call", "description": "Hand the caller to a person"}]},
+        "dtmf": {"enabled": True, "message": "The caller keyed their order number: {{digits}}"},
+        "transfer": {"destinations": [TARGET], "mode": "warm", "ring_timeout_s": 10,
+                     "hold_message": "Please hold while I find a colleague."},
+    })
+    people = [callee(TARGET, kind="person", ring_s=0.3, talk_s=0)]
+    async with emulator(system, ports, *people) as twilio:
+        call_sid = await place(system, twilio, "showcase", {
+            "turns": 1, "lead_ms": 1800, "hold_ms": 30000, "dtmf": [[4200, "4"], [4300, "2"], [4400, "#"]]})
+        (stream_sid,) = await asyncio.to_thread(lambda: streams_of_when_live(system, call_sid))
+        await until(lambda: "connected" in steps(system.events(stream_sid)), 40, "the person to take the call")
+        await asyncio.to_thread(twilio.client().calls(call_sid).update, status="completed")
+        ended = await twilio.wait_call(call_sid, "report", 20)
+        (target,) = [c for c in twilio.core.calls.values() if c.rec.to == TARGET]
+    await receiver.wait(lambda r: any(d.headers.get("webhook-id") == f"msg_{call_sid}" for d in r), 30)
+    (delivery,) = [d for d in receiver.received if d.headers.get("webhook-id") == f"msg_{call_sid}"]
+    assert standard_webhooks.verify(standard_webhooks.parse_secret(SECRET), delivery.headers, delivery.body)
+    data = delivery.json()["data"]
+    lines = [(line["role"], line["content"]) for line in data["transcript"]]
+    assert lines[0] == ("assistant", f"Hello, thanks for calling {NUMBER}. I see you are calling from {CALLER}.")
+    assert ("user", "The caller keyed their order number: 42#") in lines
+    assert [k["digits"] for k in data["keypad"]] == ["42#"]
+    (moved,) = data["transfers"]
+    assert moved["mode"] == "warm" and moved["target"] == TARGET and moved["state"] in ("connected", "completed")
+    assert [step["step"] for step in moved["steps"]][:5] == ["waiting", "holding", "ringing", "answered", "connected"]
+    assert data["outcome"] == "transferred" and data["from"] == CALLER and data["to"] == NUMBER
+    assert next(h["say"] for h in target.heard).startswith(f"Call from {CALLER}.")
+    assert ended.report["streams"][0]["unplayed_ms"] == 0
+    out = system.stack.log_dir / "showcase-call-ended.json"
+    out.write_bytes(orjson.dumps({"whisper": [h["say"] for h in target.heard], "caller_heard": ended.heard,
+                                  "call_ended": delivery.json(), "headers": {k: v for k, v in delivery.headers.items()
+                                                                             if k.startswith("webhook-")}},
+                                 option=orjson.OPT_INDENT_2))
+
+
+def streams_of_when_live(system: System, call_sid: str) -> list[str]:
+    procs.wait_until(lambda: _live(system, call_sid), 20, "the call to be live")
+    return streams_of(system, call_sid)

@@ -253,7 +253,7 @@ def whisper(events: Iterable[Mapping[str, Any]], parameters: Mapping[str, str], 
     name = _clean(parameters.get("CallerName") or parameters.get("caller_name") or "")
     number = _clean(parameters.get("From") or parameters.get("from") or "")
     who = " ".join(part for part in (name, f"({number})" if name and number else number) if part) or "an unknown number"
-    wants = _clean(reason) if reason else " ".join(_clean(s) for s in said[-2:])
+    wants = _clean(reason) if reason else "; ".join(_clean(s).rstrip(".") for s in said[-2:])
     parts = [f"Call from {who}."]
     if wants:
         parts.append(f"They want: {wants.rstrip('.')}.")

@@ -46,7 +46,7 @@ LEASE_S = 60.0
 BATCH = 20
 ANNOUNCE_EVERY_S = 60.0
 MAX_ANSWER_BYTES = 64 * 1024
-TRANSFER_WAIT_S = 10.0  # how often a call held by an open transfer is looked at again
+TRANSFER_WAIT_S = 3.0  # how often a call held by an open transfer is looked at again
 USER_AGENT = "Switchboard-Webhooks/1.0"
 
 
