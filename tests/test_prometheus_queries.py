@@ -238,9 +238,6 @@ def test_every_panel_and_alert_runs_with_plausible_values_and_faults_fire_their_
 STATE: dict[str, object] = {}
 
 
-@pytest.mark.xfail(strict=True, reason="the worker creates claims_total{kind=\"takeover\"} at its first takeover, "
-                   "already at 1: increase() sees no rise, so SwitchboardCallFailovers misses a worker's first "
-                   "takeover. Fix: CLAIMS.labels(kind) for new and takeover at import in switchboard_worker/metrics.py")
 def test_calls_taken_over_from_a_killed_worker_fire_the_failover_alert(stack):
     sb, prom = stack
     on_victim = STATE.get("on_victim")

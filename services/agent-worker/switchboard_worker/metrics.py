@@ -8,6 +8,8 @@ LIVE_CALLS = Gauge("switchboard_worker_live_calls", "Calls held by this worker")
 CAPACITY = Gauge("switchboard_worker_capacity", "Most calls this worker may hold")
 CALLS = Counter("switchboard_worker_calls_total", "Calls finished by this worker, by outcome", ["outcome"])
 CLAIMS = Counter("switchboard_worker_claims_total", "Calls claimed", ["kind"])  # new | takeover
+for _kind in ("new", "takeover"):
+    CLAIMS.labels(_kind)  # exported at 0 from the start, so increase() sees the first takeover
 AUDIO_BYTES_TO_DG = Counter("switchboard_worker_audio_bytes_to_deepgram_total", "Caller audio bytes sent to Deepgram")
 AUDIO_BYTES_FROM_DG = Counter("switchboard_worker_audio_bytes_from_deepgram_total", "Agent audio bytes from Deepgram")
 CALLER_TRANSIT = Histogram(
