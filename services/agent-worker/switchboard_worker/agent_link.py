@@ -7,20 +7,16 @@ goes first into the next one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
-
 from switchboard import deepgram
-from switchboard.outbox import Outbox, PeerStalled
 from switchboard.retry import Retry
 
 from . import metrics
+from .agent_socket import AgentSocket
 from .deepgram_link import DeepgramUnavailable as DeepgramUnavailable
 from .deepgram_link import open_agent
 from .port import WorkerPort
@@ -36,9 +32,7 @@ class AgentLink:
     def __init__(self, port: WorkerPort, extra: dict[str, str]) -> None:
         self._port = port
         self._extra = extra
-        self._ws: ClientConnection | None = None
-        self._outbox: Outbox | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._socket: AgentSocket | None = None
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._last_audio_at = time.monotonic()
@@ -46,7 +40,7 @@ class AgentLink:
 
     @property
     def attached(self) -> bool:
-        return self._outbox is not None
+        return self._socket is not None
 
     async def open(self, message: dict[str, Any], *, give_up: Any) -> tuple[str, float]:
         """Connect and send `Settings`, retrying what Deepgram says may be retried; raises DeepgramUnavailable.
@@ -58,9 +52,11 @@ class AgentLink:
         backoff = CONNECT_PAUSES.backoff(unit=self._port.random.random)
         while True:
             try:
-                ws, request_id, took = await open_agent(
+                socket, request_id, took = await open_agent(
                     config.deepgram_agent_url, config.deepgram_api_key.get_secret_value(), message,
-                    config.deepgram_connect_timeout_s,
+                    config.deepgram_connect_timeout_s, library=config.worker_ws_library,
+                    max_queued_bytes=config.worker_outbox_max_bytes, stall_timeout_s=config.worker_stall_timeout_s,
+                    stream_sid=self._extra.get("stream_sid", ""),
                 )
             except DeepgramUnavailable as exc:
                 metrics.DG_ERRORS.labels(exc.code).inc()
@@ -70,82 +66,54 @@ class AgentLink:
                     raise
                 await backoff.wait(exc)
                 continue
-            self._attach(ws)
+            self._attach(socket)
             return request_id, took
 
-    def _attach(self, ws: ClientConnection) -> None:
-        settings = self._port.settings
-        self._ws = ws
-        self._outbox = Outbox(ws.send, max_bytes=settings.worker_outbox_max_bytes,
-                              stall_timeout_s=settings.worker_stall_timeout_s)
-        self._sender = asyncio.create_task(self._send_loop(self._outbox, ws), name=f"dg-send-{self._extra['stream_sid']}")
+    def _attach(self, socket: AgentSocket) -> None:
+        self._socket = socket
         self._last_audio_at = time.monotonic()
         if self._buffer:
-            self._outbox.put(b"".join(self._buffer))
+            socket.send(b"".join(self._buffer))
             self._buffer.clear()
             self._buffered = 0
 
-    async def _send_loop(self, outbox: Outbox, ws: ClientConnection) -> None:
-        try:
-            await outbox.run()
-        except PeerStalled as exc:
-            log.warning("deepgram socket stalled: %s", exc, extra=self._extra)
-            await ws.close(1011, "stalled")
-        except ConnectionClosed:
-            pass
-
     async def frames(self) -> AsyncIterator[str | bytes]:
         """What the attached session sends, until it closes (then `detach()` it)."""
-        ws = self._ws
-        if ws is None:
+        if self._socket is None:
             return
-        try:
-            async for frame in ws:
-                yield frame
-        except ConnectionClosed:
-            pass
+        async for frame in self._socket.frames():
+            yield frame
 
     async def detach(self) -> None:
-        self._ws = None
-        outbox, self._outbox = self._outbox, None
-        if outbox is not None:
-            outbox.close()
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+        self._socket = None
 
     def abort(self) -> None:
         """Drop the session at once (a stall, a release): `frames()` ends."""
-        if self._ws is not None:
-            self._ws.transport.abort()
+        if self._socket is not None:
+            self._socket.abort()
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-        await self.detach()
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.close()
 
     async def close_after(self, drain_s: float) -> None:
         """Close once what is queued has gone out (at most `drain_s`)."""
-        if self._outbox is not None:
-            try:
-                async with asyncio.timeout(drain_s):
-                    await self._outbox.drained()
-            except TimeoutError:
-                pass
-        if self._ws is not None:
-            await self._ws.close()
+        socket = self._socket
+        if socket is not None:
+            await socket.drained(drain_s)
+            await socket.close()
 
     # --- sending -------------------------------------------------------------------------------
     def send(self, message: str) -> bool:
-        if self._outbox is None:
+        if self._socket is None:
             return False
-        self._outbox.put(message)
+        self._socket.send(message)
         return True
 
     def send_audio(self, chunk: bytes) -> None:
-        if self._outbox is not None:
-            self._outbox.put(chunk)
+        if self._socket is not None:
+            self._socket.send(chunk)
             metrics.AUDIO_BYTES_TO_DG.inc(len(chunk))
             self._last_audio_at = time.monotonic()
         elif self._buffered < BUFFER_WHILE_CONNECTING_BYTES:
@@ -157,9 +125,9 @@ class AgentLink:
 
         True if a KeepAlive went out.
         """
-        if self._outbox is None:
+        if self._socket is None:
             return False
-        if self._outbox.stalled(now):
+        if self._socket.stalled(now):
             log.warning("deepgram socket stalled (a send hung); dropping it to reconnect", extra=self._extra)
             self.abort()
             return False
@@ -168,7 +136,7 @@ class AgentLink:
             return False
         if self._last_keepalive_at > self._last_audio_at and now - self._last_keepalive_at < settings.keepalive_every_s:
             return False
-        self._outbox.put(deepgram.KEEPALIVE)
+        self._socket.send(deepgram.KEEPALIVE)
         self._last_keepalive_at = now
         metrics.KEEPALIVES.inc()
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -23,6 +24,10 @@ class WorkerSettings(CommonSettings):
     keepalive_after_s: float = Field(1.0, gt=0, description="Caller audio pause that triggers a KeepAlive")
     keepalive_every_s: float = Field(4.0, gt=0, le=8, description="KeepAlive period while audio is paused")
     lease_ms: int = Field(1500, ge=300, description="A dead worker's calls are taken over after this")
+    worker_ws_library: Literal["picows", "websockets"] = Field(
+        "picows", description="WebSocket library of the Deepgram side: picows (Cython, a fraction of the CPU per "
+        "message) or websockets (pure Python)",
+    )
     worker_batch_window_ms: float = Field(
         2.0, ge=0, le=100,
         description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "

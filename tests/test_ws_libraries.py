@@ -1,6 +1,7 @@
-"""The edge's Twilio side behaves the same on both WebSocket libraries (EDGE_WS_LIBRARY).
+"""Both WebSocket libraries carry a call the same way: the edge's Twilio side (EDGE_WS_LIBRARY)
+and the worker's Deepgram side (WORKER_WS_LIBRARY).
 
-picows is the default (about a third of the CPU per message); websockets stays available. Real
+picows is the default (a fraction of the CPU per message); websockets stays available. Real
 processes: a call byte-exact both ways and a barge-in, an oversized frame closed with 1009 for
 that stream only, a bad signature refused with 403, health answered on the stream port.
 """
@@ -31,7 +32,8 @@ def edge(request, redis_url, tmp_path_factory):
     sb = System(redis_url, f"lib{request.param}:", tmp_path_factory.mktemp(f"lib-{request.param}"), workers=1,
                 auth_token=AUTH, edge_port=port,
                 edge_env={"EDGE_WS_LIBRARY": request.param, "EDGE_PUBLIC_URL": url,
-                          "EDGE_REQUIRE_STREAM_TOKEN": "false"}).start()
+                          "EDGE_REQUIRE_STREAM_TOKEN": "false"},
+                worker_env={"WORKER_WS_LIBRARY": request.param}).start()
     yield sb
     sb.stop()
 
