@@ -81,7 +81,7 @@ async def list_campaigns(request: Request, limit: Annotated[int, Query(ge=1, le=
     """Campaigns, newest first (kept until deleted from Redis)."""
     store = outbound_of(request).campaigns
     ids, total = await store.ids(offset, limit)
-    views = [view for cid in ids if (view := await _view(store, cid, missing_ok=True)) is not None]
+    views = [view for cid in ids if (view := await _maybe_view(store, cid)) is not None]
     return CampaignList(campaigns=views, total=total)
 
 
@@ -138,12 +138,17 @@ async def _move(request: Request, cid: str, state: str, allowed: tuple[str, ...]
     return await _view(service.campaigns, cid)
 
 
-async def _view(store: CampaignStore, cid: str, *, missing_ok: bool = False) -> Any:
+async def _view(store: CampaignStore, cid: str) -> CampaignView:
+    view = await _maybe_view(store, cid)
+    if view is None:
+        raise _not_found(cid)
+    return view
+
+
+async def _maybe_view(store: CampaignStore, cid: str) -> CampaignView | None:
     meta = await store.meta(cid)
     if meta is None:
-        if missing_ok:
-            return None
-        raise _not_found(cid)
+        return None
     pending, flight, outcomes, attempts, next_at = await store.progress(cid)
     spec = CampaignSpec.model_validate_json(meta.get("spec", "{}"))
     return CampaignView(

@@ -2,8 +2,9 @@
 
 Each round, for every active campaign: claim due destinations while the campaign is running and
 under its concurrency cap (`CampaignStore.claim`, atomic), and dial each in a task of its own,
-which takes the campaign's next pace slot right before it asks Twilio (`CampaignStore.pace`); look at in-flight destinations whose time passed (a dialler that died mid-create, a
-status callback lost while control was down: Twilio is asked); and mark the campaign completed
+which takes the campaign's next pace slot right before it asks Twilio (`CampaignStore.pace`);
+look at in-flight destinations whose time passed (a dialler that died mid-create, a status
+callback lost while control was down: Twilio is asked); and mark the campaign completed
 once nothing is pending or in flight. A destination's attempt ends when its call's final
 status arrives (`finish`, from the callback on whichever replica gets it), which schedules a
 retry or closes it.

@@ -29,6 +29,8 @@ import redis.asyncio as redis
 from switchboard.campaigns import Destination
 from switchboard.outbound import OutboundKeys
 
+from .store import fields_of, text
+
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 # KEYS: campaign, due, flight. ARGV: concurrency, lease ms.
@@ -127,24 +129,25 @@ class CampaignStore:
             await pipe.execute()
         # Written last: the dialers see a campaign only once all of it is there.
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(k.campaign(cid), mapping={**meta, "state": "running", "total": str(len(destinations))})
+        record: dict[Any, Any] = {**meta, "state": "running", "total": str(len(destinations))}
+        pipe.hset(k.campaign(cid), mapping=record)
         pipe.zadd(k.campaigns(), {cid: created_ms})
         pipe.sadd(k.campaigns_active(), cid)
         await pipe.execute()
 
     async def meta(self, cid: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.k.campaign(cid))
-        return {a.decode(): b.decode(errors="replace") for a, b in raw.items()} if raw else None
+        return fields_of(raw) if raw else None
 
     async def ids(self, offset: int, limit: int) -> tuple[list[str], int]:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(self.k.campaigns())
         pipe.zrevrange(self.k.campaigns(), offset, offset + limit - 1)
         total, ids = await pipe.execute()
-        return [i.decode() for i in ids], int(total)
+        return [text(i) for i in ids], int(total)
 
     async def active(self) -> list[str]:
-        return sorted(i.decode() for i in await self.redis.smembers(self.k.campaigns_active()))
+        return sorted(text(i) for i in await self.redis.smembers(self.k.campaigns_active()))
 
     async def retire(self, cid: str) -> None:
         await self.redis.srem(self.k.campaigns_active(), cid)
@@ -168,7 +171,7 @@ class CampaignStore:
                                       concurrency, lease_ms)
         if int(reply[0]) == 1:
             return Claim(int(reply[1]), "claimed", 0)
-        reason = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        reason = text(reply[1])
         return Claim(None, reason, max(1, int(reply[2])))
 
     async def pace(self, cid: str, interval_ms: int) -> int:
@@ -177,7 +180,9 @@ class CampaignStore:
 
     async def destination(self, cid: str, index: int) -> tuple[bytes, Destination] | None:
         raw = await self.redis.hget(self.k.campaign_destinations(cid), str(index))
-        return (raw, Destination.from_json(orjson.loads(raw))) if raw is not None else None
+        if not isinstance(raw, bytes):
+            return None
+        return raw, Destination.from_json(orjson.loads(raw))
 
     async def update(self, cid: str, index: int, change: Change, *, tries: int = 8) -> Destination | None:
         """Apply `change` to the destination atomically (compare-and-set, retried on a conflict);
@@ -210,13 +215,13 @@ class CampaignStore:
     async def set_state(self, cid: str, state: str, *, reason: str = "", allowed: tuple[str, ...]) -> str | None:
         """Move the campaign to `state` if it is in one of `allowed`; returns the state it was in (None: unchanged)."""
         moved, previous = await self.redis.eval(_STATE, 1, self.k.campaign(cid), state, reason, " ".join(allowed))
-        return (previous.decode() if isinstance(previous, bytes) else str(previous)) if int(moved) == 1 else None
+        return text(previous) if int(moved) == 1 else None
 
     async def due_indexes(self, cid: str) -> list[int]:
-        return [int(i) for i in await self.redis.zrange(self.k.campaign_due(cid), 0, -1)]
+        return [int(text(i)) for i in await self.redis.zrange(self.k.campaign_due(cid), 0, -1)]
 
     async def flight_indexes(self, cid: str) -> list[int]:
-        return [int(i) for i in await self.redis.zrange(self.k.campaign_flight(cid), 0, -1)]
+        return [int(text(i)) for i in await self.redis.zrange(self.k.campaign_flight(cid), 0, -1)]
 
     async def page(self, cid: str, offset: int, limit: int) -> list[tuple[int, Destination]]:
         indexes = [str(i) for i in range(offset, offset + limit)]

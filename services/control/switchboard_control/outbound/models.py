@@ -45,6 +45,8 @@ def _zone(name: str | None) -> str | None:
     return name
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+EVERY_DAY: list[Day] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Zone = Annotated[str | None, AfterValidator(_zone), Field(max_length=64, examples=["America/New_York"])]
 
 
@@ -113,8 +115,8 @@ class CallingHoursModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     start: time = Field(time(9), description="Local time the window opens", examples=["09:00"])
     end: time = Field(time(20), description="Local time it closes (before start: past midnight)", examples=["20:00"])
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: list(campaigns.DAYS), min_length=1, max_length=7,
+    days: list[Day] = Field(
+        default_factory=lambda: list(EVERY_DAY), min_length=1, max_length=7,
     )
     timezone: Zone = Field(
         None, description="Used for every destination; unset: each destination's `timezone`, or its country's "

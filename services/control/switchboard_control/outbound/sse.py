@@ -27,6 +27,7 @@ from .. import refusals
 from ..callstate import decode_event
 from ..deps import State
 from ..sse_slots import SlotStreamingResponse, client_key
+from .store import text
 
 SEARCH_MS = 250
 RETRY_AFTER_S = 5
@@ -37,7 +38,7 @@ ALWAYS = frozenset({Event.OUTBOUND_STATUS, Event.AMD_VERDICT, Event.AMD_DECISION
 
 async def ref_of(state: State, call_sid: str) -> str | None:
     ref = await state.redis.get(OutboundKeys(state.keys.prefix).by_callsid(call_sid))
-    return ref.decode() if ref is not None else None
+    return text(ref) if ref is not None else None
 
 
 def respond(state: State, request: Request, call_sid: str, ref: str, wanted: frozenset[str] | None,
@@ -71,7 +72,7 @@ async def _follow(state: State, request: Request, call_sid: str, ref: str, posit
                   wanted: frozenset[str] | None) -> AsyncIterator[bytes]:
     okeys = OutboundKeys(state.keys.prefix)
     lifecycle = okeys.events(ref)
-    positions: dict[str, str | bytes] = {lifecycle: position}
+    positions: dict[Any, Any] = {lifecycle: position}
     stream_key: str | None = None
     answered = False
     keepalive_ms = int(state.settings.sse_keepalive_s * 1000)
@@ -79,7 +80,7 @@ async def _follow(state: State, request: Request, call_sid: str, ref: str, posit
         if stream_key is None and answered:
             stream_sid = await state.redis.get(state.keys.call_by_callsid(call_sid))
             if stream_sid is not None:
-                stream_key = state.keys.events(stream_sid.decode())
+                stream_key = state.keys.events(text(stream_sid))
                 positions[stream_key] = position
         searching = answered and stream_key is None
         response = await state.redis_block.xread(positions, count=500, block=SEARCH_MS if searching else keepalive_ms)
@@ -89,8 +90,10 @@ async def _follow(state: State, request: Request, call_sid: str, ref: str, posit
             if not searching:
                 yield b": keepalive\n\n"
             continue
-        batch = sorted(((entry_id, key.decode(), fields) for key, items in response for entry_id, fields in items),
-                       key=lambda item: _order(item[0]))
+        reply: list[Any] = response  # type: ignore[assignment]  # RESP2 replies: a list of [key, entries]
+        entries: list[tuple[bytes, str, dict[bytes, bytes]]] = [
+            (entry_id, text(key), fields) for key, items in reply for entry_id, fields in items]
+        batch = sorted(entries, key=lambda item: _order(item[0]))
         for entry_id, key, fields in batch:
             positions[key] = entry_id
             event = decode_event(fields)
@@ -116,9 +119,9 @@ async def _follow(state: State, request: Request, call_sid: str, ref: str, posit
 
 async def _moved(state: State, call_sid: str, old_key: str) -> str | None:
     current = await state.redis.get(state.keys.call_by_callsid(call_sid))
-    if current is None or state.keys.events(current.decode()) == old_key:
+    if current is None or state.keys.events(text(current)) == old_key:
         return None
-    return current.decode()
+    return text(current)
 
 
 def _frame(entry_id: bytes, event: dict[str, Any]) -> bytes:

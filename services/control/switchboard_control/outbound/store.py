@@ -8,6 +8,7 @@ events stream (`OutboundKeys.events`): the call's lifecycle exists before its me
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,13 @@ class Moved:
     fields: dict[str, str]  # the record after the change
 
 
-def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+def text(value: Any) -> str:
+    """A Redis reply as text (the clients answer bytes)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def fields_of(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 class OutboundStore:
@@ -50,9 +56,9 @@ class OutboundStore:
         self.okeys = OutboundKeys(keys.prefix)
         self.retention_s = retention_s
 
-    async def create(self, ref: str, fields: dict[str, str]) -> None:
+    async def create(self, ref: str, fields: Mapping[Any, str]) -> None:
         now = time.time()
-        record = {**fields, OField.REF: ref, OField.STATUS: outbound.TwilioStatus.QUEUED,
+        record: dict[Any, Any] = {**fields, OField.REF: ref, OField.STATUS: outbound.TwilioStatus.QUEUED,
                   OField.STATUS_RANK: "0", OField.CREATED_AT: repr(now), OField.UPDATED_AT: repr(now)}
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.okeys.call(ref), mapping=record)
@@ -63,11 +69,11 @@ class OutboundStore:
 
     async def get(self, ref: str) -> dict[str, str] | None:
         raw = await self.redis.hgetall(self.okeys.call(ref))
-        return _text(raw) if raw else None
+        return fields_of(raw) if raw else None
 
     async def ref_of(self, call_sid: str) -> str | None:
         ref = await self.redis.get(self.okeys.by_callsid(call_sid))
-        return ref.decode() if ref is not None else None
+        return text(ref) if ref is not None else None
 
     async def find(self, call_sid: str) -> dict[str, str] | None:
         ref = await self.ref_of(call_sid)
@@ -93,7 +99,7 @@ class OutboundStore:
         fields = await self.get(ref) or {}
         await self.event(ref, {"type": Event.OUTBOUND_STATUS, "status": status,
                                "final": status in outbound.FINAL})
-        return Moved(previous.decode() if isinstance(previous, bytes) else str(previous), status, fields)
+        return Moved(text(previous), status, fields)
 
     async def set_amd(self, ref: str, answered_by: str, detection_ms: int | None) -> bool:
         """Twilio's verdict (the first one only: True if this was it)."""
@@ -110,7 +116,8 @@ class OutboundStore:
         key = self.okeys.call(ref)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hsetnx(key, OField.OUTCOME, outcome)
-        pipe.hset(key, mapping={OField.ENDED_AT: repr(time.time()), **(extra or {})})
+        ended: dict[Any, Any] = {OField.ENDED_AT: repr(time.time()), **(extra or {})}
+        pipe.hset(key, mapping=ended)
         pipe.zrem(self.okeys.pending(), ref)
         pipe.expire(key, self.retention_s)
         pipe.expire(self.okeys.events(ref), self.retention_s)
@@ -137,7 +144,7 @@ class OutboundStore:
     # --- the call's media stream, as the edge and the worker recorded it ------------------------------
     async def stream_of(self, call_sid: str) -> str | None:
         sid = await self.redis.get(self.keys.call_by_callsid(call_sid))
-        return sid.decode() if sid is not None else None
+        return text(sid) if sid is not None else None
 
     async def stream_outcome(self, call_sid: str) -> str | None:
         """How Switchboard ended the call's stream (`voicemail` after a machine…), if it did."""
@@ -145,7 +152,7 @@ class OutboundStore:
         if stream_sid is None:
             return None
         value = await self.redis.hget(self.keys.call(stream_sid), CallField.OUTCOME)
-        return value.decode() if value else None
+        return text(value) if value else None
 
     async def stream_amd(self, call_sid: str) -> tuple[str | None, int | None]:
         """(action, waited ms) of the call's answering-machine decision, as the worker recorded it."""
@@ -154,5 +161,5 @@ class OutboundStore:
             return None, None
         action, waited = await self.redis.hmget(self.keys.call(stream_sid),
                                                 [CallField.AMD_ACTION, CallField.AMD_WAITED_MS])
-        return (action.decode() if action else None,
-                int(waited) if waited and waited.isdigit() else None)
+        waited_text = text(waited) if waited else ""
+        return (text(action) if action else None, int(waited_text) if waited_text.isdigit() else None)

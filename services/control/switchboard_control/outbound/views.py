@@ -14,13 +14,10 @@ from switchboard.outbound import FINAL, OField, OutboundKeys
 
 from ..deps import State
 from ..models import CallDetail, CallSummary
+from .store import fields_of, text
 from .view import view
 
 DIALING = "dialing"  # the state of an outbound call whose stream has not started
-
-
-def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
 
 def _summary(fields: dict[str, str]) -> CallSummary:
@@ -40,11 +37,11 @@ async def listed(state: State, calls: list[CallSummary], total: int, limit: int,
     if room <= 0 or not pending_total:
         return calls, total + pending_total
     start = max(0, offset - total)
-    refs = [r.decode() for r in await state.redis.zrange(okeys.pending(), start, start + room - 1)]
+    refs = [text(r) for r in await state.redis.zrange(okeys.pending(), start, start + room - 1)]
     pipe = state.redis.pipeline(transaction=False)
     for ref in refs:
         pipe.hgetall(okeys.call(ref))
-    records = [_text(raw) for raw in await pipe.execute()]
+    records = [fields_of(raw) for raw in await pipe.execute()]
     pipe = state.redis.pipeline(transaction=False)
     for fields in records:
         pipe.exists(state.keys.call_by_callsid(fields.get(OField.CALL_SID) or "-"))
@@ -64,7 +61,7 @@ async def _decorate(state: State, calls: list[CallSummary]) -> None:
     for call in calls:
         pipe.get(okeys.by_callsid(call.call_sid))
     refs = await pipe.execute()
-    outbound = [(call, ref.decode()) for call, ref in zip(calls, refs) if ref is not None]
+    outbound = [(call, text(ref)) for call, ref in zip(calls, refs) if ref is not None]
     if not outbound:
         return
     pipe = state.redis.pipeline(transaction=False)
@@ -73,11 +70,12 @@ async def _decorate(state: State, calls: list[CallSummary]) -> None:
         pipe.hmget(state.keys.call(call.stream_sid), [CallField.AMD_ACTION, CallField.AMD_WAITED_MS])
     replies = await pipe.execute()
     for n, (call, _ref) in enumerate(outbound):
-        fields, (action, waited) = _text(replies[2 * n]), replies[2 * n + 1]
+        fields, (action, waited) = fields_of(replies[2 * n]), replies[2 * n + 1]
+        waited_text = text(waited) if waited else ""
         if fields:
             call.direction = "outbound"
-            call.outbound = view(fields, amd_action=action.decode() if action else None,
-                                 amd_waited_ms=int(waited) if waited and waited.isdigit() else None)
+            call.outbound = view(fields, amd_action=text(action) if action else None,
+                                 amd_waited_ms=int(waited_text) if waited_text.isdigit() else None)
 
 
 async def decorate(state: State, detail: CallDetail) -> CallDetail:
@@ -90,10 +88,10 @@ async def detail(state: State, call_sid: str) -> CallDetail:
     """An outbound call whose stream never started (queued, ringing, busy…), or 404."""
     okeys = OutboundKeys(state.keys.prefix)
     ref = await state.redis.get(okeys.by_callsid(call_sid))
-    raw = await state.redis.hgetall(okeys.call(ref.decode())) if ref is not None else None
+    raw = await state.redis.hgetall(okeys.call(text(ref))) if ref is not None else None
     if not raw:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_sid} not found")
-    fields = _text(raw)
+    fields = fields_of(raw)
     summary = _summary(fields)
     ended = fields.get(OField.STATUS) in FINAL
     return CallDetail(**{**summary.model_dump(), "state": "ended" if ended else DIALING,
