@@ -51,6 +51,9 @@ REPLIES = Counter(
 DEAD_AIR = Counter(
     "switchboard_worker_dead_air_total", "Dead-air watchdog firings by kind and action taken", ["kind", "action"]
 )
+for _kind, _action in (("agent_stall", "reconnect"), ("agent_stall", "end_call"), ("caller_idle", "reengage"),
+                       ("caller_idle", "end_call")):
+    DEAD_AIR.labels(_kind, _action)  # at 0 from the start: the alert's rate() sees the first stall
 FREE_SLOTS = Gauge(
     "switchboard_worker_free_slots",
     "Calls this worker can still take, as published for admission control (0 while draining)",

@@ -12,6 +12,9 @@ AUDIO_BYTES_OUT = Counter("switchboard_edge_audio_bytes_out_total", "Agent audio
 CLEARS = Counter("switchboard_edge_clears_total", "Barge-in clears sent to Twilio")
 MALFORMED = Counter("switchboard_edge_malformed_frames_total", "Twilio frames rejected", ["reason"])
 REJECTED = Counter("switchboard_edge_rejected_handshakes_total", "Upgrades refused", ["reason"])
+# The reasons alerts watch are exported at 0 from the start, so rate()/increase() see the first one.
+for _reason in ("signature", "no_capacity", "stream_token", "resume_grant", "duplicate_stream", "callsid_in_use"):
+    REJECTED.labels(_reason)
 REDIS_ERRORS = Counter("switchboard_edge_redis_errors_total", "Failed Redis operations")
 REDIS_BATCH = Histogram(
     "switchboard_edge_redis_batch_entries", "Entries per Redis write pipeline",
