@@ -53,6 +53,18 @@ class System:
     def add_worker(self, worker_id: str, **env: str) -> procs.Service:
         return self.stack.add_worker(f"{self.prefix}{worker_id}", **env)
 
+    def add_control(self, *, api_token: str = "t" * 24, auth_token: str | None = None,
+                    edge_public_url: str | None = None, **env: str) -> tuple[procs.Service, int]:
+        """One more control API on a free loopback port, stopped with the system: (service, port).
+
+        Unsigned /twiml unless `auth_token` (Twilio's) is given; streams go to this system's edge
+        unless `edge_public_url` says otherwise; `env` adds or overrides variables.
+        """
+        port = procs.free_port()
+        service = procs.control(self.redis_url, port, api_token=api_token, auth_token=auth_token,
+                                edge_public_url=edge_public_url or self.edge_url, KEY_PREFIX=self.prefix, **env)
+        return self.stack.run("control", service), port
+
     def _run(self, service: procs.Service) -> procs.Service:
         return self.stack.run("extra", service)
 

@@ -27,7 +27,6 @@ from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 from switchboard_callsim.twiml import Connect, Hangup, Pause, Redirect, Say
 from switchboard_callsim.twiml import parse as parse_twiml
-from switchboard_dev import procs
 
 from system import System, scrape
 from test_e2e_call import _start
@@ -126,14 +125,6 @@ class Fleet:
         await self.until(lambda v: v.free == SLOTS and v.unclaimed == 0 and v.reserved == 0, "idle again")
 
 
-def _control(redis_url: str, prefix: str, edge_url: str, **env: str) -> procs.Service:
-    port = procs.free_port()
-    base = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "CONTROL_HOST": "127.0.0.1", "CONTROL_PORT": str(port),
-            "CONTROL_API_TOKEN": "t" * 24, "CONTROL_INSECURE_TWIML": "true", "EDGE_PUBLIC_URL": edge_url}
-    return procs.Service(f"control-{port}", procs.console("switchboard-control"), {**base, **env},
-                         health_url=f"http://127.0.0.1:{port}/healthz")
-
-
 @pytest.fixture(scope="module")
 def fleet(redis_url, tmp_path_factory):
     sb = System(redis_url, "admission:", tmp_path_factory.mktemp("admission"), workers=SLOTS, capacity=1,
@@ -144,8 +135,7 @@ def fleet(redis_url, tmp_path_factory):
         for mode, env in (("reject", {}), ("queue", {"CONTROL_ADMISSION": "queue", "CONTROL_ADMISSION_HOLD_SAY": HOLD,
                                                      "CONTROL_ADMISSION_HOLD_PAUSE_S": "1",
                                                      "CONTROL_ADMISSION_MAX_WAIT_S": "5"})):
-            service = sb._run(_control(redis_url, sb.prefix, sb.edge_url, **env))
-            controls[mode] = int(service.env["CONTROL_PORT"])
+            _service, controls[mode] = sb.add_control(**env)
         yield Fleet(sb, controls)
     finally:
         sb.stop()

@@ -52,11 +52,8 @@ async def test_calls_through_a_three_master_cluster_are_byte_exact(cluster, tmp_
 async def test_the_control_api_works_on_the_cluster(cluster, tmp_path):
     env = {"REDIS_CLUSTER": "true"}
     sb = System(cluster.url, "sbctl:", tmp_path, workers=1, edge_env=env, worker_env=env).start()
-    port, token = procs.free_port(), "cluster-control-token-0123"
-    sb._run(procs.Service("control", procs.console("switchboard-control"), {
-        **env, "REDIS_URL": cluster.url, "KEY_PREFIX": "sbctl:", "CONTROL_HOST": "127.0.0.1", "CONTROL_PORT": str(port),
-        "CONTROL_API_TOKEN": token, "CONTROL_INSECURE_TWIML": "true", "EDGE_PUBLIC_URL": sb.edge_url},
-        health_url=f"http://127.0.0.1:{port}/healthz"))
+    token = "cluster-control-token-0123"
+    _service, port = sb.add_control(api_token=token, **env)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15,
                                      headers={"Authorization": f"Bearer {token}"}) as api:

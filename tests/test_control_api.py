@@ -54,7 +54,7 @@ class FakeHttp:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorder.requests.append(Recorded(self.path, {k: v for k, v in self.headers.items()}, body))
+                recorder.requests.append(Recorded(self.path, dict(self.headers.items()), body))
                 if self.path.startswith("/fail"):
                     self._answer(500, b'{"oops": true}')
                 elif self.path.startswith("/twilio"):
@@ -88,13 +88,9 @@ class FakeHttp:
 
 def control_service(redis_url: str, prefix: str, **env: str) -> tuple[procs.Service, int]:
     port = procs.free_port()
-    base = {
-        "REDIS_URL": redis_url, "KEY_PREFIX": prefix, "CONTROL_HOST": "127.0.0.1", "CONTROL_PORT": str(port),
-        "CONTROL_API_TOKEN": API_TOKEN, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "CONTROL_PUBLIC_URL": PUBLIC_URL,
-        "EDGE_PUBLIC_URL": EDGE_PUBLIC_URL, "COMMAND_ACK_TIMEOUT_S": "3", "CALL_RETENTION_S": "600",
-    }
-    service = procs.Service(f"control-{port}", procs.console("switchboard-control"), {**base, **env},
-                            health_url=f"http://127.0.0.1:{port}/healthz")
+    service = procs.control(redis_url, port, api_token=API_TOKEN, auth_token=TWILIO_TOKEN,
+                            edge_public_url=EDGE_PUBLIC_URL, KEY_PREFIX=prefix, CONTROL_PUBLIC_URL=PUBLIC_URL,
+                            COMMAND_ACK_TIMEOUT_S="3", CALL_RETENTION_S="600", **env)
     return service, port
 
 

@@ -54,12 +54,7 @@ class Stack:
 
     def start(self) -> Stack:
         self.system.start()
-        self.control_port = procs.free_port()
-        self.system._run(procs.Service("control", procs.console("switchboard-control"), {
-            "REDIS_URL": self.system.redis_url, "KEY_PREFIX": self.system.prefix, "CONTROL_HOST": "127.0.0.1",
-            "CONTROL_PORT": str(self.control_port), "CONTROL_API_TOKEN": CONTROL_TOKEN,
-            "CONTROL_INSECURE_TWIML": "true", "EDGE_PUBLIC_URL": self.system.edge_url,
-        }, health_url=f"http://127.0.0.1:{self.control_port}/healthz"))
+        _service, self.control_port = self.system.add_control(api_token=CONTROL_TOKEN)
         return self
 
     def stop(self) -> None:
@@ -146,7 +141,7 @@ def test_an_edge_without_the_password_is_alive_but_not_ready_and_logs_no_credent
     for url in (password_url(protected_redis, None), password_url(protected_redis, wrong)):
         edge = start_edge_alone(url, tmp_path / "alone")
         try:
-            procs.wait_until(lambda: edge_readiness(edge) == 503, 10, "the edge to report Redis unusable")
+            procs.wait_until(lambda edge=edge: edge_readiness(edge) == 503, 10, "the edge to report Redis unusable")
         finally:
             edge.stop()
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "alone").glob("*.log"))

@@ -48,7 +48,7 @@ def _percentiles(values: list[float]) -> str:
     if not values:
         return "n/a"
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
 
 
@@ -196,12 +196,7 @@ async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conv
     sb._run(procs.edge(redis_url, spare_port, spare_metrics, KEY_PREFIX=key_prefix, **tokens))
     try:
         async with TcpBalancer([sb.edge_port, spare_port]) as balancer:
-            control_port = procs.free_port()
-            sb._run(procs.Service("control", procs.console("switchboard-control"), {
-                "REDIS_URL": redis_url, "KEY_PREFIX": key_prefix, "CONTROL_HOST": "127.0.0.1",
-                "CONTROL_PORT": str(control_port), "CONTROL_API_TOKEN": "t" * 24, "CONTROL_INSECURE_TWIML": "true",
-                "EDGE_PUBLIC_URL": f"ws://127.0.0.1:{balancer.port}/twilio"},
-                health_url=f"http://127.0.0.1:{control_port}/healthz"))
+            _service, control_port = sb.add_control(edge_public_url=f"ws://127.0.0.1:{balancer.port}/twilio")
             config = SimConfig(url="unused", twiml_url=f"http://127.0.0.1:{control_port}/twiml", calls=5,
                                ramp_ms=200, script=CallScript(turns=6, lead_ms=300, utterance_ms=800))
             load = asyncio.create_task(run_load(config))
@@ -221,7 +216,7 @@ async def test_a_killed_edge_s_calls_reconnect_through_twiml_and_keep_their_conv
             events = sb.events(new_stream)
             resumed = next(e for e in events if e["type"] == "resumed_from_stream")
             assert resumed["stream_sid"] in sids
-            assert [e for e in events if e["type"] == "transcript"][0]["role"] == "user"  # carried over
+            assert next(e for e in events if e["type"] == "transcript")["role"] == "user"  # carried over
             assert sb.wait_call_ended(resumed["stream_sid"])["end_reason"] == "moved_to_new_stream"
             sessions = sb.emulator_sessions(detail["call_sid"])
             assert "greeting" not in sessions[-1]["settings"]["agent"]

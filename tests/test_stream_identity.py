@@ -70,12 +70,7 @@ def _stack(redis_url: str, prefix: str, log_dir: Path, *, signed: bool) -> Stack
     edge_url = f"ws://127.0.0.1:{edge_port}/twilio"  # what Twilio signs, so fixed before the edge starts
     system = System(redis_url, prefix, log_dir, workers=1, auth_token=AUTH if signed else None, edge_port=edge_port,
                     edge_env={"EDGE_START_TIMEOUT_S": "1", "EDGE_PUBLIC_URL": edge_url}).start()
-    control_port = procs.free_port()
-    env = {"REDIS_URL": redis_url, "KEY_PREFIX": prefix, "CONTROL_HOST": "127.0.0.1", "CONTROL_PORT": str(control_port),
-           "CONTROL_API_TOKEN": "t" * 24, "EDGE_PUBLIC_URL": edge_url, "CONTROL_ADMISSION": "off"}
-    env.update({"TWILIO_AUTH_TOKEN": AUTH} if signed else {"CONTROL_INSECURE_TWIML": "true"})
-    system._run(procs.Service("control", procs.console("switchboard-control"), env,
-                              health_url=f"http://127.0.0.1:{control_port}/healthz"))
+    _service, control_port = system.add_control(auth_token=AUTH if signed else None, CONTROL_ADMISSION="off")
     return Stack(system, control_port, signed)
 
 
