@@ -357,3 +357,10 @@ def test_unsigned_or_wrongly_signed_callbacks_are_refused_and_change_nothing(sb)
     sb.api.post(f"/v1/calls/{call_sid}/cancel")
     sb.wait_outcome(call_sid)
     assert RequestValidator(TWILIO_TOKEN).validate(f"{base}/x", {"a": "b"}, signed(f"{base}/x", {"a": "b"}))
+
+
+def test_a_status_webhook_that_could_never_be_sent_is_refused_at_once(sb):
+    for url, reason in (("ftp://example.com/hook", "http"), ("http://10.1.2.3/hook", "10.1.2.3")):
+        r = sb.place("+14155550171", status_webhook=url)
+        assert r.status_code == 422 and reason in r.text, r.text
+    assert sb.metric("switchboard_control_outbound_refused_total", 'reason="webhook_refused"') >= 1

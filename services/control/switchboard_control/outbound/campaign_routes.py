@@ -50,6 +50,9 @@ async def create_campaign(body: CampaignCreate, request: Request, state: StateDe
     if body.cps > settings.outbound_max_cps:
         raise _unprocessable(f"cps {body.cps:g} is over OUTBOUND_MAX_CPS ({settings.outbound_max_cps:g})")
     problems: list[DialError] = []
+    hook = service.dialer.webhook_refusal(str(body.status_webhook) if body.status_webhook else None)
+    if hook is not None:
+        raise refused(hook)
     for index, dest in enumerate(body.destinations):
         error = service.dialer.refusal(dest.to, body.from_)
         if error is not None:

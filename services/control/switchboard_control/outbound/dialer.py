@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 
 from switchboard import settings_store, twilio_rest
 from switchboard.agent_settings import AgentSettings
 from switchboard.answering import Amd
+from switchboard.egress_policy import Refused, check_addresses, check_url
 from switchboard.outbound import OField
 from switchboard.twilio_rest import CallsApi, TwilioApiError
 
@@ -81,6 +83,19 @@ class Dialer:
         self.api = api
 
     # --- before anything is dialled ----------------------------------------------------------------
+    def webhook_refusal(self, url: str | None) -> DialError | None:
+        """A status webhook that could never be sent (not https, a private address literal): said now."""
+        if not url:
+            return None
+        parsed = httpx.URL(url)
+        try:
+            target = check_url(parsed.scheme, parsed.host, parsed.port, self.settings.webhook_egress)
+            if target.literal is not None:
+                check_addresses(target.host, [target.literal], self.settings.webhook_egress)
+        except Refused as refused:
+            return DialError(422, "webhook_refused", f"status_webhook: {refused.detail}")
+        return None
+
     def refusal(self, to: str, from_: str | None) -> DialError | None:
         """Why `to` may not be dialled from `from_` (None: it may)."""
         settings = self.settings

@@ -80,7 +80,8 @@ async def place_call(body: PlaceCall, request: Request, response: Response, stat
     the agent waits for Twilio's verdict before it greets: a person is greeted, an answering
     machine gets the profile's `voicemail` behaviour."""
     service = outbound_of(request)
-    early = service.dialer.refusal(body.to, body.from_)
+    early = service.dialer.refusal(body.to, body.from_) or service.dialer.webhook_refusal(
+        str(body.status_webhook) if body.status_webhook else None)
     if early is not None:
         raise refused(early, to=body.to[:20])
     await check_rate(state, request)
