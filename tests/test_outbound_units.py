@@ -178,3 +178,28 @@ def test_the_dashboard_shows_outbound_outcomes_amd_verdicts_and_campaigns():
                  "switchboard_control_amd_detection_seconds_bucket", "switchboard_control_campaign_dials_total",
                  "switchboard_control_outbound_refused_total"):
         assert name in exprs, name
+
+
+def test_control_refuses_to_start_with_outbound_on_but_half_configured():
+    from pydantic import ValidationError
+
+    from switchboard_control.settings import ControlSettings
+
+    base = {"control_insecure_no_auth": True, "_env_file": None}
+    off = ControlSettings(**base)
+    assert off.dial_policy.check("+14155550101").reason == "outbound_disabled" and off.twilio_credentials() is None
+    with pytest.raises(ValidationError) as info:
+        ControlSettings(**base, outbound_enabled=True)
+    for needed in ("OUTBOUND_ALLOW", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "CONTROL_PUBLIC_URL"):
+        assert needed in str(info.value)
+    with pytest.raises(ValidationError, match="prefix"):
+        ControlSettings(**base, outbound_allow="+1,banana")
+    sid = "AC" + "1" * 32
+    on = ControlSettings(**base, outbound_enabled=True, outbound_allow="+1", twilio_account_sid=sid,
+                         twilio_api_key_sid="SK" + "2" * 32, twilio_api_key_secret="s",
+                         control_public_url="https://control.example.com")
+    assert on.dial_policy.check("+14155550101") is None
+    assert (on.twilio_credentials().username, on.twilio_credentials().secret) == ("SK" + "2" * 32, "s")
+    token = ControlSettings(**base, outbound_enabled=True, outbound_allow="+1", twilio_account_sid=sid,
+                            twilio_auth_token="t", control_public_url="https://control.example.com")
+    assert token.twilio_credentials().username == sid
