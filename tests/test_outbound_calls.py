@@ -12,7 +12,6 @@ import hmac
 import inspect
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
@@ -25,6 +24,7 @@ from twilio.rest.api.v2010.account.call import CallList
 
 from switchboard import webhook_signature
 from switchboard.keys import Keys
+from switchboard_dev import procs  # the processes: this module is end-to-end
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -72,15 +72,6 @@ def hooks():
     server.server.shutdown()
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 def events_of(sb: OutboundSystem, call_sid: str) -> list[dict]:
     stream_sid = sb.call(call_sid)["stream_sid"]
     return sb.stack.events(stream_sid)
@@ -109,8 +100,8 @@ def test_a_person_answers_and_talks_byte_exact_and_the_lifecycle_is_recorded_and
     assert (outbound["status"], outbound["outcome"]) == ("completed", "completed")
     assert outbound["context"] == {"name": "Ada"} and outbound["answered_at"] and outbound["ended_at"]
     assert [line["role"] for line in detail["transcript"]] == ["user", "assistant", "user", "assistant"]
-    statuses = wait_until(lambda: [e["status"] for e in hooks.events(call_sid)] if len(hooks.events(call_sid)) >= 4
-                          else None, 10, "the status webhooks")
+    procs.wait_until(lambda: len(hooks.events(call_sid)) >= 4, 10, "the status webhooks")
+    statuses = [e["status"] for e in hooks.events(call_sid)]
     assert statuses == ["initiated", "ringing", "in-progress", "completed"]
     headers, body = hooks.received[-1]
     assert webhook_signature.verify(FUNCTION_SECRET, headers[webhook_signature.HEADER.lower()], body)
