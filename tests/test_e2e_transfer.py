@@ -167,8 +167,17 @@ async def test_a_warm_transfer_holds_the_caller_whispers_to_the_target_then_join
     async with httpx.AsyncClient(base_url=system.stack.control_url, headers=headers) as api:
         view = (await api.get(f"/v1/calls/{call_sid}/transfer")).json()
         detail = (await api.get(f"/v1/calls/{call_sid}")).json()
+        async with api.stream("GET", f"/v1/calls/{call_sid}/events", params={"types": "transfer,call_ended"},
+                              timeout=10) as sse:
+            text = (await sse.aread()).decode()
     assert view["state"] == "completed" and view["mode"] == "warm" and view["target_call_sid"] == target.rec.sid
     assert [t["step"] for t in detail["transfers"]] == steps(events)
+    # A follower of the call's events sees the transfer through: past the agent's own end, to the person.
+    followed = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    ends = [e.get("outcome") for e in followed if e["type"] == "call_ended"]
+    assert ends == ["transferring", "transferred"], followed
+    assert [e["step"] for e in followed if e["type"] == "transfer"][:5] == [
+        "waiting", "holding", "ringing", "answered", "connected"]
 
 
 async def test_nobody_answering_a_warm_transfer_brings_the_caller_back_to_the_agent_with_its_context(system, ports):

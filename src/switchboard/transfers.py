@@ -31,6 +31,9 @@ MAX_WHISPER_CHARS = 600
 # A warm transfer whose target neither answered nor failed this long past its ring timeout is
 # given up by the control API's sweeper (a lost callback must not leave the caller on hold).
 SWEEP_GRACE_S = 15
+# A caller sent back to the agent whose new stream has not arrived this long after: the sweeper
+# asks Twilio whether the caller is still there.
+RETURN_GRACE_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ class TransferKeys:
         return f"{self.prefix}transfer:{{{call_sid}}}"
 
     def pending(self) -> str:
-        """Sorted set callSid → give-up time (Unix s) of warm transfers waiting for their target."""
+        """Sorted set callSid → when the sweeper looks at an open transfer Twilio has said nothing about (Unix s)."""
         return f"{self.prefix}transfers:pending"
 
 

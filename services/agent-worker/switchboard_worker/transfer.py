@@ -182,9 +182,11 @@ class Transfers:
         else:
             twiml = _plain_dial(transfer.target)
         # Stored before Twilio is asked: its callbacks may come before this request's answer.
-        await self._store(transfer, State.DIALING)
+        await self._store(transfer, State.DIALING, check_at=time.time() + transfer.ring_timeout_s
+                          + transfers.SWEEP_GRACE_S if base else None)
         await api.update(transfer.call_sid, [("Twiml", twiml)])
-        self.outcome = Outcome.TRANSFERRED
+        # With callbacks the control API says when the person has the call; a plain <Dial> is the end.
+        self.outcome = Outcome.TRANSFERRING if base else Outcome.TRANSFERRED
         self._step(transfer, State.DIALING)
 
     async def _warm(self, api: CallsApi, transfer: Transfer, params: dict[str, str]) -> None:
@@ -210,7 +212,7 @@ class Transfers:
         except TwilioApiError as exc:
             # The caller already holds: the control API's return URL brings them back to the agent.
             transfer.reason = f"the target could not be dialled: {exc.message}"[:200]
-            await self._store(transfer, State.NO_ANSWER)
+            await self._store(transfer, State.NO_ANSWER, check_at=time.time() + transfers.RETURN_GRACE_S)
             self._step(transfer, State.NO_ANSWER)
             await api.update(transfer.call_sid, [("Url", f"{base}/twiml/transfer/return?{query}"), ("Method", "POST")])
             return
@@ -281,15 +283,18 @@ class Transfers:
         self._session.port.bookkeeping.write(self._session.call_key, {CallField.TRANSFER: orjson.dumps(event)})
         log.info("transfer %s", state, extra={**self._session.extra, "transfer": transfer.id, "mode": transfer.mode})
 
-    async def _store(self, transfer: Transfer, state: State) -> None:
-        """The whole record, in `state` (`transfer.state` changes with the step's event, once done)."""
+    async def _store(self, transfer: Transfer, state: State, *, check_at: float | None = None) -> None:
+        """The whole record, in `state` (`transfer.state` changes with the step's event, once done);
+        `check_at`: when the control API's sweeper looks at it, should Twilio say nothing."""
         port = self._session.port
         tkeys = TransferKeys(port.keys.prefix)
         pipe = port.redis.pipeline(transaction=False)
         mapping: dict[Any, Any] = {**transfer.to_fields(), "state": str(state)}
         pipe.hset(tkeys.record(transfer.call_sid), mapping=mapping)
         pipe.expire(tkeys.record(transfer.call_sid), transfers.RECORD_TTL_S)
-        if state not in (State.HOLDING, State.ANSWERED):
+        if check_at is not None:
+            pipe.zadd(tkeys.pending(), {transfer.call_sid: check_at})
+        elif state not in transfers.OPEN:
             pipe.zrem(tkeys.pending(), transfer.call_sid)
         await pipe.execute()
 

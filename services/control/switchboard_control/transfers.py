@@ -130,7 +130,12 @@ class TransferDesk:
 
     # --- the sweeper --------------------------------------------------------------------------------
     async def sweep(self, now: float) -> int:
-        """Warm transfers whose target neither answered nor failed in time: the caller goes back."""
+        """Open transfers Twilio has said nothing about in time (a lost callback, control away):
+
+        - a warm target that neither answered nor failed: no answer, the caller goes back;
+        - a cold dial, or a caller sent back whose new stream never came: if Twilio says the
+          caller's call is over, the transfer is abandoned; else it is looked at again later.
+        """
         due = await self._redis.zrangebyscore(self._tkeys.pending(), "-inf", now, start=0, num=SWEEP_BATCH)
         swept = 0
         for raw_sid in due:
@@ -139,14 +144,30 @@ class TransferDesk:
                 continue  # another replica took it
             raw = await self._redis.hgetall(self._tkeys.record(call_sid))
             transfer = Transfer.from_fields(raw) if raw else None
-            if transfer is None or transfer.state not in (State.HOLDING, State.ANSWERED):
+            if transfer is None or transfer.state not in transfers.OPEN:
                 continue
-            transfer.reason = "no answer within the ring timeout"
-            if await self._advance(transfer, State.NO_ANSWER, frm=(State.HOLDING, State.ANSWERED), swept=True):
-                swept += 1
-                await self._cancel_target(transfer)
-                await self._send_back(transfer)
+            swept += 1
+            if transfer.state in (State.HOLDING, State.ANSWERED):
+                transfer.reason = "no answer within the ring timeout"
+                if await self._advance(transfer, State.NO_ANSWER, frm=(State.HOLDING, State.ANSWERED), swept=True):
+                    await self._cancel_target(transfer)
+                    await self._send_back(transfer)
+            elif await self._caller_gone(transfer):
+                transfer.reason = "the caller hung up"
+                await self._advance(transfer, State.ABANDONED, frm=(State.DIALING, State.NO_ANSWER, State.RETURNING),
+                                    swept=True)
+            else:
+                await self._redis.zadd(self._tkeys.pending(), {call_sid: now + transfers.RETURN_GRACE_S})
         return swept
+
+    async def _caller_gone(self, transfer: Transfer) -> bool:
+        if self._calls is None:
+            return False
+        try:
+            call = await self._calls.fetch(transfer.call_sid)
+        except TwilioApiError as exc:
+            return exc.kind == "not_found"
+        return str(call.get("status")) in ("completed", "busy", "no-answer", "failed", "canceled")
 
     # --- helpers -------------------------------------------------------------------------------------
     def query(self, transfer: Transfer) -> str:
@@ -158,19 +179,25 @@ class TransferDesk:
             await self._twilio("cancel the target's leg", lambda api: api.cancel(sid))
 
     async def _send_back(self, transfer: Transfer) -> None:
-        """Redirect the holding caller to the return URL: a new stream to the agent."""
+        """Redirect the holding caller to the return URL: a new stream to the agent (looked at again
+        if it never comes); a caller Twilio no longer has hung up on hold."""
         url = f"{self._public_url}/twiml/transfer/return?{self.query(transfer)}"
-        await self._twilio("send the caller back to the agent",
-                           lambda api: api.update(transfer.call_sid, [("Url", url), ("Method", "POST")]))
+        await self._redis.zadd(self._tkeys.pending(), {transfer.call_sid: time.time() + transfers.RETURN_GRACE_S})
+        if not await self._twilio("send the caller back to the agent",
+                                  lambda api: api.update(transfer.call_sid, [("Url", url), ("Method", "POST")])):
+            transfer.reason = "the caller was gone before they could be sent back"
+            await self._advance(transfer, State.ABANDONED, frm=(State.NO_ANSWER,))
 
-    async def _twilio(self, what: str, request: Any) -> None:
+    async def _twilio(self, what: str, request: Any) -> bool:
         if self._calls is None:
             log.error("cannot %s: the control API has no Twilio REST credentials", what)
-            return
+            return False
         try:
             await request(self._calls)
         except TwilioApiError as exc:
             log.warning("could not %s: %s", what, exc)
+            return exc.kind not in ("not_found", "refused")  # gone, or ended: Twilio cannot do it ever
+        return True
 
     async def _advance(self, transfer: Transfer, new: State, *, frm: tuple[str, ...], **extra: Any) -> bool:
         """Move the record from one of `frm` to `new`; on success the step is recorded everywhere."""
@@ -178,6 +205,7 @@ class TransferDesk:
                                        str(round(time.time(), 3)), *[str(s) for s in frm])
         if not moved:
             return False
+        previous = transfer.state
         now = round(time.time(), 3)
         fields: dict[Any, Any] = {"reason": transfer.reason} if transfer.reason else {}
         if new == State.CONNECTED:
@@ -189,14 +217,14 @@ class TransferDesk:
         pipe = self._redis.pipeline(transaction=False)
         if fields:
             pipe.hset(self._tkeys.record(transfer.call_sid), mapping=fields)
-        if new not in (State.HOLDING, State.ANSWERED):
+        if new not in transfers.OPEN:
             pipe.zrem(self._tkeys.pending(), transfer.call_sid)
         events_key = self._keys.events(transfer.stream_sid)
         pipe.xadd(events_key, entries.event(orjson.dumps(event)).fields(),  # type: ignore[arg-type]
                   maxlen=keyspace.EVENTS_STREAM_MAXLEN, approximate=True)
         record: dict[Any, Any] = {CallField.TRANSFER: orjson.dumps({k: v for k, v in event.items()
                                                                     if k not in ("type", "ts")}).decode()}
-        if new in (State.CONNECTED, State.ABANDONED):
+        if new in (State.CONNECTED, State.ABANDONED) or (new == State.COMPLETED and previous != State.CONNECTED):
             # The agent's part of the call is over for good: the stream's record and its followers say so.
             outcome = Outcome.TRANSFERRED if new == State.CONNECTED else "abandoned"
             record[CallField.OUTCOME] = outcome

@@ -24,7 +24,7 @@ from switchboard.agent_settings import MASK, MaskedSecretError, Speak, restore_s
 
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
-from ..models import CALL_SID, CallDetail, CallList, CommandResult, Problem
+from ..models import CALL_SID, PROFILE_NAME, CallDetail, CallList, CommandResult, Problem
 from ..outbound import sse as outbound_sse
 from ..outbound import views as outbound_views
 from ..sse_slots import SlotStreamingResponse, client_key
@@ -56,10 +56,10 @@ async def list_calls(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ended: Annotated[bool, Query(description="Ended calls within retention instead, newest first "
                                  "(as GET /v1/calls/ended, whose filters follow)")] = False,
-    since: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: ended at or after (Unix time)")] = None,
+    since: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: ended at or after (Unix s)")] = None,
     until: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: ended at or before")] = None,
     outcome: Annotated[str | None, Query(pattern=r"^[a-z0-9_]{1,64}$", description="ended=true")] = None,
-    profile: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="ended=true")] = None,
+    profile: Annotated[str | None, Query(pattern=PROFILE_NAME, description="ended=true")] = None,
     direction: Annotated[Literal["inbound", "outbound"] | None, Query(description="ended=true")] = None,
     before: Annotated[float | None, Query(ge=0, le=1e11, description="ended=true: the next page's cursor")] = None,
 ) -> CallList | ended_routes.EndedCallList:
@@ -170,8 +170,8 @@ async def _follow(
                 yield b"id: %s\nevent: %s\ndata: %s\n\n" % (
                     entry_id, event["type"].encode(), orjson.dumps(event)
                 )
-                if event["type"] == "call_ended":
-                    return
+                if event["type"] == "call_ended" and event.get("outcome") != messages.Outcome.TRANSFERRING:
+                    return  # (a warm transfer's agent stream goes on: its steps, then the real end)
                 if moved_to is not None:
                     break
         if moved_to is not None:
