@@ -10,13 +10,13 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from switchboard_twilio_emulator.config import TEST_ACCOUNT_SID, EmulatorConfig
-from switchboard_twilio_emulator.server import TwilioEmulator
 
 from switchboard.keys import Keys
 from switchboard.transfers import RETURN_GRACE_S, State, Transfer, TransferKeys
 from switchboard.twilio_rest import CallsApi, Credentials
 from switchboard_control.transfers import TransferDesk
+from switchboard_twilio_emulator.config import TEST_ACCOUNT_SID, EmulatorConfig
+from switchboard_twilio_emulator.server import TwilioEmulator
 
 TOKEN = "sweeper-test-token"
 CALLER, TARGET, FROM = "+14155550123", "+14155550177", "+14155550100"
