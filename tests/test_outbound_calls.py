@@ -355,3 +355,20 @@ def test_a_status_webhook_that_could_never_be_sent_is_refused_at_once(sb):
         r = sb.place("+14155550171", status_webhook=url)
         assert r.status_code == 422 and reason in r.text, r.text
     assert sb.metric("switchboard_control_outbound_refused_total", 'reason="webhook_refused"') >= 1
+
+
+def test_the_api_schema_documents_outbound_calls_and_campaigns(sb):
+    spec = sb.api.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, method in (("/v1/calls", "post"), ("/v1/calls/{call_sid}/cancel", "post"), ("/v1/campaigns", "post"),
+                         ("/v1/campaigns", "get"), ("/v1/campaigns/{campaign_id}", "get"),
+                         ("/v1/campaigns/{campaign_id}/destinations", "get"),
+                         ("/v1/campaigns/{campaign_id}/pause", "post"), ("/v1/campaigns/{campaign_id}/resume", "post"),
+                         ("/v1/campaigns/{campaign_id}/cancel", "post"), ("/twiml/outbound", "post"),
+                         ("/twilio/outbound/status", "post"), ("/twilio/outbound/amd", "post")):
+        assert method in paths[path], (path, method)
+    place = paths["/v1/calls"]["post"]
+    assert place["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PlaceCall")
+    assert {"403", "422", "429", "502", "503"} <= set(place["responses"])
+    assert "security" not in paths["/twilio/outbound/status"]["post"]  # Twilio's signature instead
+    assert "OutboundView" in spec["components"]["schemas"] and "CampaignView" in spec["components"]["schemas"]
