@@ -131,3 +131,19 @@ def test_the_batch_window_waits_only_while_entries_come_often_enough_to_gather_m
         window = writer._window_now(t)
     assert window == 0.002
     assert StreamWriter(redis_async.Redis(), batch_window_s=0.0)._window_now(t) == 0.0  # 0: never waits
+
+
+def test_reads_pause_between_them_only_while_entries_come_often_enough():
+    import redis.asyncio as redis_async
+
+    from switchboard.streams import StreamReader
+
+    reader = StreamReader(redis_async.Redis(), redis_async.Redis(), "wake", lambda key, batch: None, pace_s=0.002)
+    t = reader._rate_at
+    for _ in range(50):  # one call: an entry every 20 ms, read one at a time
+        t += 0.02
+        assert reader._pause_now(1, t) == 0.0
+    for _ in range(300):  # a hundred calls: 5 entries a millisecond
+        t += 0.001
+        pause = reader._pause_now(5, t)
+    assert pause == 0.002

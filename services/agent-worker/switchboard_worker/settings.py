@@ -30,8 +30,8 @@ class WorkerSettings(CommonSettings):
     )
     worker_batch_window_ms: float = Field(
         2.0, ge=0, le=100,
-        description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "
-        "gather two more (many calls); a quiet worker writes at once (0 = never wait)",
+        description="Most a Redis write batch (or the next read) waits for company, and only while entries come "
+        "often enough to gather more (many calls); a quiet worker writes and reads at once (0 = never wait)",
     )
     worker_outbox_max_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, description="Caller audio queued for one Deepgram socket before it counts as stalled"

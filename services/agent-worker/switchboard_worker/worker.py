@@ -70,7 +70,7 @@ class Worker:
         )
         self.reader = StreamReader(
             self._redis_block, self.redis, self.keys.wake(settings.worker_id), self._on_entries,
-            on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+            on_error=lambda exc: metrics.REDIS_ERRORS.inc(), pace_s=settings.worker_batch_window_ms / 1000,
         )
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.bookkeeping = Bookkeeping(self.redis)

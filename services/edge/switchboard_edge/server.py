@@ -56,6 +56,7 @@ class EdgeServer:
             self.keys.wake(settings.edge_id),
             self._on_agent_entries,
             on_error=lambda exc: metrics.REDIS_ERRORS.inc(),
+            pace_s=settings.edge_batch_window_ms / 1000,
         )
         self.load = LoadMeter(settings.edge_load_threshold, on_change=_load_changed)
         self.admission = EdgeAdmission(self.redis, self.keys, load=self.load, edge_id=settings.edge_id)

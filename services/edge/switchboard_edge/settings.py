@@ -39,8 +39,8 @@ class EdgeSettings(CommonSettings):
     )
     edge_batch_window_ms: float = Field(
         2.0, ge=0, le=100,
-        description="Most a Redis write batch waits for more entries, and only while they arrive often enough to "
-        "gather two more (many calls); a quiet edge writes at once (0 = never wait)",
+        description="Most a Redis write batch (or the next read) waits for company, and only while entries come "
+        "often enough to gather more (many calls); a quiet edge writes and reads at once (0 = never wait)",
     )
     edge_max_frame_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest Twilio WebSocket frame accepted; a larger one closes the stream (1009)"

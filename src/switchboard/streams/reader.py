@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 CLUSTER_BLOCK_MS = 250
 # 25-50 ms first, doubling up to 1-2 s: a reader spends its life blocked, a slower retry costs nothing.
 READ_RETRY = Retry(base_s=0.05, cap_s=2.0)
+# Read pacing: while entries arrive so often that a pause of `pace_s` would gather at least
+# this many more, the next XREAD waits out the pause (one read for several writers' batches);
+# a quiet reader reads again at once.
+PACE_MIN_GAIN = 1.0
+RATE_SMOOTHING_S = 1.0
 
 StreamHandler = Callable[[str, list[tuple[bytes, dict[bytes, bytes]]]], None]
 
@@ -46,6 +51,7 @@ class StreamReader:
         count: int = 1000,
         block_ms: int = 2000,
         on_error: Callable[[BaseException], None] | None = None,
+        pace_s: float = 0.0,
     ) -> None:
         self._redis = client  # dedicated: it spends its life blocked in XREAD
         self._waker = waker
@@ -67,6 +73,9 @@ class StreamReader:
         self._slots: dict[int, set[str]] | None = None if single_node(client) else {}
         self._slots_changed = asyncio.Event()
         self._stopping = False
+        self._pace_s = pace_s  # the most a read waits for company after the last one (0: never)
+        self._rate = 0.0  # entries per second, smoothed
+        self._rate_at = time.monotonic()
 
     def add(self, key: str, last_id: bytes | str = "0-0") -> None:
         self._streams[key] = last_id
@@ -143,7 +152,10 @@ class StreamReader:
                 continue
             self._blocked = False
             backoff.reset()
-            self._dispatch(response)
+            entries = self._dispatch(response)
+            pause = self._pause_now(entries)
+            if pause:
+                await asyncio.sleep(pause)
 
     async def _failed(self, exc: RedisError, backoff: Backoff) -> None:
         self._last_failure = time.monotonic()
@@ -152,7 +164,21 @@ class StreamReader:
         log.warning("redis read failed, will retry: %s", exc)
         await backoff.wait(exc)
 
-    def _dispatch(self, response: list[Any]) -> None:
+    def _pause_now(self, entries: int, now: float | None = None) -> float:
+        """After a read of `entries`: how long to wait before the next (0 unless that gathers enough)."""
+        if not self._pace_s:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        elapsed = now - self._rate_at
+        if elapsed > 0:
+            weight = min(1.0, elapsed / RATE_SMOOTHING_S)
+            self._rate += (entries / elapsed - self._rate) * weight
+            self._rate_at = now
+        return self._pace_s if self._rate * self._pace_s >= PACE_MIN_GAIN else 0.0
+
+    def _dispatch(self, response: list[Any]) -> int:
+        """Hand each stream's entries to the handler; how many entries there were."""
+        total = 0
         for raw_key, entries in response or ():
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if not entries:
@@ -162,11 +188,13 @@ class StreamReader:
                 continue
             if key not in self._streams:
                 continue  # removed while the read was in flight
+            total += len(entries)
             self._streams[key] = entries[-1][0]
             try:
                 self._handler(key, entries)
             except Exception:
                 log.exception("stream handler failed", extra={"stream": key})
+        return total
 
     # --- Redis Cluster ----------------------------------------------------------------------
     # XREAD cannot span hash slots, and every call has its own slot: on a cluster there is one
