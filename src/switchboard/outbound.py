@@ -74,6 +74,10 @@ class OutboundKeys:
         """String: the earliest time (ms) of the campaign's next dial."""
         return f"{self.prefix}campaign:{{{cid}}}:pace"
 
+    def campaign_sent(self, cid: str) -> str:
+        """String: when (ms) the campaign's last create was sent."""
+        return f"{self.prefix}campaign:{{{cid}}}:sent"
+
     def campaigns(self) -> str:
         """Sorted set: campaign id → created (ms)."""
         return f"{self.prefix}campaigns"

@@ -164,6 +164,8 @@ class CampaignRunner:
 
         async def paced() -> None:
             await asyncio.sleep(await self.store.pace(cid, interval) / 1000)
+            while (late_ms := await self.store.sending(cid, interval)) > 0:  # noqa: ASYNC110 - a deadline, not an event
+                await asyncio.sleep(late_ms / 1000)  # the one before went out late: keep the interval
 
         try:
             placed = await self.dialer.place(call, ref=ref, origin="campaign", before_create=paced)

@@ -89,6 +89,17 @@ end
 return {0, current}
 """
 
+# KEYS: sent. ARGV: interval ms. Right before a create goes out: 0 (and it is noted as sent now), or how
+# long to wait because the previous one went out less than an interval ago (it was late: its event
+# loop stalled, or its connection was slow; the slots alone would then let two go out too close).
+_SEND = _NOW + """
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1e18')
+local interval = tonumber(ARGV[1])
+if now < last + interval then return last + interval - now end
+redis.call('SET', KEYS[1], now, 'PX', interval + 60000)
+return 0
+"""
+
 CHUNK = 500
 
 
@@ -177,6 +188,10 @@ class CampaignStore:
     async def pace(self, cid: str, interval_ms: int) -> int:
         """Take the campaign's next dial time; the ms to wait until it."""
         return int(await self.redis.eval(_PACE, 1, self.k.campaign_pace(cid), interval_ms))
+
+    async def sending(self, cid: str, interval_ms: int) -> int:
+        """0: send the create now (noted); else the ms to wait first."""
+        return int(await self.redis.eval(_SEND, 1, self.k.campaign_sent(cid), interval_ms))
 
     async def destination(self, cid: str, index: int) -> tuple[bytes, Destination] | None:
         raw = await self.redis.hget(self.k.campaign_destinations(cid), str(index))
