@@ -27,6 +27,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from switchboard import keys as keyspace
+from switchboard import redis_types
 
 from ..callstate import decode_event
 from ..deps import State
@@ -176,7 +177,7 @@ class Hub:
     async def read_rows(self) -> tuple[dict[str, table.Row], int]:
         redis, keys = self._state.redis, self._state.keys
         total = await redis.zcard(keys.live_calls())
-        sids = await redis.zrange(keys.live_calls(), 0, self._max_rows - 1)
+        sids = redis_types.members(await redis.zrange(keys.live_calls(), 0, self._max_rows - 1))
         pipe = redis.pipeline(transaction=False)
         for sid in sids:
             pipe.hgetall(keys.call(sid.decode()))
@@ -209,12 +210,12 @@ class Hub:
 
     async def _read(self, streams: dict[str, str]) -> list[Any]:
         if not self._state.settings.redis_cluster:
-            response = await self._state.redis_block.xread({**streams, self._wake_key: self._wake_pos},
-                                                           count=500, block=FOLLOW_BLOCK_MS)
+            wanted = redis_types.writable({**streams, self._wake_key: self._wake_pos})
+            response = await self._state.redis_block.xread(wanted, count=500, block=FOLLOW_BLOCK_MS)
             return list(response or [])
         # Redis Cluster: one XREAD may not span slots, so each open call is read on its own, without
         # blocking, a few times a second (the open calls of a few consoles, not the fleet's).
-        found = []
+        found: list[Any] = []
         for key, position in streams.items():
             found.extend(await self._state.redis.xread({key: position}, count=500) or [])
         if not found:
@@ -231,8 +232,8 @@ class Hub:
             upto = self._positions.get(sid)
             start = "-"
             while True:
-                page = await self._state.redis.xrange(self._state.keys.events(sid), min=start,
-                                                      max=upto or "+", count=HISTORY_PAGE)
+                page = redis_types.entries(await self._state.redis.xrange(
+                    self._state.keys.events(sid), min=start, max=upto or "+", count=HISTORY_PAGE))
                 for entry_id, fields in page:
                     self._to_watcher(subscriber, entry_id.decode(), fields)
                 if len(page) < HISTORY_PAGE:
@@ -268,13 +269,14 @@ class Hub:
 
     async def _follow_move(self, old: str, watchers: list[Subscriber]) -> None:
         # The edge was lost and the call went on as a new stream: its tabs follow it there.
-        record = await self._state.redis.hget(self._state.keys.call(old), "call_sid")
-        new = await self._state.redis.get(self._state.keys.call_by_callsid(record.decode())) if record else None
-        if new is None or new.decode() == old:
+        record = redis_types.maybe_text(await self._state.redis.hget(self._state.keys.call(old), "call_sid"))
+        found = await self._state.redis.get(self._state.keys.call_by_callsid(record)) if record else None
+        new = redis_types.maybe_text(found)
+        if new is None or new == old:
             return
         self._watchers.pop(old, None)
         self._positions.pop(old, None)
         for subscriber in watchers:
-            subscriber.send(sse("call", {"type": "stream_moved", "from": old, "to": new.decode()}))
-            subscriber.stream_sid, subscriber.position, subscriber.skipping = new.decode(), "0-0", True
+            subscriber.send(sse("call", {"type": "stream_moved", "from": old, "to": new}))
+            subscriber.stream_sid, subscriber.position, subscriber.skipping = new, "0-0", True
             self._attaching.append(subscriber)
