@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from switchboard import messages, settings_store
+from switchboard import messages, redis_types, settings_store
 from switchboard.agent_settings import MASK, MaskedSecretError, Speak, restore_secrets
 
 from .. import callstate, commander, refusals
@@ -98,7 +98,9 @@ async def call_events(
     call_sid: CallSid,
     request: Request,
     state: StateDep,
-    types: Annotated[str, Query(pattern=r"^[a-z_,]{1,400}$", description="Comma-separated event types, or 'all'")] = SSE_EVENT_TYPES,
+    types: Annotated[
+        str, Query(pattern=r"^[a-z_,]{1,400}$", description="Comma-separated event types, or 'all'")
+    ] = SSE_EVENT_TYPES,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,20}-[0-9]{1,20}$")] = None,
 ) -> StreamingResponse:
     """The call's events as they happen: history first (from `Last-Event-ID` if given), then live,
@@ -151,7 +153,7 @@ async def _follow(
             yield b": keepalive\n\n"
             continue
         moved_to = None
-        for _key, items in response:
+        for _key, items in redis_types.streams(response):
             for entry_id, fields in items:
                 position = entry_id.decode()
                 event = callstate.decode_event(fields)
@@ -184,10 +186,10 @@ _ALWAYS_SENT = frozenset({"call_ended", "stream_moved"})
 
 
 async def _current_stream(state: State, call_sid: str, old_stream_sid: str) -> str | None:
-    current = await state.redis.get(state.keys.call_by_callsid(call_sid))
-    if current is None or current.decode() == old_stream_sid:
+    current = redis_types.maybe_text(await state.redis.get(state.keys.call_by_callsid(call_sid)))
+    if current is None or current == old_stream_sid:
         return None
-    return current.decode()
+    return current
 
 
 async def _run(state: State, call_sid: str, command: messages.Command, wait: bool, response: Response) -> CommandResult:
@@ -195,7 +197,8 @@ async def _run(state: State, call_sid: str, command: messages.Command, wait: boo
     try:
         result = await commander.send(state, record, command, wait=wait)
     except commander.CommandTimeout as exc:
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, commander.timeout_response_detail(state, exc.command_id))
+        detail = commander.timeout_response_detail(state, exc.command_id)
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail) from None
     if not wait:
         response.status_code = status.HTTP_202_ACCEPTED
     return result
@@ -243,7 +246,9 @@ async def update_voice(
         profile = record.fields.get("profile") or None
         current = await settings_store.resolve(state.redis, state.keys, call_sid, profile)
         try:
-            speak = restore_secrets({"speak": speak}, {"speak": callstate.speak_payload(current.settings.speak)})["speak"]
+            stored = {"speak": callstate.speak_payload(current.settings.speak)}
+            speak = restore_secrets({"speak": speak}, stored)["speak"]
         except MaskedSecretError as exc:
-            raise RequestValidationError([{"loc": ("body", "speak"), "msg": str(exc), "type": "masked_secret"}]) from None
+            problem = {"loc": ("body", "speak"), "msg": str(exc), "type": "masked_secret"}
+            raise RequestValidationError([problem]) from None
     return await _run(state, call_sid, messages.UpdateSpeak(speak=Speak.model_validate(speak)), wait, response)
