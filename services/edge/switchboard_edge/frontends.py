@@ -119,7 +119,7 @@ class WebsocketsListener:
 
 # --- picows -------------------------------------------------------------------------------------------
 class PicowsListener:
-    def __init__(self, server: asyncio.AbstractServer, streams: set[_Stream]) -> None:
+    def __init__(self, server: asyncio.Server, streams: set[_Stream]) -> None:
         self._server = server
         self._streams = streams
 
@@ -161,7 +161,7 @@ class PicowsListener:
             log.warning("some Twilio sockets did not close in time")
 
 
-class _Stream(WSListener):  # type: ignore[misc]
+class _Stream(WSListener):
     """One picows connection: frames go to its call as they come."""
 
     def __init__(self, settings: EdgeSettings, new_call: NewCall, streams: set[_Stream]) -> None:
