@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ class Finish:
 
 Step = Goto | Finish | None  # None: on to the next verb
 MAX_DOCUMENTS = 1000  # TwiML documents one call may run (a <Redirect> loop without end hangs up)
-Program = Callable[["CallActor"], Awaitable[Step]]
+Program = Callable[["CallActor"], Coroutine[Any, Any, Step]]
 
 
 class CallActor:

@@ -58,6 +58,7 @@ def document_program(source: Source | None) -> Program:
         if source is None:
             call.timeline.add("error", code=HTTP_RETRIEVAL_FAILURE, reason="the call has no Url or Twiml")
             return Finish("no-twiml")
+        verbs: tuple[twiml.Verb, ...] | None
         if source.twiml is not None:
             try:
                 verbs, base = twiml.parse(source.twiml), source.url or ""

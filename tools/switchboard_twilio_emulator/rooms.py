@@ -201,10 +201,10 @@ class Rooms:
             self.timelines[conf.sid].add(event.name, call_sid=event.call_sid)
             self._callback(conf, event.name, event.call_sid)
         for sid in change.kicked:
-            seat = self._seats.get(sid)
-            if seat is not None:
-                seat.kicked = True
-                seat.poke()
+            kicked = self._seats.get(sid)
+            if kicked is not None:
+                kicked.kicked = True
+                kicked.poke()
         self.core.changes.notify()
 
     def _participant(self, conf: Conference, call_sid: str | None) -> Participant | None:
@@ -334,5 +334,5 @@ class Rooms:
             "participants": [participant_json(conf, p) for p in conf.participants.values()],
             "history": [participant_json(conf, p) for p in conf.history],
             "holding": [p.call_sid for p in conf.connected if conf.holding(p.call_sid)],
-            "timeline": self.timelines.get(conf.sid).events if conf.sid in self.timelines else [],
+            "timeline": self.timelines[conf.sid].events if conf.sid in self.timelines else [],
         }
