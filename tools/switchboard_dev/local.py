@@ -95,6 +95,7 @@ def build_stack(args: argparse.Namespace, environ: Mapping[str, str]) -> Stack:
         control_env["CONTROL_INSECURE_NO_AUTH"] = "false"  # the API keeps its token; only /twiml is open
     if twilio_local.emulated(environ):  # no Twilio account: outbound calls go to the bundled REST emulator
         control_env.update(twilio_local.control_env(environ, args.control_port))
+    worker_env = twilio_local.worker_env(environ, control_env)  # transfers go through it too
     return Stack(
         log_dir=Path(args.log_dir),
         key_prefix=environ.get("KEY_PREFIX", "sb:"),
@@ -108,6 +109,7 @@ def build_stack(args: argparse.Namespace, environ: Mapping[str, str]) -> Stack:
         # With a Twilio token the edge is meant for a tunnel, which may come from another interface.
         edge_env={"EDGE_HOST": "0.0.0.0"} if auth_token else {},
         workers=args.workers,
+        worker_env=worker_env,
         worker_id_format="worker-{n}",
         control=True,
         control_port=args.control_port,

@@ -55,6 +55,16 @@ def control_env(environ: Mapping[str, str], control_port: int) -> dict[str, str]
     return {name: environ.get(name, value) if name != MARKER else value for name, value in env.items()}
 
 
+def worker_env(environ: Mapping[str, str], control_env: Mapping[str, str]) -> dict[str, str]:
+    """What workers need to transfer calls through the emulator: its API, and where its callbacks go."""
+    if MARKER not in control_env:
+        return {}
+    env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": environ.get("TWILIO_AUTH_TOKEN") or DEFAULT_TOKEN,
+           "TWILIO_API_BASE_URL": control_env["TWILIO_API_BASE_URL"],
+           "CONTROL_PUBLIC_URL": control_env["CONTROL_PUBLIC_URL"]}
+    return {name: environ.get(name, value) for name, value in env.items()}
+
+
 def start(stack: Stack, environ: Mapping[str, str]) -> procs.Service | None:
     """Start the emulator if `control_env` asked for one; it signs with TWILIO_AUTH_TOKEN when set."""
     port = stack.control_env.get(MARKER)
