@@ -19,11 +19,12 @@ import pytest
 import redis as redis_sync
 
 from switchboard.keys import Keys
+from switchboard.webhook_signature import HEADER as SIGNATURE_HEADER
+from switchboard.webhook_signature import verify
 from switchboard_callsim.call import SimConfig, run_call
 from switchboard_callsim.script import CallScript
 from switchboard_callsim.twiliomsg import CallIdentity
 from switchboard_dev import procs
-from switchboard_worker.functions import SIGNATURE_HEADER, verify
 
 from system import System
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import hashlib
-import hmac
 import logging
 import time
 from typing import Any
 
 import orjson
 
-from switchboard import deepgram, egress
+from switchboard import deepgram, egress, webhook_signature
 from switchboard.agent_settings import WebhookEndpoint
 from switchboard.messages import Event
 
@@ -35,27 +33,6 @@ from . import metrics
 from .port import CallHandle
 
 log = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "X-Switchboard-Signature"
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`t=<unix>,v1=<hex hmac-sha256 of "t.body">`: the timestamp lets receivers refuse replays."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: str, header: str | None, body: bytes, *, tolerance_s: float = 300, now: float | None = None) -> bool:
-    """What a webhook receiver does: recompute the HMAC in constant time and refuse stale timestamps."""
-    if not header:
-        return False
-    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
-    timestamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not timestamp.isdigit() or abs((now or time.time()) - int(timestamp)) > tolerance_s:
-        return False
-    expected = sign(secret, timestamp, body).rsplit("v1=", 1)[1]
-    return hmac.compare_digest(expected.encode(), given.encode())
-
 
 class FunctionRunner:
     def __init__(self, session: CallHandle) -> None:
@@ -117,7 +94,8 @@ class FunctionRunner:
         headers = {"Content-Type": "application/json"}
         secret = session.port.settings.function_secret
         if secret is not None:
-            headers[SIGNATURE_HEADER] = sign(secret.get_secret_value(), str(int(time.time())), body)
+            timestamp = str(int(time.time()))
+            headers[webhook_signature.HEADER] = webhook_signature.sign(secret.get_secret_value(), timestamp, body)
         return await self._call_webhook(call_id, name, definition.webhook, body, headers)
 
     async def _call_webhook(
