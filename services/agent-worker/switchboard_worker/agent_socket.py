@@ -96,7 +96,7 @@ class WebsocketsAgentSocket:
             pass
 
 
-class PicowsAgentSocket(WSListener):  # type: ignore[misc]
+class PicowsAgentSocket(WSListener):
     """A picows listener that is also the call's socket: frames in through a queue, sends straight out."""
 
     def __init__(self, *, max_bytes: int, stall_timeout_s: float) -> None:

@@ -96,7 +96,8 @@ async def _connect_picows(url: str, api_key: str, timeout_s: float, max_queued_b
         max_frame_size=MAX_MESSAGE_BYTES, enable_auto_ping=True, auto_ping_idle_timeout=20,
         auto_ping_reply_timeout=20, logger_name="deepgram",
     )
-    return listener  # type: ignore[no-any-return]
+    assert isinstance(listener, PicowsAgentSocket)  # what the factory above makes
+    return listener
 
 
 async def _until(ws: PicowsAgentSocket | WebsocketsAgentSocket, wanted: str) -> str:

@@ -23,7 +23,6 @@ import orjson
 from redis.exceptions import RedisError
 
 from switchboard import deepgram, entries, redis_types, settings_store
-from switchboard import keys as keyspace
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
     Action,
@@ -41,8 +40,7 @@ from switchboard.conversation import (
     ToAgent,
     ToCaller,
 )
-from switchboard.entries import Entry, Kind, now_us
-from switchboard.journal import Recorder
+from switchboard.entries import Kind, now_us
 from switchboard.messages import CallField, Event, Outcome, RecordState
 
 from . import commands, keypad, metrics, precall, records
@@ -52,6 +50,7 @@ from .functions import FunctionRunner
 from .lifecycle import CallState, Lifecycle
 from .outbound import prepare as prepare_outbound
 from .port import WorkerPort
+from .timeline import CallTimeline
 from .transfer import Transfers
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class CallSession:
         self.released: str | None = None  # why the call lives on elsewhere, once it does
         self._outcome: str = Outcome.COMPLETED
         self._live_overrides: dict[str, Any] = {}
-        self._journal = Recorder(self.settings.journal)  # off until the call's settings say otherwise
+        self._timeline = CallTimeline(port, self.events_key, self.journal_key, self.settings)
         self._functions = FunctionRunner(self)
         self._digit_requests = keypad.DigitRequests()
         self._scrubber = keypad.KeyScrubber(port.redis, self.extra)
@@ -145,9 +144,7 @@ class CallSession:
         outbound = await prepare_outbound(port, self.call_sid, meta, personal)
         self.settings = outbound.settings
         self.conv.config = self._conversation_config()
-        self._journal = Recorder(self.settings.journal)
-        self._record(self._journal.start(self.call_sid, self.stream_sid, self.settings, now_us(), self.conv.session_id,
-                                         port.settings.deepgram_max_reconnects))
+        self._timeline.start(self.call_sid, self.stream_sid, self.settings, self.conv.session_id)
         if raw_overrides := meta.get(b"overrides"):
             self._adopt_overrides(raw_overrides)
         # The edge sets this only after consuming the resume grant /twiml/continue issued for this
@@ -187,7 +184,7 @@ class CallSession:
             self.port.bookkeeping.write(self.call_key, {CallField.OVERRIDES: adopted.overrides})
         self.takeover = True  # resume: context, no second greeting
         self._in_pos = "0-0"  # ...but this stream is new: all of its audio
-        self._event(Event.RESUMED_FROM_STREAM, stream_sid=old_stream_sid)
+        self.event(Event.RESUMED_FROM_STREAM, stream_sid=old_stream_sid)
         return True
 
     def _adopt_overrides(self, raw: bytes) -> None:
@@ -234,7 +231,7 @@ class CallSession:
             return
         if self.life.can(CallState.CLOSING):
             self.life.to(CallState.CLOSING)
-        self._event(Event.CALL_ENDED, outcome=outcome, reason=self.stop_reason)
+        self.event(Event.CALL_ENDED, outcome=outcome, reason=self.stop_reason)
         try:
             await port.writer.drain()
             await records.end_call(port, stream_sid=self.stream_sid, call_sid=self.call_sid,
@@ -255,7 +252,7 @@ class CallSession:
         message = self.settings.to_settings_message(
             tags=["switchboard", f"callsid:{self.call_sid}"], context=context, resume=resume
         )
-        self._record(self._journal.to_deepgram(message, now_us()))
+        self._timeline.to_deepgram(message)
         try:
             request_id, took = await self._agent.open(message, give_up=lambda: self.life.over)
         except DeepgramUnavailable as exc:
@@ -267,7 +264,7 @@ class CallSession:
         metrics.DG_CONNECT.observe(took)
         if self.life.over:
             self._agent.abort()  # released or stopped while connecting: the pump ends at once
-        self._event(Event.DEEPGRAM_CONNECTED, request_id=request_id, resumed=resume, connect_ms=round(took * 1000, 1))
+        self.event(Event.DEEPGRAM_CONNECTED, request_id=request_id, resumed=resume, connect_ms=round(took * 1000, 1))
         log.info("deepgram session open", extra={**self.extra, "request_id": request_id,
                                                  "connect_ms": round(took * 1000, 1)})
         if self.life.can(CallState.ACTIVE):
@@ -286,7 +283,7 @@ class CallSession:
                     self._on_agent_event(frame)
             await self._agent.detach()
             expected = self.life.state is not CallState.ACTIVE  # closing, released, or hanging up
-            self._event(Event.DEEPGRAM_CLOSED, expected=expected)  # for the record, and for a replay
+            self.event(Event.DEEPGRAM_CLOSED, expected=expected)  # for the record, and for a replay
             actions = self.conv.on_agent_closed(time.monotonic(), expected=expected)
             self._apply(actions)
             if expected or not any(isinstance(action, Reconnect) for action in actions):
@@ -302,12 +299,12 @@ class CallSession:
         audio: list[bytes] = []
         now = now_us()
         worst = 0
-        recording = self._journal.enabled
+        recording = self._timeline.journal.enabled
         masking = self.conv.masks_dtmf
         masked: list[bytes] = []  # keys the profile masks: gone from :in once read (keypad.py)
         for entry_id, fields in batch:
             if recording:
-                self._record(self._journal.caller_entry(keypad.journal_fields(fields, masking)))
+                self._timeline.caller_entry(keypad.journal_fields(fields, masking))
             kind = fields.get(b"k")
             if kind == Kind.AUDIO.value:
                 transit_us = now - int(fields.get(b"t", now))
@@ -370,21 +367,20 @@ class CallSession:
             return
         self._apply(self.conv.tick(now))
         if self._agent.keep_alive(now):
-            self._record(self._journal.to_deepgram(deepgram.KEEPALIVE, now_us()))
+            self._timeline.to_deepgram(deepgram.KEEPALIVE)
 
     # --- Deepgram → caller -----------------------------------------------------------------------
     def _on_agent_audio(self, frame: bytes) -> None:
         metrics.AUDIO_BYTES_FROM_DG.inc(len(frame))
         t_us = now_us()
         self.port.writer.append(self.out_key, entries.audio(frame, t_us))
-        if self._journal.audio:
-            self._record(self._journal.agent_audio(frame, t_us))
+        self._timeline.agent_audio(frame, t_us)
         actions = self.conv.on_agent_audio(len(frame), time.monotonic())
         if actions:
             self._apply(actions)
 
     def _on_agent_event(self, text: str) -> None:
-        self._record(self._journal.from_deepgram(text, now_us()))
+        self._timeline.from_deepgram(text)
         try:
             msg = deepgram.parse_server(text)
         except deepgram.DeepgramProtocolError as exc:
@@ -400,10 +396,10 @@ class CallSession:
         elif kind == "Error":
             self._record_error(str(msg.get("code", "UNKNOWN")), str(msg.get("description", "")))
         elif kind == "Warning":
-            self._event(Event.WARNING, code=msg.get("code"), description=msg.get("description"))
+            self.event(Event.WARNING, code=msg.get("code"), description=msg.get("description"))
             log.info("deepgram warning %s", msg.get("code"), extra=self.extra)
         elif kind in _NOTED:
-            self._event(_NOTED[kind], **{k: v for k, v in msg.items() if k != "type"})
+            self.event(_NOTED[kind], **{k: v for k, v in msg.items() if k != "type"})
         # Welcome, SettingsApplied, History, LatencyReport (in turn_latency) and types Deepgram
         # adds later need no action here.
 
@@ -411,12 +407,12 @@ class CallSession:
         """Carry out what the conversation decided."""
         for action in actions:
             if isinstance(action, Emit):
-                self._event(action.type, **action.data)
+                self.event(action.type, **action.data)
             elif isinstance(action, ToCaller):
                 if action.entry.kind is Kind.CLEAR:
                     self.port.writer.drop_pending_audio(self.out_key)  # the clear overtakes it
                 self.port.writer.append(self.out_key, action.entry)
-                self._record(self._journal.to_twilio(action.entry))
+                self._timeline.to_twilio(action.entry)
             elif isinstance(action, ToAgent):
                 self.send_to_agent(action.message)
             elif isinstance(action, Observe):
@@ -442,7 +438,7 @@ class CallSession:
 
     def _record_error(self, code: str, description: str) -> None:
         metrics.DG_ERRORS.labels(code).inc()
-        self._event(Event.ERROR, source="deepgram", code=code, description=description)
+        self.event(Event.ERROR, source="deepgram", code=code, description=description)
         log.warning("deepgram error %s: %s", code, description, extra=self.extra)
 
     # --- what commands and functions may do (port.CallHandle) --------------------------------------
@@ -457,7 +453,7 @@ class CallSession:
     def send_to_agent(self, message: str) -> bool:
         if not self._agent.send(message):
             return False
-        self._record(self._journal.to_deepgram(message, now_us()))
+        self._timeline.to_deepgram(message)
         return True
 
     def amd_verdict(self, answered_by: str, detection_ms: int | None) -> tuple[bool, str]:
@@ -493,18 +489,7 @@ class CallSession:
         self.port.bookkeeping.write(self.call_key, {CallField.OVERRIDES: orjson.dumps(self._live_overrides)})
 
     def event(self, kind: str, /, **data: Any) -> None:
-        self._event(kind, **data)
-
-    def _event(self, kind: str, /, **data: Any) -> None:
-        data["type"] = kind
-        data["ts"] = round(time.time(), 3)
-        event = entries.event(orjson.dumps(data, default=str))
-        self.port.writer.append(self.events_key, event, maxlen=keyspace.EVENTS_STREAM_MAXLEN)
-        self._record(self._journal.session_event(event.payload, event.t_us))
-
-    def _record(self, entry: Entry | None) -> None:
-        if entry is not None:
-            self.port.writer.append(self.journal_key, entry, maxlen=self._journal.maxlen)
+        self._timeline.event(kind, **data)
 
 
 # Deepgram messages noted in the call's events as they come (type → event name).
