@@ -27,6 +27,7 @@ import psutil
 from . import report
 from .compare import compare
 from .profile import Profiler
+from .overload import run_overload
 from .runner import Plan, run_level
 
 QUICK = {"levels": "2", "barge_in_share": 0.5, "duration_s": 3.0, "ramp_s": 0.5, "settle_s": 1.5, "workers": 1,
@@ -44,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--settle-s", type=float, default=3.0, help="after the ramp, before the window opens")
     a("--workers", type=int, default=2, help="agent workers (capacity is sized to the level)")
     a("--barge-in-share", type=float, default=0.25, help="share of calls that interrupt every reply but the last")
+    a("--overload", type=int, metavar="CALLS",
+      help="instead of the levels: offer this many calls through /twiml admission control, ramping up, with the "
+           "production load thresholds, and count completed / refused (busy) / dropped")
+    a("--load-threshold", type=float, default=0.85,
+      help="with --overload: the edges' and workers' load threshold (the services' default)")
     a("--phase", choices=("random", "aligned"), default="random",
       help="when in the 20 ms period each call sends: at random (as independent real calls) or all at once")
     a("--agent-chunk-ms", type=int, default=100, help="agent audio per Deepgram message (multiple of 20)")
@@ -92,6 +98,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan(duration_s=args.duration_s, ramp_s=args.ramp_s, settle_s=args.settle_s,
                 barge_in_share=args.barge_in_share, phase=args.phase, agent_chunk_ms=args.agent_chunk_ms,
                 **{k: getattr(args, k) for k in PLAN_OVERRIDES if hasattr(args, k)})
+    if args.overload:
+        print(f"• offering {args.overload} calls through admission control …", file=sys.stderr, flush=True)
+        return {"command": " ".join(["switchboard-bench", *sys.argv[1:]]), "machine": machine(),
+                "overload": run_overload(args.overload, plan, workers=args.workers, log_dir=args.log_dir / "overload",
+                                         threshold=args.load_threshold)}
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     result: dict[str, Any] = {"command": " ".join(["switchboard-bench", *sys.argv[1:]]), "machine": machine(),
                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -134,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     _write(args, result)
+    if "overload" in result:
+        print(report.overload(result["overload"]))
+        print(f"\nJSON: {args.json}", file=sys.stderr)
+        over = result["overload"]
+        return 0 if over["dropped"] == 0 and over["completed"] + over["refused_busy"] == over["offered"] else 1
     if args.markdown:
         args.markdown.write_text(report.markdown(result) + "\n")
     if args.svg:

@@ -126,3 +126,21 @@ def svg(result: dict[str, Any], width: int = 640, height: int = 360) -> str:
                      f'stroke-width="2" stroke-dasharray="{dash}"/><text x="{left + 40}" y="{ly + 4}">{label}</text>')
     parts.append(f'<text x="{left + pw / 2}" y="{height - 12}" text-anchor="middle">concurrent calls</text></svg>')
     return "\n".join(parts)
+
+
+def overload(run: dict[str, Any]) -> str:
+    """The overload run in a few lines."""
+    def p(d: dict[str, Any] | None, key: str) -> str:
+        value = (d or {}).get(key)
+        return "-" if value is None else f"{value}"
+    cal, out = run["caller_to_deepgram_ms"], run["deepgram_to_caller_ms"]
+    machine = run["window"]["machine"]
+    return "\n".join([
+        f"offered {run['offered']}: completed {run['completed']}, refused with the busy message "
+        f"{run['refused_busy']}, dropped {run['dropped']} {run['dropped_reasons'] or ''}",
+        f"live calls at most {run['window']['live_calls']['max']}; byte-exact {run['byte_exact']}",
+        f"admitted calls: caller→Deepgram p50/p95 {p(cal, 'p50')}/{p(cal, 'p95')} ms, "
+        f"Deepgram→caller p50/p95 {p(out, 'p50')}/{p(out, 'p95')} ms, turn p95 {p(run['turn_latency_ms'], 'p95')} ms, "
+        f"barge-in p95 {p(run['barge_in_latency_ms'], 'p95')} ms",
+        f"machine busy {machine.get('busy_pct')}% (other {machine.get('other_pct')}%)",
+    ])

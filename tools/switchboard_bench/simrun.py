@@ -32,6 +32,7 @@ def _config(plan: dict[str, Any], group: dict[str, Any]) -> SimConfig:
         emulator_url=plan["emulator_url"],
         connect_timeout_s=plan.get("connect_timeout_s", 20.0),
         phase=plan.get("phase", "random"),
+        twiml_url=plan.get("twiml_url"),  # the overload run: calls come in through admission control
     )
 
 

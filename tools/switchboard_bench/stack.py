@@ -55,9 +55,11 @@ class _BenchStack(Stack):
 
 class SwitchboardStack(_BenchStack):
     def __init__(self, log_dir: Path, emulator_args: tuple[str, ...] = (), *, workers: int = 2, capacity: int = 50,
-                 worker_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None) -> None:
+                 worker_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
+                 control_env: dict[str, str] | None = None) -> None:
         super().__init__(log_dir, emulator_args, workers=workers, capacity=capacity, worker_id_format="bench-w{n}",
-                         worker_env=worker_env or {}, edge_env=edge_env or {})
+                         worker_env=worker_env or {}, edge_env=edge_env or {}, control=control_env is not None,
+                         control_env=control_env or {})
 
     @property
     def redis(self) -> procs.RedisServer | None:  # the sampler reads its URL for Redis ops/s
