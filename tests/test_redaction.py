@@ -10,10 +10,11 @@ import pytest
 import redis as redis_sync
 
 from switchboard import entries
-from switchboard.agent_settings import AgentSettings, Journal, MaskedSecretError, masked, restore_secrets
+from switchboard.agent_settings import AgentSettings, Journal
 from switchboard.journal import Recorder, from_jsonl
 from switchboard.keys import Keys
 from switchboard.redaction import MASK, is_secret_name, redact, redact_text, redact_url
+from switchboard.settings_secrets import MaskedSecretError, masked, restore_secrets
 
 from test_control_api import API_TOKEN, control_service
 

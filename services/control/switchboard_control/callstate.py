@@ -13,9 +13,10 @@ import orjson
 from fastapi import HTTPException, status
 
 from switchboard import redis_types
-from switchboard.agent_settings import Speak, masked
+from switchboard.agent_settings import Speak
 from switchboard.messages import CallField, Event, RecordState
 from switchboard.redaction import redact
+from switchboard.settings_secrets import masked
 
 from .deps import State
 from .models import CallDetail, CallSummary, FunctionCallRecord, TranscriptLine, TurnLatency

@@ -20,7 +20,8 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
 from switchboard import messages, redis_types, settings_store
-from switchboard.agent_settings import MASK, MaskedSecretError, Speak, restore_secrets
+from switchboard.agent_settings import Speak
+from switchboard.settings_secrets import MASK, MaskedSecretError, restore_secrets
 
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep

@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from switchboard import json_limits, messages, redis_types, settings_store
-from switchboard.agent_settings import AgentSettings, MaskedSecretError, masked, restore_secrets
+from switchboard.agent_settings import AgentSettings
+from switchboard.settings_secrets import MaskedSecretError, masked, restore_secrets
 
 from .. import callstate, commander, refusals
 from ..deps import Auth, State, StateDep
