@@ -55,7 +55,7 @@ async def test_an_error_instead_of_settings_applied_is_a_typed_failure(library):
 @pytest.mark.parametrize("library", LIBRARIES)
 @pytest.mark.parametrize(("status", "retryable"), [(429, True), (503, True), (401, False)])
 async def test_a_refused_handshake_says_its_status_and_whether_to_retry(library, status, retryable):
-    def refuse(connection, request):  # noqa: ANN001, ANN202
+    def refuse(connection, request):
         return connection.respond(status, "no\n")
 
     async with await serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=refuse) as server:

@@ -26,8 +26,8 @@ import psutil
 
 from . import report
 from .compare import compare
-from .profile import Profiler
 from .overload import run_overload
+from .profile import Profiler
 from .runner import Plan, run_level
 
 QUICK = {"levels": "2", "barge_in_share": 0.5, "duration_s": 3.0, "ramp_s": 0.5, "settle_s": 1.5, "workers": 1,

@@ -36,7 +36,9 @@ class WorkerSettings(CommonSettings):
     worker_outbox_max_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, description="Caller audio queued for one Deepgram socket before it counts as stalled"
     )
-    worker_stall_timeout_s: float = Field(10.0, gt=0, description="A Deepgram send slower than this fails the connection")
+    worker_stall_timeout_s: float = Field(
+        10.0, gt=0, description="A Deepgram send slower than this fails the connection"
+    )
     worker_load_threshold: float = Field(
         0.85, gt=0, le=10,
         description="Measured load (1.0 = a full core or 20 ms of event-loop lag) past which this worker claims no "
