@@ -38,9 +38,8 @@ LOG_ROOT = Path(os.environ.get("SB_TEST_LOGS", "/tmp/switchboard-test-logs"))
 # --- tiers (see the module docstring) -------------------------------------------------------------
 # Importing one of these (or anything from it) is what starts processes in a test module.
 PROCESS_HELPERS = frozenset({"subprocess", "system", "switchboard_dev.procs", "switchboard_dev.stack"})
-# End-to-end although they import none of PROCESS_HELPERS, each for the reason given.
-E2E_MODULES: dict[str, str] = {
-}
+# End-to-end although they import none of PROCESS_HELPERS, each for the reason given (none yet).
+E2E_MODULES: dict[str, str] = {}
 # Fast although they import a process helper, each for the reason given.
 FAST_MODULES: dict[str, str] = {
     "test_egress": "runs openssl once, for a test certificate",
@@ -92,7 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     fast = [item for item in items if not item.get_closest_marker("e2e")]
     if len(fast) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("e2e")])
-        items[:] = fast
+        items[:] = fast  # reported as deselected, like -m
 
 
 def _named_on_command_line(config: pytest.Config) -> bool:
