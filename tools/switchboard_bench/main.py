@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--svg", type=Path, help="also write a latency-vs-concurrency plot here")
     a("--log-dir", type=Path, default=Path("bench-results/logs"))
     a("--worker-env", action="append", default=[], metavar="K=V", help="extra worker environment (repeat)")
+    a("--edge-env", action="append", default=[], metavar="K=V", help="extra edge environment (repeat)")
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -104,14 +105,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "overload": run_overload(args.overload, plan, workers=args.workers, log_dir=args.log_dir / "overload",
                                          threshold=args.load_threshold)}
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    edge_env = dict(kv.split("=", 1) for kv in args.edge_env)
     result: dict[str, Any] = {"command": " ".join(["switchboard-bench", *sys.argv[1:]]), "machine": machine(),
                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "config": {"levels": args.level_list, "workers": args.workers, "plan": plan.__repr__(),
-                                         "worker_env": worker_env}, "levels": []}
+                                         "worker_env": worker_env, "edge_env": edge_env}, "levels": []}
     for level in args.level_list:
         print(f"• {level} calls: switchboard …", file=sys.stderr, flush=True)
         sb = run_level("switchboard", level, plan, workers=args.workers, log_dir=args.log_dir / f"{level}-switchboard",
-                       worker_env=worker_env, profiler=_profiler(args, level, plan))
+                       worker_env=worker_env, edge_env=edge_env, profiler=_profiler(args, level, plan))
         relay = None
         if not args.no_relay:
             print(f"• {level} calls: direct relay …", file=sys.stderr, flush=True)

@@ -159,6 +159,9 @@ class PicowsListener:
                     await asyncio.gather(*(s.done.wait() for s in list(self._streams)))
         except TimeoutError:
             log.warning("some Twilio sockets did not close in time")
+            for stream in list(self._streams):
+                stream.abort()  # a peer that never answers the close
+            await asyncio.gather(*(s.done.wait() for s in list(self._streams)))
 
 
 class _Stream(WSListener):
@@ -225,7 +228,13 @@ class _Stream(WSListener):
 
     def going_away(self) -> None:
         if self._socket is not None:
-            self._socket.close(1001, "going away")
+            self._socket.going_away()
+
+    def abort(self) -> None:
+        if self._socket is not None:
+            self._socket.abort()
+        else:
+            self.done.set()
 
     async def _finish(self) -> None:
         try:

@@ -144,6 +144,15 @@ class PicowsSocket:
         self._transport.send_close(WSCloseCode(code), reason.encode()[:120])  # type: ignore[attr-defined]
         self._transport.disconnect(graceful=True)  # type: ignore[attr-defined]
 
+    def going_away(self) -> None:
+        """Shutdown: the close frame (1001) goes after what is queued; the peer's answer ends the
+        connection (or `abort` does, if it never comes), as with websockets' closing handshake."""
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        self._transport.send_close(WSCloseCode.GOING_AWAY, b"going away")  # type: ignore[attr-defined]
+
     def abort(self) -> None:
         self._closed = True
         self._queue.clear()
