@@ -338,7 +338,7 @@ def test_load_is_cpu_or_event_loop_lag_smoothed_with_hysteresis():
         t, cpu = t + 0.1, cpu + 0.03
         estimate.update(t, cpu, 0.0)
     assert 0.25 < estimate.load < 0.35 and not estimate.overloaded
-    changed = [estimate.update(t := t + 0.1, cpu, 0.025) for _ in range(40)]  # 25 ms late: 1.25
+    changed = [estimate.update(t := t + 0.1, cpu, 0.0125) for _ in range(40)]  # 12.5 ms late: 1.25
     assert estimate.overloaded and changed.count(True) == 1
     for _ in range(8):  # a little calmer, still above threshold - hysteresis: stays overloaded
         t, cpu = t + 0.1, cpu + 0.075

@@ -8,8 +8,9 @@ counts it as full.
 
     load = max(CPU seconds per second (one core = 1.0), event-loop lag / LAG_AT_FULL_S)
 
-smoothed over about two seconds. Lag is how late a timer fires: with the loop saturated, every
-frame of every call waits that long too, so LAG_AT_FULL_S (20 ms) is what a caller would feel.
+smoothed over about a second. Lag is how late a timer fires: with the loop (or the machine)
+saturated, every frame of every call waits that long too, so LAG_AT_FULL_S (10 ms) is already
+more than a caller's latency budget allows.
 `LoadEstimate` is pure (times passed in); `LoadMeter` samples it in the background.
 """
 
@@ -19,9 +20,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-LAG_AT_FULL_S = 0.020
+LAG_AT_FULL_S = 0.010
 SAMPLE_EVERY_S = 0.1
-SMOOTHING_S = 2.0  # time constant of the moving average
+SMOOTHING_S = 1.0  # time constant of the moving average
 HYSTERESIS = 0.1  # overloaded at the threshold; back below it by this much
 
 
