@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a("--log-dir", type=Path, default=Path("bench-results/logs"))
     a("--worker-env", action="append", default=[], metavar="K=V", help="extra worker environment (repeat)")
     a("--edge-env", action="append", default=[], metavar="K=V", help="extra edge environment (repeat)")
+    a("--redis-cluster", type=int, default=0, metavar="MASTERS",
+      help="run Switchboard on a local Redis Cluster of this many masters (instead of one redis-server)")
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for level in args.level_list:
         print(f"• {level} calls: switchboard …", file=sys.stderr, flush=True)
         sb = run_level("switchboard", level, plan, workers=args.workers, log_dir=args.log_dir / f"{level}-switchboard",
-                       worker_env=worker_env, edge_env=edge_env, profiler=_profiler(args, level, plan))
+                       worker_env=worker_env, edge_env=edge_env, profiler=_profiler(args, level, plan),
+                       cluster_masters=args.redis_cluster)
         relay = None
         if not args.no_relay:
             print(f"• {level} calls: direct relay …", file=sys.stderr, flush=True)

@@ -86,13 +86,13 @@ def _wait_until(t: float) -> None:
 
 def run_level(system: str, level: int, plan: Plan, *, workers: int, log_dir: Path,
               worker_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
-              profiler: Profiler | None = None) -> dict[str, Any]:
+              profiler: Profiler | None = None, cluster_masters: int = 0) -> dict[str, Any]:
     """Start `system` ('switchboard' or 'relay'), load it with `level` calls, measure, stop it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if system == "switchboard":
         stack: SwitchboardStack | RelayStack = SwitchboardStack(
             log_dir, plan.emulator_args, workers=workers, capacity=worker_capacity(level, workers),
-            worker_env=worker_env or {}, edge_env=edge_env or {})
+            worker_env=worker_env or {}, edge_env=edge_env or {}, cluster_masters=cluster_masters)
     else:
         stack = RelayStack(log_dir, plan.emulator_args)
     started = time.monotonic()

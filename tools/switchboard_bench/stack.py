@@ -56,13 +56,33 @@ class _BenchStack(Stack):
 class SwitchboardStack(_BenchStack):
     def __init__(self, log_dir: Path, emulator_args: tuple[str, ...] = (), *, workers: int = 2, capacity: int = 50,
                  worker_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
-                 control_env: dict[str, str] | None = None) -> None:
+                 control_env: dict[str, str] | None = None, cluster_masters: int = 0) -> None:
+        cluster = {"REDIS_CLUSTER": "true"} if cluster_masters else {}
         super().__init__(log_dir, emulator_args, workers=workers, capacity=capacity, worker_id_format="bench-w{n}",
-                         worker_env=worker_env or {}, edge_env=edge_env or {}, control=control_env is not None,
-                         control_env=control_env or {})
+                         worker_env={**cluster, **(worker_env or {})}, edge_env={**cluster, **(edge_env or {})},
+                         control=control_env is not None, control_env={**cluster, **(control_env or {})})
+        self._cluster_masters = cluster_masters
+        self._cluster: procs.RedisClusterServers | None = None
+
+    def start_redis(self) -> None:
+        if not self._cluster_masters:
+            super().start_redis()
+            return
+        self._cluster = procs.RedisClusterServers(masters=self._cluster_masters).start()
+        self.redis_url = self._cluster.url
+        for node in self._cluster.nodes:
+            assert node.proc is not None
+            self.processes.append(Proc("redis", f"redis-{node.port}", node.proc.pid))
+
+    def stop(self) -> dict[str, Any] | None:
+        try:
+            return super().stop()
+        finally:
+            if self._cluster is not None:
+                self._cluster.stop()
 
     @property
-    def redis(self) -> procs.RedisServer | None:  # the sampler reads its URL for Redis ops/s
+    def redis(self) -> procs.RedisServer | None:  # the sampler reads its URL for Redis ops/s (single node only)
         return self.redis_server
 
     @property
