@@ -94,3 +94,121 @@ async def test_the_control_api_works_on_the_cluster(cluster, tmp_path):
             assert orjson.loads((await api.get("/v1/settings/default")).content)["settings"]["greeting"] == "Hello"
     finally:
         sb.stop()
+
+
+def _node_client(port: int):
+    import redis
+    return redis.Redis(host="127.0.0.1", port=port)
+
+
+def _move_slot(cluster, slot: int) -> tuple[int, int]:
+    """Reshard one slot to another master the way redis-cli does: IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE."""
+    nodes = {node.port: _node_client(node.port) for node in cluster.nodes}
+    ids = {port: client.execute_command("CLUSTER", "MYID").decode() for port, client in nodes.items()}
+    source = next(port for port, client in nodes.items() if client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot)
+                  or any(s[0] <= slot <= s[1] for s in _owned(client, ids[port])))
+    target = next(port for port in nodes if port != source)
+    nodes[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    nodes[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    while keys := nodes[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        nodes[source].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+    for client in nodes.values():
+        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    for client in nodes.values():
+        client.close()
+    return source, target
+
+
+def _owned(client, node_id: str) -> list[tuple[int, int]]:
+    return [(start, end) for start, end, (_host, _port, owner, *_rest), *_replicas
+            in client.execute_command("CLUSTER", "SLOTS") if owner.decode() == node_id]
+
+
+def _cluster_clients(cluster):
+    import redis.asyncio as aioredis
+    return (aioredis.RedisCluster.from_url(cluster.url),
+            aioredis.RedisCluster.from_url(cluster.url, socket_timeout=None))
+
+
+async def test_streams_follow_a_bucket_that_moves_to_another_master_mid_call(cluster):
+    """A resharding mid-call: every entry written before, during (ASK) and after (MOVED) arrives once, in order."""
+    from switchboard import entries
+    from switchboard.streams import StreamReader, StreamWriter
+
+    client, blocking = _cluster_clients(cluster)
+    key = "sbmove:call:{c7}:MZmove:out"
+    got = bytearray()
+    sent = bytearray()
+    all_in = asyncio.Event()
+
+    def handler(_key, batch):
+        for _id, fields in batch:
+            got.extend(fields[b"p"])
+        if len(got) == 600 * 4:
+            all_in.set()
+
+    writer = StreamWriter(client)
+    reader = StreamReader(blocking, client, "sbmove:wake:{t1}", handler)
+    tasks = [asyncio.create_task(writer.run()), asyncio.create_task(reader.run())]
+    reader.add(key)
+    try:
+        moved = None
+        for n in range(600):
+            frame = b"%04d" % n
+            sent += frame
+            writer.append(key, entries.audio(frame, n))
+            if n == 200:
+                moved = asyncio.create_task(asyncio.to_thread(_move_slot, cluster, key_slot(key.encode())))
+            await asyncio.sleep(0.002)
+        source, target = await moved
+        await asyncio.wait_for(all_in.wait(), 15)
+        assert bytes(got) == bytes(sent)  # nothing lost, nothing twice, in order
+        with _node_client(target) as now_there:
+            assert now_there.exists(key)
+        with _node_client(source) as was_there:
+            assert was_there.execute_command("CLUSTER", "COUNTKEYSINSLOT", key_slot(key.encode())) == 0
+    finally:
+        writer.stop()
+        reader.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.close()
+        await reader.close()
+        await client.aclose()
+        await blocking.aclose()
+
+
+async def test_a_stream_added_to_a_slot_already_read_is_read_at_once_not_after_the_block(cluster):
+    from switchboard.streams import StreamReader
+
+    client, blocking = _cluster_clients(cluster)
+    got: dict[str, bytes] = {}
+    arrived = asyncio.Event()
+
+    def handler(key, batch):
+        got[key] = batch[-1][1][b"p"]
+        arrived.set()
+
+    reader = StreamReader(blocking, client, "sbwake:wake:{t1}", handler, block_ms=30_000)
+    task = asyncio.create_task(reader.run())
+    first, second = "sbwake:call:{c3}:A:in", "sbwake:call:{c3}:B:in"
+    try:
+        await client.xadd(first, {b"p": b"one"})
+        reader.add(first)
+        await asyncio.wait_for(arrived.wait(), 5)
+        arrived.clear()
+        await asyncio.sleep(0.05)  # the slot's read is blocked again now, for up to 30 s
+        await client.xadd(second, {b"p": b"two"})
+        reader.add(second)
+        await asyncio.wait_for(arrived.wait(), 5)  # 30 s without the slot's wake stream
+        assert got == {first: b"one", second: b"two"}
+    finally:
+        reader.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.close()
+        await client.delete(first)
+        await client.delete(second)
+        await client.aclose()
+        await blocking.aclose()

@@ -24,7 +24,7 @@ from packaging.version import Version
 from switchboard import resp
 
 ROOT = Path(__file__).resolve().parents[1]
-USER = "src/switchboard/streams.py (DirectConnection) and src/switchboard/resp.py"
+USER = "src/switchboard/streams/direct.py (DirectConnection, ClusterNodes) and src/switchboard/resp.py"
 
 
 def internal(what: str, problem: str) -> str:
@@ -63,6 +63,19 @@ def test_cluster_and_slot_helpers_are_where_streams_imports_them_from():
     assert key_slot(b"sb:call:{MZ1}:in") == key_slot(b"{MZ1}"), internal("redis.crc.key_slot", "ignores hash tags")
 
 
+def test_the_cluster_slot_map_and_nodes_have_what_cluster_nodes_uses():
+    from redis.asyncio.cluster import ClusterNode, NodesManager
+    for name in ("get_node_from_slot", "initialize"):
+        assert callable(getattr(NodesManager, name, None)), internal(f"NodesManager.{name}()", "is gone")
+    assert "slot" in inspect.signature(NodesManager.get_node_from_slot).parameters, internal(
+        "NodesManager.get_node_from_slot()", "no longer takes a slot")
+    node = ClusterNode("127.0.0.1", 1, socket_timeout=5)
+    assert isinstance(node.connection_class, type) and node.connection_kwargs.get("port") == 1, internal(
+        "ClusterNode.connection_class/connection_kwargs", "no longer describe the node's connections")
+    conn = node.connection_class(**node.connection_kwargs)
+    assert callable(getattr(conn, "send_packed_command", None)), internal("a ClusterNode's connection", "changed")
+
+
 async def test_packed_commands_round_trip_on_a_raw_connection(redis_url):
     """What DirectConnection does, step by step, against the test session's redis-server."""
     client = aioredis.Redis.from_url(redis_url)
@@ -86,7 +99,8 @@ async def test_packed_commands_round_trip_on_a_raw_connection(redis_url):
         await client.aclose()
 
 
-@pytest.mark.parametrize("name", ["make_connection", "send_packed_command", "read_response", "disconnect"])
+@pytest.mark.parametrize("name", ["make_connection", "send_packed_command", "read_response", "disconnect",
+                                  "get_node_from_slot", "connection_kwargs"])
 def test_the_names_checked_here_are_the_names_streams_uses(name):
     """If streams.py starts using another internal, list it here and check it above."""
     sources = [p.read_text() for p in (ROOT / "src" / "switchboard").rglob("*.py")]

@@ -27,7 +27,7 @@ def test_the_redis_py_connection_internals_the_fast_path_uses_are_still_there():
 
 async def test_a_direct_connection_sends_packed_commands_and_reads_their_replies(redis_url, key_prefix):
     client = aioredis.Redis.from_url(redis_url)
-    direct = DirectConnection(client)
+    direct = DirectConnection.of_client(client)
     key = key_prefix + "direct"
     try:
         replies = await direct.execute([resp.command(b"SET", key.encode(), b"v"), resp.command(b"GET", key.encode())],
@@ -40,7 +40,7 @@ async def test_a_direct_connection_sends_packed_commands_and_reads_their_replies
 
 async def test_a_reply_that_does_not_come_in_time_drops_the_connection_and_the_next_use_reconnects(redis_url):
     client = aioredis.Redis.from_url(redis_url)
-    direct = DirectConnection(client)
+    direct = DirectConnection.of_client(client)
     try:
         with pytest.raises(RedisTimeoutError):  # BLPOP on nothing blocks for 2 s; we wait 0.1 s
             await direct.execute([resp.command(b"BLPOP", b"sb-test:nothing", b"2")], 1, 0.1)

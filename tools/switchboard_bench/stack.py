@@ -74,7 +74,7 @@ class SwitchboardStack(_BenchStack):
             assert node.proc is not None
             self.processes.append(Proc("redis", f"redis-{node.port}", node.proc.pid))
 
-    def stop(self) -> dict[str, Any] | None:
+    def stop(self) -> dict[str, Any] | None:  # type: ignore[override]
         try:
             return super().stop()
         finally:

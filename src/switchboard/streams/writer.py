@@ -20,9 +20,10 @@ from redis.exceptions import RedisError
 
 from .. import keys as keyspace
 from .. import resp
+from ..besteffort import best_effort
 from ..entries import Entry, Kind
 from ..retry import Retry
-from .direct import WRITE_TIMEOUT_S, DirectConnection, single_node
+from .direct import WRITE_TIMEOUT_S, ClusterNodes, DirectConnection, single_node
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ RATE_SMOOTHING_S = 1.0  # time constant of the append-rate average
 
 class WriterDied(RuntimeError):
     """The writer's loop died of a bug: nothing more will be written."""
+
+
+class _PartlyWritten(RedisError):
+    """Part of a batch reached Redis; `unwritten` is the rest, to be retried."""
+
+    def __init__(self, unwritten: dict[str, _StreamQueue], cause: BaseException | None) -> None:
+        super().__init__(str(cause))
+        self.unwritten = unwritten
 
 
 @dataclass(slots=True)
@@ -94,8 +103,9 @@ class StreamWriter:
         self._fenced: set[str] = set()
         self._on_flush = on_flush
         self._on_error = on_error
-        # Redis Cluster routes each key to its node: only a single node takes the fast path.
-        self._direct = DirectConnection(client) if single_node(client) else None
+        # Single node: one direct connection. Cluster: one per master, found from each key's slot.
+        self._direct = DirectConnection.of_client(client) if single_node(client) else None
+        self._nodes = None if self._direct is not None else ClusterNodes(client)  # type: ignore[arg-type]
         self._xadd = resp.XaddPacker()
         self._stopping = False
         self._died: Exception | None = None
@@ -223,8 +233,9 @@ class StreamWriter:
             except RedisError as exc:
                 if self._on_error:
                     self._on_error(exc)
-                log.warning("redis write failed, will retry: %s", exc, extra={"streams": len(batch)})
-                self._requeue(batch)
+                unwritten = exc.unwritten if isinstance(exc, _PartlyWritten) else batch
+                log.warning("redis write failed, will retry: %s", exc, extra={"streams": len(unwritten)})
+                self._requeue(unwritten)
                 await backoff.wait(exc)
                 continue
             backoff.reset()
@@ -249,7 +260,51 @@ class StreamWriter:
         if not batch:
             return 0
         if self._direct is not None:
-            return await self._write_direct(batch)
+            count, _refused = await self._write_direct(self._direct, batch)
+            return count
+        return await self._write_cluster(batch)
+
+    async def _write_cluster(self, batch: dict[str, _StreamQueue]) -> int:
+        """One hand-packed pipeline per master, all at once.
+
+        What a master refuses (MOVED or ASK while a slot moves) goes again through redis-py's
+        cluster pipeline, which follows redirects; what still fails, or whatever was in flight
+        to a master that failed, is put back (`_PartlyWritten`).
+        """
+        assert self._nodes is not None
+        by_node: dict[str, tuple[DirectConnection, dict[str, _StreamQueue]]] = {}
+        for key, queue in batch.items():
+            name, connection = await self._nodes.connection_for(key)
+            by_node.setdefault(name, (connection, {}))[1][key] = queue
+        results = await asyncio.gather(*(self._write_direct(connection, part, errors_as_replies=True)
+                                         for connection, part in by_node.values()), return_exceptions=True)
+        count = 0
+        refused: dict[str, _StreamQueue] = {}
+        unwritten: dict[str, _StreamQueue] = {}
+        failure: BaseException | None = None
+        for (_connection, part), result in zip(by_node.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, RedisError):
+                    raise result
+                unwritten.update(part)
+                failure = result
+            else:
+                count += result[0]
+                refused.update(result[1])
+        if refused:
+            # Only a moving slot refuses: learn the new map for the next batches.
+            async with best_effort("learn the cluster's slots again", logger=log):
+                await self._nodes.refresh()
+            try:
+                count += await self._write_pipeline(refused)
+            except RedisError as exc:
+                unwritten.update(refused)
+                failure = exc
+        if unwritten:
+            raise _PartlyWritten(unwritten, failure)
+        return count
+
+    async def _write_pipeline(self, batch: dict[str, _StreamQueue]) -> int:
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         new_keys = []
@@ -272,7 +327,9 @@ class StreamWriter:
         self._expiring.update(new_keys)
         return count
 
-    async def _write_direct(self, batch: dict[str, _StreamQueue]) -> int:
+    async def _write_direct(self, connection: DirectConnection, batch: dict[str, _StreamQueue], *,
+                            errors_as_replies: bool = False) -> tuple[int, dict[str, _StreamQueue]]:
+        """Entries written, and (with `errors_as_replies`) each stream's entries the node refused, in order."""
         parts: list[bytes] = []
         pack = self._xadd.pack
         count = 0
@@ -284,14 +341,30 @@ class StreamWriter:
             if key not in self._expiring and queue.items:
                 parts.append(resp.command(b"EXPIRE", key.encode(), b"%d" % self._key_ttl_s))
                 new_keys.append(key)
-        if count:
-            await self._direct.execute(parts, count + len(new_keys), WRITE_TIMEOUT_S)  # type: ignore[union-attr]
+        if not count:
+            return 0, {}
+        replies = await connection.execute(parts, count + len(new_keys), WRITE_TIMEOUT_S,
+                                           errors_as_replies=errors_as_replies)
+        refused: dict[str, _StreamQueue] = {}
+        if errors_as_replies:
+            answers = iter(replies)
+            for key, queue in batch.items():
+                failed = [item for item in queue.items if isinstance(next(answers), RedisError)]
+                if key in new_keys:
+                    next(answers)  # EXPIRE's: where XADD went through, it did too
+                if failed:
+                    audio = sum(len(item.payload) for item in failed if item.kind is Kind.AUDIO)
+                    refused[key] = _StreamQueue(failed, queue.maxlen, audio)
+                    if key in new_keys:
+                        new_keys.remove(key)  # the redirected write sets the TTL where the stream is now
         self._expiring.update(new_keys)
-        return count
+        return count - sum(len(queue.items) for queue in refused.values()), refused
 
     async def close(self) -> None:
         if self._direct is not None:
             await self._direct.close()
+        if self._nodes is not None:
+            await self._nodes.close()
 
     def _requeue(self, batch: dict[str, _StreamQueue]) -> None:
         # Older entries go back in front of anything appended while the write was failing.
