@@ -95,6 +95,8 @@ async def _connect_picows(url: str, api_key: str, timeout_s: float, max_queued_b
         extra_headers={"Authorization": f"Token {api_key}"}, websocket_handshake_timeout=timeout_s,
         max_frame_size=MAX_MESSAGE_BYTES, enable_auto_ping=True, auto_ping_idle_timeout=20,
         auto_ping_reply_timeout=20, logger_name="deepgram",
+        # Agent audio comes in chunks of a few KB; picows's 16 KiB default is per call (it grows when needed).
+        read_buffer_init_size=4096,
     )
     assert isinstance(listener, PicowsAgentSocket)  # what the factory above makes
     return listener

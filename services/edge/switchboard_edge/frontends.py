@@ -142,6 +142,8 @@ class PicowsListener:
             max_frame_size=settings.edge_max_frame_bytes,  # larger: closed with 1009
             enable_auto_ping=True, auto_ping_idle_timeout=20, auto_ping_reply_timeout=20,
             websocket_handshake_timeout=5, logger_name="edge",
+            # A Twilio message is a few hundred bytes; picows's 16 KiB default is per call (it grows when needed).
+            read_buffer_init_size=2048,
         )
         return cls(server, streams)
 
