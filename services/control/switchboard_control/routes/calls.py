@@ -195,6 +195,12 @@ async def _current_stream(state: State, call_sid: str, old_stream_sid: str) -> s
 
 async def _run(state: State, call_sid: str, command: messages.Command, wait: bool, response: Response) -> CommandResult:
     record = await callstate.require(state, call_sid, live=True)
+    return await send_command(state, record, command, wait, response)
+
+
+async def send_command(state: State, record: callstate.CallRecord, command: messages.Command, wait: bool,
+                       response: Response) -> CommandResult:
+    """Send a live command to the call's owner: 202 unless waited for, 504 when no worker acknowledges it."""
     try:
         result = await commander.send(state, record, command, wait=wait)
     except commander.CommandTimeout as exc:

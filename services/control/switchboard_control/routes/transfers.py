@@ -17,12 +17,12 @@ from pydantic import BaseModel, Field
 from switchboard import messages, settings_store, transfers
 from switchboard.transfers import State, Transfer, TransferKeys
 
-from .. import callstate, commander, refusals
+from .. import callstate, refusals
 from ..background import BackgroundDep
 from ..deps import Auth, StateDep
 from ..models import CALL_SID, CommandResult, Problem
 from . import twiml
-from .calls import COMMAND_RESPONSES, CallSid, Wait
+from .calls import COMMAND_RESPONSES, CallSid, Wait, send_command
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["twilio"])
@@ -150,14 +150,7 @@ async def transfer_call(call_sid: CallSid, body: messages.Transfer, state: State
         refusals.count("transfer_target", "transfer to a target that is not allowed", call_sid=call_sid)
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"{body.to} is not on this call's transfer allow-list (transfer.destinations)")
-    try:
-        result = await commander.send(state, record, body, wait=wait)
-    except commander.CommandTimeout as exc:
-        detail = commander.timeout_response_detail(state, exc.command_id)
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, detail) from None
-    if not wait:
-        response.status_code = status.HTTP_202_ACCEPTED
-    return result
+    return await send_command(state, record, body, wait, response)
 
 
 @api.get("/{call_sid}/transfer", response_model=TransferView,
