@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
 from switchboard import outbound, templates
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation.amd import AmdConfig
-from switchboard.messages import CallField
 from switchboard.outbound import OutboundKeys
 
 from .port import WorkerPort
+from .precall import call_parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +33,7 @@ async def prepare(port: WorkerPort, call_sid: str, meta: dict[bytes, bytes], set
     info = await outbound.load(port.redis, OutboundKeys(port.keys.prefix), call_sid)
     if info is None:
         return Prepared(settings)
-    context = templates.call_context(_parameters(meta), info.context)
+    context = templates.call_context(call_parameters(meta), info.context)
     settings = templates.fill_settings(settings, context)
     if not info.amd:
         return Prepared(settings)
@@ -43,11 +41,3 @@ async def prepare(port: WorkerPort, call_sid: str, meta: dict[bytes, bytes], set
     config = AmdConfig.from_blocks(settings.amd, settings.voicemail, greeting=settings.greeting, message=message)
     held = settings.model_copy(update={"greeting": None})  # said on a `human` verdict, never in Settings
     return Prepared(held, config, info.answered_by, info.amd_ms)
-
-
-def _parameters(meta: dict[bytes, bytes]) -> dict[str, str]:
-    try:
-        params = orjson.loads(meta.get(CallField.PARAMS.encode(), b"{}"))
-    except orjson.JSONDecodeError:
-        return {}
-    return {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}

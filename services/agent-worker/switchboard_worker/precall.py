@@ -54,7 +54,7 @@ class PrecallHandle(Protocol):
 
 async def personalize(session: PrecallHandle, meta: dict[bytes, bytes], settings: AgentSettings) -> AgentSettings:
     """`settings` with the lookup's overrides applied and the templates filled for this call."""
-    params = _parameters(meta)
+    params = call_parameters(meta)
     answer = await _stored(session, meta)
     if answer is None and settings.precall is not None:
         answer = await _lookup(session, settings, params, meta)
@@ -177,7 +177,8 @@ def _merge(base: dict[str, Any], update: dict[str, Any], depth: int = 0) -> dict
     return out
 
 
-def _parameters(meta: dict[bytes, bytes]) -> dict[str, str]:
+def call_parameters(meta: dict[bytes, bytes]) -> dict[str, str]:
+    """The call's TwiML <Parameter>s from its record (empty when absent or unreadable)."""
     try:
         params = orjson.loads(meta.get(CallField.PARAMS.encode(), b"{}"))
     except orjson.JSONDecodeError:
