@@ -1,7 +1,7 @@
 """One call held by this worker: the I/O shell around the call's conversation core.
 
-Caller audio arrives through the worker's shared reader (`on_caller_entries`) and goes to
-Deepgram through a per-call outbox. Deepgram's audio and events are read by this session's
+Caller audio arrives through the worker's shared reader and goes to Deepgram through a
+per-call outbox (`caller_intake.CallerIntake`). Deepgram's audio and events are read by this session's
 own task (`run`) and appended to the call's `:out` / `:events` streams by the shared writer.
 What happens next is decided by `switchboard.conversation.Conversation` (pure) and carried
 out here (`_apply`); where the call stands is `lifecycle.CallState`.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -42,10 +43,12 @@ from switchboard.conversation import (
 )
 from switchboard.entries import Kind, now_us
 from switchboard.messages import CallField, Event, Outcome, RecordState
+from switchboard.redis_types import Entries
 
 from . import commands, keypad, metrics, precall, records
 from .adoption import adopt
 from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink, DeepgramUnavailable
+from .caller_intake import CallerIntake
 from .functions import FunctionRunner
 from .lifecycle import CallState, Lifecycle
 from .outbound import prepare as prepare_outbound
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 
 END_WAIT_S = 30.0  # after asking the edge to hang up, how long to wait for its stop
 TAIL_WAIT_S = 2.0  # after the edge's stop, how long the caller's last words may take to reach Deepgram
+
+EntryHandler = Callable[[Entries], None]  # takes a batch of new entries from the worker's shared reader
 
 
 class CallSession:
@@ -86,14 +91,12 @@ class CallSession:
         self._timeline = CallTimeline(port, self.events_key, self.journal_key, self.settings)
         self._functions = FunctionRunner(self)
         self._digit_requests = keypad.DigitRequests()
-        self._scrubber = keypad.KeyScrubber(port.redis, self.extra)
         self._transfers = Transfers(self)
         self._agent = AgentLink(port, self.extra)
+        self._from_caller = CallerIntake(port, self.in_key, self.conv, self._agent, self._timeline,
+                                    apply=self._apply, on_stop=self._on_stop, extra=self.extra)
         self._stopped = asyncio.Event()  # the edge said the call is over
         self._closer: asyncio.Task[None] | None = None
-        self._in_pos: bytes | str = "0-0"
-        self._following = False
-        self._last_caller_entry = time.monotonic()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -105,9 +108,9 @@ class CallSession:
             await self._prepare(meta)
             self.life.to(CallState.CONNECTING)
             connected = await self._open_agent(resume=self.takeover)
-            self._follow(self.in_key, self._in_pos)  # also to see the edge's stop when Deepgram is unavailable
+            self._from_caller.follow()  # also to see the edge's stop when Deepgram is unavailable
             if connected:
-                self._follow(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
+                self.port.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
                 await self.port.redis.hset(self.call_key, mapping={CallField.STATE: RecordState.ACTIVE})
                 await self._pump()
             if self.conv.hangup_reason is not None and not self.life.over:
@@ -161,7 +164,7 @@ class CallSession:
             # transcribed: what the caller said around the gap reaches the new session.
             utterance = meta.get(b"utt_pos", b"")
             unanswered = utterance and utterance != meta.get(b"utt_answered")
-            self._in_pos = utterance if unanswered else meta.get(b"in_pos", b"0-0")
+            self._from_caller.position = utterance if unanswered else meta.get(b"in_pos", b"0-0")
         await port.redis.hset(self.call_key, mapping={
             CallField.WORKER: port.settings.worker_id, CallField.STATE: RecordState.CONNECTING,
             CallField.SETTINGS_SOURCE: resolved.source, CallField.SETTINGS_VERSION: str(resolved.version),
@@ -183,7 +186,7 @@ class CallSession:
             self._adopt_overrides(adopted.overrides)
             self.port.bookkeeping.write(self.call_key, {CallField.OVERRIDES: adopted.overrides})
         self.takeover = True  # resume: context, no second greeting
-        self._in_pos = "0-0"  # ...but this stream is new: all of its audio
+        self._from_caller.position = "0-0"  # ...but this stream is new: all of its audio
         self.event(Event.RESUMED_FROM_STREAM, stream_sid=old_stream_sid)
         return True
 
@@ -198,13 +201,6 @@ class CallSession:
     def _conversation_config(self) -> ConversationConfig:
         return ConversationConfig.from_settings(self.settings, self.port.settings.deepgram_max_reconnects)
 
-    def _follow(self, key: str, position: bytes | str) -> None:
-        if key == self.in_key:
-            # The silence watchdog counts from here: before the caller's stream is read, quiet is normal.
-            self._last_caller_entry = time.monotonic()
-            self._following = True
-        self.port.reader.add(key, position)
-
     async def _wait_for_stop(self) -> None:
         try:
             async with asyncio.timeout(END_WAIT_S):
@@ -214,12 +210,12 @@ class CallSession:
 
     async def _finish(self) -> None:
         port = self.port
-        port.reader.remove(self.in_key)
+        self._from_caller.stop_following()
         port.reader.remove(self.cmd_key)
         if self._closer is not None:
             await asyncio.gather(self._closer, return_exceptions=True)
         await self._functions.close()
-        await self._scrubber.drain()
+        await self._from_caller.drain()
         await self._transfers.settle()
         await self._agent.close()
         outcome = self.released or self._transfers.outcome or self._outcome
@@ -293,54 +289,14 @@ class CallSession:
             if not await self._open_agent(resume=True):
                 return
 
-    # --- caller → Deepgram ---------------------------------------------------------------------
-    def on_caller_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        mono = self._last_caller_entry = time.monotonic()
-        audio: list[bytes] = []
-        now = now_us()
-        worst = 0
-        recording = self._timeline.journal.enabled
-        masking = self.conv.masks_dtmf
-        masked: list[bytes] = []  # keys the profile masks: gone from :in once read (keypad.py)
-        for entry_id, fields in batch:
-            if recording:
-                self._timeline.caller_entry(keypad.journal_fields(fields, masking))
-            kind = fields.get(b"k")
-            if kind == Kind.AUDIO.value:
-                transit_us = now - int(fields.get(b"t", now))
-                audio.append(fields[b"p"])
-                metrics.CALLER_TRANSIT.observe(max(0, transit_us) / 1e6)
-                if transit_us > worst:
-                    worst = transit_us
-                continue
-            self._send_caller_audio(audio)
-            if kind == Kind.STOP.value:
-                self._on_stop(fields.get(b"p", b"").decode(errors="replace"))
-                continue
-            try:
-                entry = entries.decode(fields)
-            except entries.EntryError as exc:
-                log.warning("bad caller entry: %s", exc, extra=self.extra)
-                continue
-            if masking and entry.kind is Kind.DTMF:
-                masked.append(entry_id)
-            self._apply(self.conv.on_caller_entry(entry, mono))
-        self._scrubber.forget(self.in_key, masked)
-        self._send_caller_audio(audio)
-        if worst:
-            self.conv.on_caller_transit(worst)
-        self._in_pos = batch[-1][0]
+    # --- the call's streams, the edge's stop, the twice-a-second watch -------------------------------
+    def entry_handlers(self) -> dict[str, EntryHandler]:
+        """What the worker's shared reader calls with this call's new entries, by stream key."""
+        # The caller's intake itself, not a method forwarding to it: it runs for every 20 ms frame.
+        return {self.in_key: self._from_caller.on_entries, self.cmd_key: self.on_command_entries}
 
-    def on_command_entries(self, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def on_command_entries(self, batch: Entries) -> None:
         commands.on_command_entries(self, batch)
-
-    def _send_caller_audio(self, parts: list[bytes]) -> None:
-        if parts:
-            if self.conv.holding_caller_audio:  # answering-machine detection: the agent must not hear the line
-                self.conv.withheld_caller_audio(sum(map(len, parts)))
-            else:
-                self._agent.send_audio(parts[0] if len(parts) == 1 else b"".join(parts))
-            parts.clear()
 
     def _on_stop(self, reason: str) -> None:
         if self.life.over:
@@ -354,12 +310,8 @@ class CallSession:
 
     def tick(self, now: float) -> None:
         """Called twice a second: notice a lost caller stream; dead air; KeepAlive while audio pauses."""
-        settings = self.port.settings
-        silent_for = now - self._last_caller_entry
-        if (self._following and silent_for > settings.caller_timeout_s and not self.life.over
-                and self.port.reader.healthy_for(silent_for)):
-            # Twilio sends media every 20 ms, silence included: a stream this quiet while Redis
-            # is fine means its edge is gone. Twilio reconnects the call as a new stream.
+        if not self.life.over and (silent_for := self._from_caller.lost_for(now)) is not None:
+            # Its edge is gone; Twilio reconnects the call as a new stream.
             log.warning("caller stream silent for %.1fs: its edge is gone", silent_for, extra=self.extra)
             self._on_stop("caller_stream_lost")
             return
@@ -448,7 +400,7 @@ class CallSession:
 
     @property
     def in_position(self) -> bytes | str:
-        return self._in_pos
+        return self._from_caller.position
 
     def send_to_agent(self, message: str) -> bool:
         if not self._agent.send(message):

@@ -31,7 +31,7 @@ from switchboard.supervise import Supervisor
 from . import metrics
 from .bookkeeping import Bookkeeping
 from .port import WorkerPort
-from .session import CallSession
+from .session import CallSession, EntryHandler
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Worker:
                                writer=self.writer, reader=self.reader, bookkeeping=self.bookkeeping,
                                random=self.random)
         self.sessions: dict[str, CallSession] = {}
-        self._by_key: dict[str, tuple[CallSession, bool]] = {}
+        self._handlers: dict[str, EntryHandler] = {}  # by stream key, for the shared reader
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
         self._free = asyncio.Event()
         self._capacity_changed = asyncio.Event()  # a claim or release to publish now
@@ -206,8 +206,7 @@ class Worker:
         session = CallSession(self.port, stream_sid, call_sid, entry_id, takeover)
         session.lease_token = token
         self.sessions[stream_sid] = session
-        self._by_key[session.in_key] = (session, False)
-        self._by_key[session.cmd_key] = (session, True)
+        self._handlers.update(session.entry_handlers())
         metrics.LIVE_CALLS.set(len(self.sessions))
         metrics.CLAIMS.labels("takeover" if takeover else "new").inc()
         self._capacity_changed.set()
@@ -222,22 +221,17 @@ class Worker:
         finally:
             self.sessions.pop(session.stream_sid, None)
             self._session_tasks.pop(session.stream_sid, None)
-            self._by_key.pop(session.in_key, None)
-            self._by_key.pop(session.cmd_key, None)
+            for key in session.entry_handlers():
+                self._handlers.pop(key, None)
             metrics.LIVE_CALLS.set(len(self.sessions))
             self._free.set()
             self._capacity_changed.set()
 
     # --- shared reader dispatch ------------------------------------------------------------------
     def _on_entries(self, key: str, batch: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        target = self._by_key.get(key)
-        if target is None:
-            return
-        session, is_command = target
-        if is_command:
-            session.on_command_entries(batch)
-        else:
-            session.on_caller_entries(batch)
+        handler = self._handlers.get(key)
+        if handler is not None:
+            handler(batch)
 
     # --- heartbeat ---------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
