@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from switchboard.agent_settings import AgentSettings
-
-from .outbound.view import OutboundView
 
 CALL_SID = r"^[A-Za-z0-9]{2,64}$"
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -57,6 +55,31 @@ class CommandResult(BaseModel):
     detail: str = Field(..., examples=["UpdatePrompt sent"])
     worker: str | None = Field(None, description="The worker that owns the call", examples=["worker-host-1a2b3c"])
     command_id: str = Field(..., examples=["5f1c2e0b9a9f4a5e8d2b6b7c1f0e3d4a"])
+
+
+class OutboundView(BaseModel):
+    """What an outbound call adds to a call's summary and detail."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    to: str
+    from_: str = Field(..., alias="from")
+    status: str = Field(..., description="Twilio's: queued, initiated, ringing, in-progress, completed, busy, "
+                        "no-answer, failed, canceled")
+    outcome: str | None = Field(None, description="completed, voicemail, amd_<verdict>, busy, no-answer, failed, "
+                                "canceled, error")
+    error: str | None = None
+    machine_detection: bool = False
+    answered_by: str | None = Field(None, description="Twilio's AMD verdict")
+    amd_ms: int | None = Field(None, description="Twilio's MachineDetectionDuration")
+    amd_action: str | None = Field(None, description="What the call did about it: greet, leave_message, hang_up")
+    amd_waited_ms: int | None = Field(None, description="How long the greeting waited for the verdict")
+    context: dict[str, Any] = Field(default_factory=dict)
+    campaign: str | None = None
+    destination: int | None = None
+    created_at: float | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    duration_s: int | None = None
 
 
 class CallSummary(BaseModel):

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from .outbound.config import OutboundSettings
-from .outbox.config import CallOutSettings
+from .call_ended_settings import CallOutSettings
+from .outbound_settings import OutboundSettings
 
 
 # OutboundSettings: outbound calls and campaigns; CallOutSettings: call.ended and recording links (CommonSettings)

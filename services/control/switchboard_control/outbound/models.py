@@ -13,9 +13,6 @@ from switchboard.agent_settings import AgentSettings
 from switchboard.tollfraud import E164
 
 from ..models import PROFILE_NAME
-from .view import OutboundView
-
-__all__ = ["OutboundView"]  # re-exported: the API's outbound models in one place
 
 MAX_CONTEXT_BYTES = 8 * 1024
 MAX_CONTEXT_FIELDS = 64

@@ -7,17 +7,46 @@ the stream's own record is shown, with the outbound part (`direction`, `outbound
 
 from __future__ import annotations
 
+import orjson
 from fastapi import HTTPException, status
 
 from switchboard.messages import CallField
 from switchboard.outbound import FINAL, OField, OutboundKeys
 
 from ..deps import State
-from ..models import CallDetail, CallSummary
+from ..models import CallDetail, CallSummary, OutboundView
 from .store import fields_of, text
-from .view import view
 
 DIALING = "dialing"  # the state of an outbound call whose stream has not started
+
+
+def view(fields: dict[str, str], *, amd_action: str | None = None, amd_waited_ms: int | None = None) -> OutboundView:
+    """An outbound call as the API shows it (in a call's summary and detail), from its record."""
+    try:
+        context = orjson.loads(fields.get(OField.CONTEXT) or "{}")
+    except orjson.JSONDecodeError:
+        context = {}
+    return OutboundView(
+        to=fields.get(OField.TO, ""), from_=fields.get(OField.FROM, ""), status=fields.get(OField.STATUS, "queued"),
+        outcome=fields.get(OField.OUTCOME) or None, error=fields.get(OField.ERROR) or None,
+        machine_detection=fields.get(OField.AMD) == "1", answered_by=fields.get(OField.ANSWERED_BY) or None,
+        amd_ms=_int(fields.get(OField.AMD_MS)), amd_action=amd_action, amd_waited_ms=amd_waited_ms,
+        context=context if isinstance(context, dict) else {}, campaign=fields.get(OField.CAMPAIGN) or None,
+        destination=_int(fields.get(OField.INDEX)), created_at=_float(fields.get(OField.CREATED_AT)),
+        answered_at=_float(fields.get(OField.ANSWERED_AT)), ended_at=_float(fields.get(OField.ENDED_AT)),
+        duration_s=_int(fields.get(OField.DURATION_S)),
+    )
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
 
 
 def _summary(fields: dict[str, str]) -> CallSummary:

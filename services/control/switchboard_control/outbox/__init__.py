@@ -1,6 +1,6 @@
 """call.ended: every ended call's outcome, delivered to the team's systems (signed, retried, once).
+Its settings are `call_ended_settings.CallOutSettings`, beside the control API's settings.
 
-- `config`: the settings (`CallOutSettings`, part of `ControlSettings`);
 - `store`: the outbox in Redis (keys in `switchboard.call_ended`): claim, deliver once, retry, dead letters;
 - `payload`: what a call.ended says, built from the call's records and events;
 - `delivery`: the loop every control replica runs;

@@ -1,6 +1,9 @@
 """Settings of the call.ended webhook and the recording links in it (part of `ControlSettings`, same
 environment). Twilio's REST credentials (transfers) and the webhook egress allow-list are
-`OutboundSettings`' (TWILIO_ACCOUNT_SID, TWILIO_API_BASE_URL, CONTROL_EGRESS_ALLOW…)."""
+`OutboundSettings`' (TWILIO_ACCOUNT_SID, TWILIO_API_BASE_URL, CONTROL_EGRESS_ALLOW…).
+
+A module beside `settings`, not inside the `outbox` package: `settings` builds on it, and that
+package depends on `settings` (through `deps`)."""
 
 from __future__ import annotations
 

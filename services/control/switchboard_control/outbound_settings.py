@@ -5,6 +5,9 @@ Outbound dialing is off until configured: OUTBOUND_ENABLED=true needs OUTBOUND_A
 prefixes that may be dialled), TWILIO_ACCOUNT_SID with TWILIO_AUTH_TOKEN or an API key, and
 CONTROL_PUBLIC_URL (where Twilio calls back). A control API asked to dial without them does not
 start, rather than refuse every call at run time.
+
+A module beside `settings`, not inside the `outbound` package: `settings` builds on it, and that
+package depends on `settings` (through `deps`).
 """
 
 from __future__ import annotations
