@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from . import callees, forms, numbers
 from .calls import CallActor
-from .core import Core, Fault
+from .core import Core
+from .exchange import Fault
 from .lifecycle import FINAL
 from .validate import Source, StatusCallback
 

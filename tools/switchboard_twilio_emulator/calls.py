@@ -7,30 +7,41 @@ whisper and a bridge (dialing.py) or a conference seat (rooms.py). A REST redire
 hang-up interrupts the program: a stream gets Twilio's `stop` and closes, any other verb
 is cancelled and cleans up after itself. Status callbacks go out in order, one at a time,
 without holding the call up; each call's story is its `timeline`.
+
+A call runs in a `CallHost`: the shared exchange, the list of calls, and the two things
+only the top of the package knows (core.Core): which program a TwiML document runs, and
+what `<Dial>` does. So this module imports none of the modules that run programs.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import httpx
+
+from switchboard_callsim.call import Pacer
 from switchboard_callsim.leg import CallerLeg
 
 from . import amd as amd_rules
-from . import party
-from .callees import Callee
-from .lifecycle import SIP_CODES, CallStatus, Event, Subscription, callback_status, transition
+from . import party, twiml
+from .callbacks import CallbackQueue
+from .callees import Callee, Directory
+from .callees import to_json as callee_json
+from .config import EmulatorConfig
+from .exchange import Exchange, new_sid
+from .lifecycle import CallStatus, Event, Subscription, transition
+from .params import status_callback_params
 from .records import Timeline
-from .resources import API_VERSION, CallRecord, rfc2822
+from .resources import CallRecord, call_json
+from .steps import Finish, Goto, Step
 from .validate import AmdRequest, Source, StatusCallback
-
-if TYPE_CHECKING:
-    from .core import Core
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +52,39 @@ class Interrupt:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Goto:
-    source: Source
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    reason: str
-    status: CallStatus = CallStatus.COMPLETED
-
-
-Step = Goto | Finish | None  # None: on to the next verb
 MAX_DOCUMENTS = 1000  # TwiML documents one call may run (a <Redirect> loop without end hangs up)
 Program = Callable[["CallActor"], Coroutine[Any, Any, Step]]
+
+
+class CallHost(Exchange, abc.ABC):
+    """The exchange with its calls (the newest `max_calls` ended ones kept for introspection)."""
+
+    def __init__(self, config: EmulatorConfig, directory: Directory, http: httpx.AsyncClient, pacer: Pacer) -> None:
+        super().__init__(config, directory, http, pacer)
+        self.calls: dict[str, CallActor] = {}
+
+    def add_call(self, call: CallActor) -> None:
+        self.calls[call.sid] = call
+        ended = [sid for sid, c in self.calls.items() if c.finished]
+        for sid in ended[: max(0, len(ended) - self.config.max_calls)]:
+            del self.calls[sid]
+
+    def live_calls(self) -> list[CallActor]:
+        return [c for c in self.calls.values() if not c.finished]
+
+    @abc.abstractmethod
+    def document_program(self, source: Source | None) -> Program:
+        """The program that gets a TwiML document (fetched, or inline) and runs its verbs."""
+
+    @abc.abstractmethod
+    async def dial(self, call: CallActor, verb: twiml.Dial, base_url: str) -> Step:
+        """Run `<Dial>` for `call`: a child call, or a seat in a conference."""
 
 
 class CallActor:
     def __init__(
         self,
-        core: Core,
+        core: CallHost,
         *,
         to: str,
         from_: str,
@@ -75,8 +99,6 @@ class CallActor:
         queued: bool = True,
     ) -> None:
         now = time.time()
-        from .core import new_sid
-
         self.core = core
         self.sid = new_sid("CA")
         self.rec = CallRecord(self.sid, core.account.sid, to, from_, direction, now,
@@ -107,7 +129,7 @@ class CallActor:
         self._stop_ringing = asyncio.Event()
         self._stop_reason = ""
         self._finished = asyncio.Event()
-        self._callback_tail: asyncio.Task[None] | None = None
+        self.callbacks = CallbackQueue(core, self.sid, call_sid=self.sid)
         self._timers: list[asyncio.Task[None]] = []
         self.extra = {"call_sid": self.sid}
 
@@ -118,18 +140,6 @@ class CallActor:
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
-
-    def base_params(self) -> dict[str, str]:
-        """Twilio's standard voice request parameters for this call."""
-        rec = self.rec
-        params = {
-            "AccountSid": rec.account_sid, "ApiVersion": API_VERSION, "CallSid": rec.sid,
-            "CallStatus": str(rec.status), "Called": rec.to, "Caller": rec.from_, "Direction": rec.direction,
-            "From": rec.from_, "To": rec.to,
-        }
-        if rec.parent_call_sid:
-            params["ParentCallSid"] = rec.parent_call_sid
-        return params
 
     def start(self) -> CallActor:
         self.core.add_call(self)
@@ -221,19 +231,17 @@ class CallActor:
         if request is not None and request.asynchronous and request.callback:
             params = {"AccountSid": self.rec.account_sid, "CallSid": self.sid,
                       "AnsweredBy": verdict.answered_by, "MachineDetectionDuration": str(verdict.after_ms)}
-            self._queue_callback("amd", request.callback, request.callback_method, params)
+            self.callbacks.queue("amd", request.callback, request.callback_method, params)
 
     async def _run_program(self, first: Program | None) -> Finish:
-        from .media import document_program  # media runs verbs with this module's types: import at use
-
-        program: Program = first or document_program(self.source)
+        program: Program = first or self.core.document_program(self.source)
         for _ in range(MAX_DOCUMENTS):
             pending, self.pending = self.pending, None
             if pending is not None:
                 if pending.source is None:
                     return Finish(pending.reason)
                 self.timeline.add("redirected", url=pending.source.url, inline=pending.source.twiml is not None)
-                program = document_program(pending.source)
+                program = self.core.document_program(pending.source)
             self.program = asyncio.create_task(program(self), name=f"program {self.sid}")
             try:
                 await asyncio.wait({self.program})
@@ -250,7 +258,7 @@ class CallActor:
                 return Finish("emulator-error")
             step = self.program.result()
             if isinstance(step, Goto):
-                program = document_program(step.source)
+                program = self.core.document_program(step.source)
                 continue
             return step if isinstance(step, Finish) else Finish("twiml-ended")
         self.timeline.add("error", reason=f"more than {MAX_DOCUMENTS} TwiML documents: hanging up")
@@ -269,39 +277,13 @@ class CallActor:
         sequence = self._subscription.take(event)
         if sequence is None:
             return
-        params = self.base_params()
-        params.update(CallStatus=callback_status(event, rec.status), CallbackSource="call-progress-events",
-                      SequenceNumber=str(sequence), Timestamp=rfc2822(rec.date_updated) or "")
-        if event is Event.COMPLETED:
-            duration = rec.duration_s or 0
-            params.update(CallDuration=str(duration), Duration=str(math.ceil(duration / 60)),
-                          SipResponseCode=str(self.callee.sip_code if rec.status is CallStatus.FAILED
-                                              else SIP_CODES[rec.status]))
-            if rec.answered_by:
-                params["AnsweredBy"] = rec.answered_by
-        self._queue_callback("status", self.status_callback.url, self.status_callback.method, params)
-
-    def _queue_callback(self, kind: str, url: str, method: str, params: dict[str, str]) -> None:
-        """Send after the callbacks queued before it (Twilio's order), without blocking the call."""
-        previous = self._callback_tail
-        self._callback_tail = self.core.spawn(self._send_after(previous, kind, url, method, params),
-                                              f"{kind} callback {self.sid}")
-
-    async def _send_after(self, previous: asyncio.Task[None] | None, kind: str, url: str, method: str,
-                          params: dict[str, str]) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})
-        answer = await self.core.webhooks.send(kind, url, method, params, call_sid=self.sid)
-        self.core.metrics.callbacks.labels(kind, "ok" if answer.ok else "error").inc()
-
-    async def callbacks_sent(self) -> None:
-        if self._callback_tail is not None:
-            await asyncio.wait({self._callback_tail})
+        params = status_callback_params(rec, event, sequence, self.callee.sip_code)
+        self.callbacks.queue("status", self.status_callback.url, self.status_callback.method, params)
 
     # --- the party on the line --------------------------------------------------------------------
     def ensure_leg(self) -> CallerLeg:
         if self.leg is None:
-            self.leg = party.leg_for(self)
+            self.leg = party.leg_for(self.rec, self.callee, self.core.config, self.core.account.auth_token)
         return self.leg
 
     # --- timers -----------------------------------------------------------------------------------
@@ -382,17 +364,14 @@ class CallActor:
 
     async def _complete_report(self) -> None:
         try:
-            await party.check_caller_audio(self)
-            await self.callbacks_sent()
+            await party.check_caller_audio(self.core.http, self.core.config, self.sid, self.report)
+            await self.callbacks.sent()
         finally:
             self.report_complete = True
             self.core.changes.notify()
 
     # --- introspection ----------------------------------------------------------------------------
     def to_json(self, detail: bool = True) -> dict[str, Any]:
-        from .callees import to_json as callee_json
-        from .resources import call_json
-
         data: dict[str, Any] = {
             "sid": self.sid,
             "status": str(self.rec.status),

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from . import twiml
-from .calls import CallActor, Finish, Goto, Step
+from .calls import CallActor
 from .lifecycle import CallStatus
+from .media import fetch, run_verbs
+from .rooms import Rooms
+from .steps import Finish, Goto, Step
 from .validate import Source, StatusCallback
 
 NESTED_DIAL = 13201  # Twilio: a <Number url> document may not <Dial> (or <Connect>)
@@ -39,13 +42,14 @@ class DialOutcome:
     bridged: bool
 
 
-async def run_dial(call: CallActor, verb: twiml.Dial, base_url: str) -> Step:
+async def run_dial(call: CallActor, verb: twiml.Dial, base_url: str, rooms: Rooms) -> Step:
     target = verb.targets[0]
     call.timeline.add("verb", verb="Dial", target=getattr(target, "address", None) or getattr(target, "name", None),
                       kind=type(target).__name__, timeout_s=verb.timeout_s, action=verb.action,
                       nouns=len(verb.targets))
     if isinstance(target, twiml.DialConference):
-        outcome = await call.core.rooms.seat_from_dial(call, target, base_url)
+        seconds = await rooms.seat_from_dial(call, target, base_url)
+        outcome = DialOutcome("completed", None, round(seconds), True)
     else:
         outcome = await _dial_number(call, verb, target, base_url)
     call.timeline.add("dial-result", status=outcome.status, child_sid=outcome.child_sid,
@@ -92,8 +96,6 @@ class Bridge:
         self.bridged_at: float | None = None
 
     async def run(self, child: CallActor) -> Step:
-        from .media import fetch, run_verbs
-
         if self.whisper_url:
             verbs, code, detail = await fetch(child, "whisper", self.whisper_url, self.whisper_method)
             if verbs is None:

@@ -6,32 +6,32 @@ the FallbackUrl if there is one, else the party hears Twilio's application-error
 and the call hangs up. Verbs take the time they would take on a phone; what the party
 hears is recorded in `call.heard`. `<Connect><Stream>` hands the line to the simulated
 party over a real WebSocket (switchboard_callsim.leg); when the server closes the stream
-the next verb runs, as on Twilio.
+the next verb runs, as on Twilio. `<Dial>` is the call's host's to run (core.Core hands it
+to dialing.py, which builds on this module).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from switchboard_callsim.leg import StreamEnd, StreamSegment
 
 from . import twiml
-from .calls import Finish, Goto, Program, Step
+from .calls import CallActor, Program
 from .lifecycle import CallStatus
+from .params import voice_params
+from .resources import rfc2822
+from .steps import Finish, Goto, Step
 from .validate import Source
-
-if TYPE_CHECKING:
-    from .calls import CallActor
 
 HTTP_RETRIEVAL_FAILURE = 11200
 APPLICATION_ERROR_SAY = "We are sorry, an application error has occurred. Goodbye."
 
 
 def request_params(call: CallActor, extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
-    params = call.base_params()
+    params = voice_params(call.rec)
     request = call.amd_request
     if call.amd is not None and request is not None and not request.asynchronous and call.rec.answered_by:
         params["AnsweredBy"] = call.rec.answered_by
@@ -91,8 +91,6 @@ async def _application_error(call: CallActor, code: int, reason: str) -> Step:
 
 async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: str, source: str = "twiml") -> Step:
     """Run a document's verbs; `source` labels what the party hears (twiml, whisper, hold)."""
-    from .dialing import run_dial  # dialing builds on this module
-
     for verb in verbs:
         if call.rec.status is CallStatus.RINGING and call.rec.direction == "inbound":
             if isinstance(verb, twiml.Reject):
@@ -123,7 +121,7 @@ async def run_verbs(call: CallActor, verbs: tuple[twiml.Verb, ...], base_url: st
             case twiml.Connect():
                 step = await _connect(call, verb, base_url)
             case twiml.Dial():
-                step = await run_dial(call, verb, base_url)
+                step = await call.core.dial(call, verb, base_url)
             case twiml.Unsupported():
                 call.timeline.add("verb-unsupported", verb=verb.tag)
                 step = None
@@ -191,12 +189,10 @@ async def _connect(call: CallActor, verb: twiml.Connect, base_url: str) -> Step:
 
 def _stream_event(call: CallActor, stream: twiml.Stream, event: str, stream_sid: str,
                   error: str | None = None) -> None:
-    from .resources import rfc2822
-
     params = {"AccountSid": call.rec.account_sid, "CallSid": call.sid, "StreamSid": stream_sid,
               "StreamName": stream.name or stream_sid, "StreamEvent": event,
               "Timestamp": rfc2822(time.time()) or ""}
     if error:
         params["StreamError"] = error
     assert stream.status_callback is not None
-    call._queue_callback("stream", stream.status_callback, stream.status_callback_method, params)
+    call.callbacks.queue("stream", stream.status_callback, stream.status_callback_method, params)

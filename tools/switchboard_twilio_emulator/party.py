@@ -9,7 +9,9 @@ stream). After the call, `report` turns the simulator's result into the call's r
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import httpx
 
 from switchboard_callsim.emucheck import caller_audio_verdict
 from switchboard_callsim.leg import CallerLeg
@@ -18,13 +20,14 @@ from switchboard_callsim.playback import Playback
 from switchboard_callsim.script import Conversation
 from switchboard_callsim.twiliomsg import CallIdentity
 
-if TYPE_CHECKING:
-    from .calls import CallActor
+from .callees import Callee
+from .config import EmulatorConfig
+from .resources import CallRecord
 
 
-def leg_for(call: CallActor) -> CallerLeg:
-    callee, config = call.callee, call.core.config
-    answered_us = int((call.rec.answered_at or time.time()) * 1_000_000)
+def leg_for(rec: CallRecord, callee: Callee, config: EmulatorConfig, auth_token: str) -> CallerLeg:
+    """The line of the call `rec`, answered by `callee`; its streams are signed with `auth_token`."""
+    answered_us = int((rec.answered_at or time.time()) * 1_000_000)
     if callee.kind == "person":
         def party(playback: Playback, start_us: int) -> Any:
             return Conversation(callee.script, playback, start_us, config.synthetic_audio)
@@ -34,8 +37,8 @@ def leg_for(call: CallActor) -> CallerLeg:
 
         def party(playback: Playback, start_us: int) -> Any:
             return Machine(machine, playback, answered_us)  # its greeting started at the answer
-    ident = CallIdentity(call.rec.account_sid, call.sid, "MZ" + "0" * 32)  # each stream gets its own sid
-    return CallerLeg(ident, party, script=callee.script, auth_token=call.core.account.auth_token,
+    ident = CallIdentity(rec.account_sid, rec.sid, "MZ" + "0" * 32)  # each stream gets its own sid
+    return CallerLeg(ident, party, script=callee.script, auth_token=auth_token,
                      synthetic=config.synthetic_audio, connect_timeout_s=config.stream_connect_timeout_s)
 
 
@@ -68,9 +71,10 @@ def report(leg: CallerLeg | None) -> dict[str, Any] | None:
     return data
 
 
-async def check_caller_audio(call: CallActor) -> None:
-    url = call.core.config.deepgram_emulator_url
-    data = call.report
+async def check_caller_audio(http: httpx.AsyncClient, config: EmulatorConfig, call_sid: str,
+                             data: dict[str, Any] | None) -> None:
+    """Fill the report's `byte_exact_in` and `in_reasons` (when a Deepgram emulator is configured)."""
+    url = config.deepgram_emulator_url
     if url and data is not None and data["sent_audio_bytes"]:
         data["byte_exact_in"], data["in_reasons"] = await caller_audio_verdict(
-            call.core.http, url, call.sid, data["sent_audio_bytes"], data["sent_audio_sha256"])
+            http, url, call_sid, data["sent_audio_bytes"], data["sent_audio_sha256"])

@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from . import errors, twiml
-from .calls import CallActor, Finish, Goto, Program, Step
+from .callbacks import CallbackQueue
+from .calls import CallActor, CallHost, Program
 from .conference import EVENT_SUBSCRIPTION, Change, Conference, ConferenceStatus, Participant, ParticipantStatus
+from .exchange import new_sid
 from .lifecycle import CallStatus, Event
+from .media import fetch, run_verbs
 from .records import Timeline
-from .resources import rfc2822
+from .resources import conference_json, participant_json, rfc2822
+from .steps import Finish, Goto, Step
 from .validate import CreateParticipant, StatusCallback, UpdateParticipant
-
-if TYPE_CHECKING:
-    from .core import Core
-    from .dialing import DialOutcome
 
 WAIT_VERBS = (twiml.Say, twiml.Play, twiml.Pause, twiml.Redirect)  # all a waitUrl document may use
 MAX_WAIT_REDIRECTS = 5
@@ -60,13 +60,13 @@ class Seat:
 
 
 class Rooms:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: CallHost) -> None:
         self.core = core
         self.conferences: dict[str, Conference] = {}
         self.timelines: dict[str, Timeline] = {}
         self._active: dict[str, str] = {}  # friendly name → sid of the conference not yet completed
         self._hooks: dict[str, tuple[StatusCallback, list[int]]] = {}  # the first participant's callback wins
-        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._callbacks: dict[str, CallbackQueue] = {}  # by conference sid
         self._seats: dict[str, Seat] = {}
 
     # --- finding ----------------------------------------------------------------------------------
@@ -74,8 +74,6 @@ class Rooms:
         sid = self._active.get(name)
         if sid is not None and self.conferences[sid].status is not ConferenceStatus.COMPLETED:
             return self.conferences[sid]
-        from .core import new_sid
-
         now = time.time()
         conf = Conference(new_sid("CF"), self.core.account.sid, name, now, now)
         self.conferences[conf.sid] = conf
@@ -99,9 +97,8 @@ class Rooms:
             self._hooks.pop(sid, None)
 
     # --- seats ------------------------------------------------------------------------------------
-    async def seat_from_dial(self, call: CallActor, noun: twiml.DialConference, base_url: str) -> DialOutcome:
-        from .dialing import DialOutcome
-
+    async def seat_from_dial(self, call: CallActor, noun: twiml.DialConference, base_url: str) -> float:
+        """A `<Dial><Conference>`: sit until the call leaves or is kicked; returns the seconds spent."""
         hook = noun.status
         spec = SeatSpec(
             noun.participant_label, noun.start_on_enter, noun.end_on_exit, noun.muted, noun.beep,
@@ -110,8 +107,7 @@ class Rooms:
             StatusCallback(urljoin(base_url, hook.url), hook.method, hook.events or frozenset({"start", "end"}))
             if hook.url else None,
         )
-        seconds = await self.seat(call, self.get_or_create(noun.name), spec)
-        return DialOutcome("completed", None, round(seconds), True)
+        return await self.seat(call, self.get_or_create(noun.name), spec)
 
     def participant_program(self, conf: Conference, spec: SeatSpec) -> Program:
         async def run(call: CallActor) -> Step:
@@ -168,8 +164,6 @@ class Rooms:
             seat.hold_task = None
 
     async def _hold_music(self, seat: Seat, p: Participant, url: str | None = None, method: str | None = None) -> None:
-        from .media import fetch, run_verbs
-
         call = seat.call
         url = p.wait_url if url is None else url
         method = method or p.wait_method
@@ -236,15 +230,10 @@ class Rooms:
             params["ReasonConferenceEnded"] = conf.reason_ended or ""
             if conf.call_sid_ending:
                 params["CallSidEndingConference"] = conf.call_sid_ending
-        previous = self._tails.get(conf.sid)
-        self._tails[conf.sid] = self.core.spawn(self._send_after(previous, hook, params), f"conference {conf.sid}")
-
-    async def _send_after(self, previous: asyncio.Task[None] | None, hook: StatusCallback,
-                          params: dict[str, str]) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})
-        answer = await self.core.webhooks.send("conference", hook.url, hook.method, params)
-        self.core.metrics.callbacks.labels("conference", "ok" if answer.ok else "error").inc()
+        queue = self._callbacks.get(conf.sid)
+        if queue is None:
+            queue = self._callbacks[conf.sid] = CallbackQueue(self.core, conf.sid)
+        queue.queue("conference", hook.url, hook.method, params)
 
     # --- the Participants and Conferences API ---------------------------------------------------
     def add_participant(self, key: str, req: CreateParticipant) -> tuple[Conference, Participant]:
@@ -327,8 +316,6 @@ class Rooms:
 
     # --- introspection ----------------------------------------------------------------------------
     def to_json(self, conf: Conference) -> dict[str, Any]:
-        from .resources import conference_json, participant_json
-
         return {
             "resource": conference_json(conf),
             "participants": [participant_json(conf, p) for p in conf.participants.values()],
