@@ -1,10 +1,11 @@
 """One call held by this worker: the I/O shell around the call's conversation core.
 
 Caller audio arrives through the worker's shared reader and goes to Deepgram through a
-per-call outbox (`caller_intake.CallerIntake`). Deepgram's audio and events are read by this session's
-own task (`run`) and appended to the call's `:out` / `:events` streams by the shared writer.
-What happens next is decided by `switchboard.conversation.Conversation` (pure) and carried
-out here (`_apply`); where the call stands is `lifecycle.CallState`.
+per-call outbox (`caller_intake.CallerIntake`). Deepgram's audio and events are read by this
+session's own task (`run`, through `agent_sessions.AgentSessions`) and appended to the call's
+`:out` / `:events` streams by the shared writer. What happens next is decided by
+`switchboard.conversation.Conversation` (pure) and carried out here (`_apply`); where the call
+stands is `lifecycle.CallState`.
 
 A call ends on exactly one path: the edge writes `stop` to `:in` (Twilio hung up, or the
 edge closed the socket after we asked it to hang up). Everything that wants to end the
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from switchboard import deepgram, entries, redis_types, settings_store
+from switchboard import deepgram, redis_types, settings_store
 from switchboard.agent_settings import AgentSettings
 from switchboard.conversation import (
     Action,
@@ -41,13 +42,14 @@ from switchboard.conversation import (
     ToAgent,
     ToCaller,
 )
-from switchboard.entries import Kind, now_us
+from switchboard.entries import Kind
 from switchboard.messages import CallField, Event, Outcome, RecordState
 from switchboard.redis_types import Entries
 
 from . import commands, keypad, metrics, precall, records
 from .adoption import adopt
-from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink, DeepgramUnavailable
+from .agent_link import BUFFER_WHILE_CONNECTING_BYTES, AgentLink
+from .agent_sessions import AgentSessions
 from .caller_intake import CallerIntake
 from .functions import FunctionRunner
 from .lifecycle import CallState, Lifecycle
@@ -93,8 +95,11 @@ class CallSession:
         self._digit_requests = keypad.DigitRequests()
         self._transfers = Transfers(self)
         self._agent = AgentLink(port, self.extra)
+        self._deepgram = AgentSessions(port, call_sid, stream_sid, self.life, self.conv, self._agent, self._timeline,
+                                       self._functions, settings=lambda: self.settings, apply=self._apply,
+                                       on_connected=self._transfers.on_agent_connected, extra=self.extra)
         self._from_caller = CallerIntake(port, self.in_key, self.conv, self._agent, self._timeline,
-                                    apply=self._apply, on_stop=self._on_stop, extra=self.extra)
+                                         apply=self._apply, on_stop=self._on_stop, extra=self.extra)
         self._stopped = asyncio.Event()  # the edge said the call is over
         self._closer: asyncio.Task[None] | None = None
 
@@ -107,12 +112,12 @@ class CallSession:
                 return
             await self._prepare(meta)
             self.life.to(CallState.CONNECTING)
-            connected = await self._open_agent(resume=self.takeover)
+            connected = await self._deepgram.open(resume=self.takeover)
             self._from_caller.follow()  # also to see the edge's stop when Deepgram is unavailable
             if connected:
                 self.port.reader.add(self.cmd_key, meta.get(b"cmd_pos", b"0-0"))
                 await self.port.redis.hset(self.call_key, mapping={CallField.STATE: RecordState.ACTIVE})
-                await self._pump()
+                await self._deepgram.pump()
             if self.conv.hangup_reason is not None and not self.life.over:
                 await self._wait_for_stop()
         except RedisError as exc:
@@ -239,56 +244,6 @@ class CallSession:
         self.life.to(CallState.ENDED)
         log.info("call finished", extra={**self.extra, "outcome": outcome, "reason": self.stop_reason})
 
-    # --- the Deepgram session ---------------------------------------------------------------------
-    async def _open_agent(self, *, resume: bool) -> bool:
-        """Open a Deepgram session (with the conversation so far on a resume); False if none could be."""
-        if resume:
-            await self.port.writer.flushed()  # our own latest transcript lines first
-        context = self.conv.context(await records.events(self.port, self.events_key)) if resume else None
-        message = self.settings.to_settings_message(
-            tags=["switchboard", f"callsid:{self.call_sid}"], context=context, resume=resume
-        )
-        self._timeline.to_deepgram(message)
-        try:
-            request_id, took = await self._agent.open(message, give_up=lambda: self.life.over)
-        except DeepgramUnavailable as exc:
-            if not resume:
-                self._record_error(exc.code, str(exc))
-            reason = f"deepgram_{exc.code}" if resume else "deepgram_unavailable"
-            self._apply(self.conv.on_agent_unavailable(reason, f"deepgram_{exc.code}"))
-            return False
-        metrics.DG_CONNECT.observe(took)
-        if self.life.over:
-            self._agent.abort()  # released or stopped while connecting: the pump ends at once
-        self.event(Event.DEEPGRAM_CONNECTED, request_id=request_id, resumed=resume, connect_ms=round(took * 1000, 1))
-        log.info("deepgram session open", extra={**self.extra, "request_id": request_id,
-                                                 "connect_ms": round(took * 1000, 1)})
-        if self.life.can(CallState.ACTIVE):
-            self.life.to(CallState.ACTIVE)
-        self._apply(self.conv.on_agent_connected(time.monotonic()))
-        self._transfers.on_agent_connected()
-        return True
-
-    async def _pump(self) -> None:
-        """Read Deepgram until the call ends; the conversation decides whether a drop is reopened."""
-        while self._agent.attached:
-            async for frame in self._agent.frames():
-                if isinstance(frame, bytes):
-                    self._on_agent_audio(frame)
-                else:
-                    self._on_agent_event(frame)
-            await self._agent.detach()
-            expected = self.life.state is not CallState.ACTIVE  # closing, released, or hanging up
-            self.event(Event.DEEPGRAM_CLOSED, expected=expected)  # for the record, and for a replay
-            actions = self.conv.on_agent_closed(time.monotonic(), expected=expected)
-            self._apply(actions)
-            if expected or not any(isinstance(action, Reconnect) for action in actions):
-                return
-            self.life.to(CallState.RECONNECTING)
-            log.warning("deepgram dropped mid-call; reconnecting with context", extra=self.extra)
-            if not await self._open_agent(resume=True):
-                return
-
     # --- the call's streams, the edge's stop, the twice-a-second watch -------------------------------
     def entry_handlers(self) -> dict[str, EntryHandler]:
         """What the worker's shared reader calls with this call's new entries, by stream key."""
@@ -321,40 +276,7 @@ class CallSession:
         if self._agent.keep_alive(now):
             self._timeline.to_deepgram(deepgram.KEEPALIVE)
 
-    # --- Deepgram → caller -----------------------------------------------------------------------
-    def _on_agent_audio(self, frame: bytes) -> None:
-        metrics.AUDIO_BYTES_FROM_DG.inc(len(frame))
-        t_us = now_us()
-        self.port.writer.append(self.out_key, entries.audio(frame, t_us))
-        self._timeline.agent_audio(frame, t_us)
-        actions = self.conv.on_agent_audio(len(frame), time.monotonic())
-        if actions:
-            self._apply(actions)
-
-    def _on_agent_event(self, text: str) -> None:
-        self._timeline.from_deepgram(text)
-        try:
-            msg = deepgram.parse_server(text)
-        except deepgram.DeepgramProtocolError as exc:
-            log.warning("%s", exc, extra=self.extra)
-            return
-        kind = msg["type"]
-        self._apply(self.conv.on_agent_message(msg, time.monotonic()))
-        if kind == "AgentStartedSpeaking":
-            if isinstance(msg.get("total_latency"), (int, float)):
-                metrics.TURN_LATENCY.observe(float(msg["total_latency"]))
-        elif kind == "FunctionCallRequest":
-            self._functions.handle_request(msg)
-        elif kind == "Error":
-            self._record_error(str(msg.get("code", "UNKNOWN")), str(msg.get("description", "")))
-        elif kind == "Warning":
-            self.event(Event.WARNING, code=msg.get("code"), description=msg.get("description"))
-            log.info("deepgram warning %s", msg.get("code"), extra=self.extra)
-        elif kind in _NOTED:
-            self.event(_NOTED[kind], **{k: v for k, v in msg.items() if k != "type"})
-        # Welcome, SettingsApplied, History, LatencyReport (in turn_latency) and types Deepgram
-        # adds later need no action here.
-
+    # --- carrying out the conversation's decisions ---------------------------------------------------
     def _apply(self, actions: list[Action]) -> None:
         """Carry out what the conversation decided."""
         for action in actions:
@@ -387,11 +309,6 @@ class CallSession:
             elif isinstance(action, Reconnect) and self._agent.attached:
                 log.warning("dropping the deepgram session: %s", action.reason, extra=self.extra)
                 self._agent.abort()
-
-    def _record_error(self, code: str, description: str) -> None:
-        metrics.DG_ERRORS.labels(code).inc()
-        self.event(Event.ERROR, source="deepgram", code=code, description=description)
-        log.warning("deepgram error %s: %s", code, description, extra=self.extra)
 
     # --- what commands and functions may do (port.CallHandle) --------------------------------------
     @property
@@ -442,12 +359,3 @@ class CallSession:
 
     def event(self, kind: str, /, **data: Any) -> None:
         self._timeline.event(kind, **data)
-
-
-# Deepgram messages noted in the call's events as they come (type → event name).
-_NOTED = {
-    "PromptUpdated": Event.PROMPT_UPDATED, "SpeakUpdated": Event.SPEAK_UPDATED, "ThinkUpdated": Event.THINK_UPDATED,
-    "InjectionRefused": Event.INJECTION_REFUSED, "AgentThinking": Event.AGENT_THINKING,
-    "FunctionCallCancelled": Event.FUNCTION_CALL_CANCELLED,
-}
-

@@ -1,10 +1,10 @@
-"""The agent-worker instance: claims calls, keeps their leases, feeds their sessions.
+"""The agent-worker instance: runs the sessions of the calls it claims, keeps their leases, drains.
 
-Claiming: `XREADGROUP` on the dispatch stream with COUNT = free slots, so a worker never
-holds more than its capacity and load spreads without a scheduler. The dispatch entry
-stays pending while the call lives; the owner refreshes its idle time (XCLAIM to itself)
-and its fencing lease on every heartbeat. If a worker dies, both lapse and another worker
-takes the call over with `XAUTOCLAIM`, reopening Deepgram with the conversation so far.
+Calls come through `claiming.Claims` (new ones from the dispatch stream, takeovers of calls
+whose owner went quiet). While a call lives here, every heartbeat refreshes its dispatch
+entry's idle time (XCLAIM to itself) and its fencing lease, and publishes the worker's health
+and capacity for admission control. If a worker dies, both lapse and another worker takes the
+call over, reopening Deepgram with the conversation so far.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import time
 from typing import Any
 
 import httpx
-from redis.exceptions import RedisError, ResponseError
 
-from switchboard import capacity, redis_types
+from switchboard import capacity
 from switchboard import keys as keyspace
 from switchboard.besteffort import Outage, best_effort
 from switchboard.config import keys_for, redis_client, redis_reachable
@@ -30,16 +29,13 @@ from switchboard.supervise import Supervisor
 
 from . import metrics
 from .bookkeeping import Bookkeeping
+from .claiming import Claims
 from .port import WorkerPort
 from .session import CallSession, EntryHandler
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 DRAIN_SESSION_WAIT_S = 3.0
-OVERLOADED_RECHECK_S = 0.25
-# A claim blocks this long at most: a worker that crosses its load threshold stops claiming
-# within it (the read already waiting would still hand it a call).
-CLAIM_BLOCK_MS = 250  # released sessions stop within ms; this bounds only a lost cancellation
 
 # Renew the lease only if it is still ours: a worker that was paused past its lease must
 # not extend another worker's. A missing key (Redis restarted and lost it, or it lapsed
@@ -80,7 +76,6 @@ class Worker:
         self.sessions: dict[str, CallSession] = {}
         self._handlers: dict[str, EntryHandler] = {}  # by stream key, for the shared reader
         self._session_tasks: dict[str, asyncio.Task[None]] = {}
-        self._free = asyncio.Event()
         self._capacity_changed = asyncio.Event()  # a claim or release to publish now
         self._draining = False
         self._stopping = False  # drain is cancelling the background tasks
@@ -91,9 +86,10 @@ class Worker:
         # Past its load threshold a worker takes no new call; admission control counts it as full.
         self.load = LoadMeter(settings.worker_load_threshold, on_change=self._load_changed)
         metrics.LOAD.set_function(lambda: self.load.load)
+        self.claims = Claims(settings, self.keys, self.redis, self._redis_claim, self.random, self.load,
+                             free_slots=lambda: self.free_slots, start=self._start_session)
         self._claiming: list[asyncio.Task[Any]] = []
         self._heartbeat_outage, self._capacity_outage = Outage(), Outage()
-        self._claim_outage, self._takeover_outage = Outage(), Outage()
         metrics.CAPACITY.set(settings.worker_capacity)
 
     @property
@@ -105,7 +101,7 @@ class Worker:
         return self.settings.worker_capacity - len(self.sessions)
 
     async def __aenter__(self) -> Worker:
-        await self._ensure_group()
+        await self.claims.ensure_group()
         await self._publish_capacity()  # so that healthy implies counted as capacity by admission control
         metrics.TASKS.set_function(lambda: len(asyncio.all_tasks()))  # read at scrape time, on this loop
         await self._health.start()
@@ -113,8 +109,8 @@ class Worker:
                            ("heartbeat", self._heartbeat_loop()), ("capacity", self._capacity_loop()),
                            ("ticker", self._tick_loop()), ("load", self.load.run())):
             self.tasks.spawn(loop, name=name)
-        self._claiming = [self.tasks.spawn(self._claim_loop(), name="claim"),
-                          self.tasks.spawn(self._takeover_loop(), name="takeover")]
+        self._claiming = [self.tasks.spawn(self.claims.new_calls(), name="claim"),
+                          self.tasks.spawn(self.claims.takeovers(), name="takeover")]
         log.info("worker ready", extra={"worker_id": self.settings.worker_id, "capacity": self.settings.worker_capacity,
                                          "metrics_port": self.metrics_port})
         return self
@@ -122,70 +118,8 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.drain()
 
-    async def _after_dispatch_error(self, error: RedisError | None) -> None:
-        if "NOGROUP" in str(error):  # Redis lost its data (restart without persistence)
-            async with best_effort("recreate the dispatch group yet", errors=metrics.REDIS_ERRORS):
-                await self._ensure_group()
-
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.keys.dispatch(), keyspace.DISPATCH_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    # --- claiming ----------------------------------------------------------------------------
-    async def _claim_loop(self) -> None:
-        dispatch = self.keys.dispatch()
-        while not self._draining:
-            free = self.free_slots
-            if free <= 0:
-                self._free.clear()
-                await self._free.wait()
-                continue
-            if self.load.overloaded:
-                # New calls wait for a worker that can serve them well; calls in progress (and
-                # takeovers of a dead worker's calls) are served here as before.
-                await asyncio.sleep(OVERLOADED_RECHECK_S)
-                continue
-            async with best_effort("claim calls", errors=metrics.REDIS_ERRORS, outage=self._claim_outage) as attempt:
-                response = await self._redis_claim.xreadgroup(
-                    keyspace.DISPATCH_GROUP, self.settings.worker_id, {dispatch: ">"}, count=free, block=CLAIM_BLOCK_MS
-                )
-            if attempt.failed:
-                await asyncio.sleep(0.5 + self.random.random())
-                await self._after_dispatch_error(attempt.error)
-                continue
-            for _key, items in redis_types.streams(response):
-                for entry_id, fields in items:
-                    await self._start_session(entry_id, fields, takeover=False)
-
-    async def _takeover_loop(self) -> None:
-        """Adopt calls whose owner stopped refreshing them (dead or partitioned worker)."""
-        period = self.settings.lease_ms / 4000
-        cursor: bytes | str = "0-0"
-        while not self._draining:
-            await asyncio.sleep(period * (0.75 + self.random.random() / 2))
-            if self.free_slots <= 0:
-                continue
-            async with best_effort("scan for calls to take over", errors=metrics.REDIS_ERRORS,
-                                   outage=self._takeover_outage) as attempt:
-                reply = await self.redis.xautoclaim(
-                    self.keys.dispatch(), keyspace.DISPATCH_GROUP, self.settings.worker_id,
-                    # The margin lets the owner's lease key (renewed just after the idle reset) expire first.
-                    min_idle_time=self.settings.lease_ms + 100, start_id=cursor, count=self.free_slots,
-                )
-                # XAUTOCLAIM scans at most COUNT*10 entries per call: page through the whole
-                # backlog across scans, or a dead worker's newer calls are never reached.
-                cursor, claimed = reply[0], reply[1]
-            if attempt.failed:
-                await self._after_dispatch_error(attempt.error)
-                continue
-            for entry_id, fields in claimed:
-                if fields:
-                    await self._start_session(entry_id, fields, takeover=True)
-
-    async def _start_session(self, entry_id: bytes, fields: dict[bytes, bytes], takeover: bool) -> None:
+    # --- the calls' sessions ------------------------------------------------------------------
+    async def _start_session(self, entry_id: bytes, fields: dict[bytes, bytes], *, takeover: bool) -> None:
         stream_sid = fields.get(b"stream_sid", b"").decode()
         call_sid = fields.get(b"call_sid", b"").decode()
         if not stream_sid or stream_sid in self.sessions:
@@ -224,7 +158,7 @@ class Worker:
             for key in session.entry_handlers():
                 self._handlers.pop(key, None)
             metrics.LIVE_CALLS.set(len(self.sessions))
-            self._free.set()
+            self.claims.slot_freed()
             self._capacity_changed.set()
 
     # --- shared reader dispatch ------------------------------------------------------------------
@@ -338,6 +272,7 @@ class Worker:
         if not self._draining:
             self._draining = True
             metrics.DRAINS.inc()
+        self.claims.stop()
         log.info("draining", extra={"worker_id": self.settings.worker_id, "live_calls": len(self.sessions)})
         self.tasks.closing()
         for task in self._claiming:
