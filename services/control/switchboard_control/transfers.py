@@ -7,7 +7,7 @@ it goes, at whichever replica: each callback moves the record's state with a com
 replicas may hear about one transfer at once), appends the step to the agent stream's events
 (so SSE, the call detail and call.ended show it) and counts it. A caller nobody answered is sent
 back to the agent: redirected to `/twiml/transfer/return`, which mints the one-time stream
-token and resume grant (`routes.twiml._issue_grants`) exactly like a reconnect after an edge
+token and resume grant (`stream_grants.issue`) exactly like a reconnect after an edge
 loss; the edge's identity checks apply unchanged.
 """
 

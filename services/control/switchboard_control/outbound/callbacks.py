@@ -1,8 +1,8 @@
 """What Twilio requests about outbound calls, each signed (`X-Twilio-Signature`, checked like `/twiml`):
 
 - `POST /twiml/outbound?ref=…`: the call was answered; it gets `<Connect><Stream>` to the edge
-  with a one-time stream token, exactly like an inbound call (`routes.twiml`), then the same
-  `<Redirect>` to `/twiml/continue` for failover;
+  with a one-time stream token, exactly like an inbound call (`twiml_documents`, `stream_grants`),
+  then the same `<Redirect>` to `/twiml/continue` for failover;
 - `POST /twilio/outbound/status?ref=…`: initiated, ringing, in-progress, completed|busy|no-answer|failed|canceled;
 - `POST /twilio/outbound/amd?ref=…`: the answering-machine verdict.
 
@@ -24,8 +24,8 @@ from switchboard import signature
 from switchboard.messages import Event
 from switchboard.outbound import FINAL, OField
 
+from .. import stream_grants, twiml_documents
 from ..deps import StateDep
-from ..routes import twiml
 from . import metrics
 from .service import outbound_of
 
@@ -84,14 +84,14 @@ async def outbound_twiml(request: Request, state: StateDep, ref: Ref) -> Respons
     service = outbound_of(request)
     record = await service.lifecycle.record_for("twiml", ref, _first(form, "CallSid"))
     if record is None or record.get(OField.STATUS) in FINAL:
-        return Response(twiml.goodbye(state.settings, apologise=False), media_type="application/xml")
+        return Response(twiml_documents.goodbye(state.settings, apologise=False), media_type="application/xml")
     metrics.CALLBACKS.labels("twiml", "ok").inc()
     profile = record.get(OField.PROFILE) or None
-    parameters = twiml._caller_parameters(form, profile)
-    await twiml._issue_grants(state, form, parameters, step="twiml")
+    parameters = twiml_documents.caller_parameters(form, profile)
+    await stream_grants.issue(state, form, parameters, step="twiml")
     await service.store.event(ref, {"type": Event.OUTBOUND_STATUS, "status": "connecting"})
-    continue_url = twiml._continue_url(state.settings, request, profile, 1)
-    return Response(twiml.render(state.settings, parameters, continue_url), media_type="application/xml")
+    continue_url = twiml_documents.continue_url(state.settings, request, profile, 1)
+    return Response(twiml_documents.render(state.settings, parameters, continue_url), media_type="application/xml")
 
 
 @router.post("/twilio/outbound/status", status_code=204, response_class=Response, openapi_extra=_FORM,

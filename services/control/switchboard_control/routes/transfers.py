@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from switchboard import messages, settings_store, transfers
 from switchboard.transfers import State, Transfer, TransferKeys
 
-from .. import callstate, refusals
+from .. import callstate, refusals, stream_grants, twiml_documents
 from ..background import BackgroundDep
 from ..deps import Auth, StateDep
 from ..models import CALL_SID, CommandResult, Problem
@@ -109,12 +109,12 @@ async def conference(request: Request, state: StateDep, background: BackgroundDe
 
 async def _stream_back(request: Request, state: StateDep, raw: dict[str, list[str]], transfer: Transfer) -> Response:
     profile = transfer.profile or None
-    parameters = twiml._caller_parameters(raw, profile)
-    await twiml._issue_grants(state, raw, parameters, step=f"transfer:{transfer.id}", resume_of=transfer.stream_sid)
+    parameters = twiml_documents.caller_parameters(raw, profile)
+    await stream_grants.issue(state, raw, parameters, step=f"transfer:{transfer.id}", resume_of=transfer.stream_sid)
     log.info("caller back to the agent after a transfer", extra={"call_sid": transfer.call_sid,
                                                                  "transfer": transfer.id, "reason": transfer.reason})
-    return Response(twiml.render(state.settings, parameters, twiml._continue_url(state.settings, request, profile, 1)),
-                    media_type="application/xml")
+    continue_url = twiml_documents.continue_url(state.settings, request, profile, 1)
+    return Response(twiml_documents.render(state.settings, parameters, continue_url), media_type="application/xml")
 
 
 # --- the REST API ---------------------------------------------------------------------------------------

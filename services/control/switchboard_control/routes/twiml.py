@@ -17,35 +17,25 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import secrets
-import time
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
-from xml.etree import ElementTree as ET
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from switchboard import capacity, signature
-from switchboard import keys as keyspace
-from switchboard.keys import RESUME_PARAMETER
 from switchboard.messages import CallField, Outcome
 
-from .. import callstate, metrics
+from .. import callstate, metrics, stream_grants
 from ..deps import State, StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
+from ..twiml_documents import CALLER_FIELDS, busy, caller_parameters, continue_url, form_value, goodbye, hold, render
 
 router = APIRouter(tags=["twilio"])
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-# Webhook fields passed on to the call as <Parameter>s (the edge stores them on the call record).
-CALLER_FIELDS = ("CallSid", "From", "To", "CallerName", "Direction", "ForwardedFrom")
-MAX_PARAMETER_CHARS = 499  # Twilio: name + value of one <Parameter> under 500 characters
-SID = re.compile(r"[A-Za-z0-9]{2,64}")  # what the edge accepts as a callSid
-# XML 1.0 forbids these in a document; a caller name carrying one would make the TwiML unparseable.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 _FORM_SCHEMA = {
     "type": "object",
@@ -79,9 +69,9 @@ async def twiml(request: Request, state: StateDep, profile: ProfileQuery = None,
     held = await _admission(state, request, form, profile, queued)
     if held is not None:
         return _xml(held)
-    parameters = _caller_parameters(form, profile)
-    await _issue_grants(state, form, parameters, step="twiml")
-    return _xml(render(state.settings, parameters, _continue_url(state.settings, request, profile, 1)))
+    parameters = caller_parameters(form, profile)
+    await stream_grants.issue(state, form, parameters, step="twiml")
+    return _xml(render(state.settings, parameters, continue_url(state.settings, request, profile, 1)))
 
 
 @router.post("/twiml/continue", response_class=Response, openapi_extra=_FORM_BODY, responses=_RESPONSES)
@@ -99,7 +89,7 @@ async def twiml_continue(
     """
     settings = state.settings
     form = await _verified_form(request, settings)
-    call_sid = _first(form, "CallSid")
+    call_sid = form_value(form, "CallSid")
     record = await callstate.find(state, call_sid) if call_sid else None
     if record is not None and record.fields.get(CallField.HANGUP_REQUESTED):
         reason = record.fields[CallField.HANGUP_REQUESTED]
@@ -115,17 +105,17 @@ async def twiml_continue(
         held = await _admission(state, request, form, profile, 0)
         if held is not None:
             return _xml(held)
-    parameters = _caller_parameters(form, profile or (record.fields.get(CallField.PROFILE) if record else None))
+    parameters = caller_parameters(form, profile or (record.fields.get(CallField.PROFILE) if record else None))
     resume_of = None
     if record is not None and record.fields.get(CallField.OUTCOME) != Outcome.NO_CAPACITY:
         resume_of = record.stream_sid
         if state.settings.control_admission != "off":
             metrics.ADMISSIONS.labels("reconnect_admitted").inc()
-    await _issue_grants(state, form, parameters, step=f"continue:{attempt}", resume_of=resume_of)
+    await stream_grants.issue(state, form, parameters, step=f"continue:{attempt}", resume_of=resume_of)
     metrics.TWIML.labels("reconnect").inc()
     log.info("reconnecting a dropped stream", extra={"call_sid": call_sid[:64], "attempt": attempt,
                                                       "stream_sid": record.stream_sid if record else ""})
-    return _xml(render(settings, parameters, _continue_url(settings, request, profile, attempt + 1)))
+    return _xml(render(settings, parameters, continue_url(settings, request, profile, attempt + 1)))
 
 
 async def _verified_form(request: Request, settings: ControlSettings) -> dict[str, list[str]]:
@@ -143,45 +133,10 @@ async def _verified_form(request: Request, settings: ControlSettings) -> dict[st
         form,
     ):
         metrics.TWIML.labels("bad_signature").inc()
-        log.warning("TwiML request with a bad signature", extra={"call_sid": _first(form, "CallSid")[:64]})
+        log.warning("TwiML request with a bad signature", extra={"call_sid": form_value(form, "CallSid")[:64]})
         raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid X-Twilio-Signature")
     metrics.TWIML.labels("ok").inc()
     return form
-
-
-async def _issue_grants(
-    state: State, form: dict[str, list[str]], parameters: dict[str, str], *, step: str, resume_of: str | None = None
-) -> None:
-    """A one-time token for this call's next stream and, on a reconnect, a one-time resume grant.
-
-    Twilio's signature on the stream upgrade is the same for every call on one URL, so a
-    captured handshake could be replayed; a token that works once, for one callSid, shortly
-    after Twilio fetched this TwiML, cannot. The resume grant names the one old stream the new
-    one may continue: the edge honours `sb_resume_of` only with it.
-
-    Twilio's webhook signature has no timestamp either, so a captured request to this endpoint
-    could be replayed to mint fresh tokens: each step of a call (its first TwiML, each
-    reconnect) mints once, and a replay gets TwiML whose stream the edge will refuse.
-    """
-    call_sid = _first(form, "CallSid")
-    if not SID.fullmatch(call_sid):
-        return
-    keys = state.keys
-    first = await state.redis.hsetnx(keys.grants_issued(call_sid), step, str(time.time()))
-    if not first:
-        metrics.TWIML.labels("replayed").inc()
-        log.warning("replayed TwiML request: no new stream token", extra={"call_sid": call_sid, "step": step})
-        return
-    token = secrets.token_urlsafe(24)
-    pipe = state.redis.pipeline(transaction=False)
-    pipe.expire(keys.grants_issued(call_sid), keyspace.GRANTS_ISSUED_TTL_S)
-    pipe.set(keys.stream_token(call_sid), token, ex=keyspace.STREAM_TOKEN_TTL_S)
-    if resume_of:
-        pipe.set(keys.resume_grant(call_sid), resume_of, ex=keyspace.STREAM_TOKEN_TTL_S)
-    await pipe.execute()
-    parameters[keyspace.STREAM_TOKEN_PARAMETER] = token
-    if resume_of:
-        parameters[RESUME_PARAMETER] = resume_of
 
 
 async def _admission(
@@ -192,7 +147,7 @@ async def _admission(
     mode = settings.control_admission
     if mode == "off":
         return None
-    call_sid = _first(form, "CallSid")[:64] or f"anonymous-{secrets.token_hex(8)}"
+    call_sid = form_value(form, "CallSid")[:64] or f"anonymous-{secrets.token_hex(8)}"
     view, _ = await capacity.read(state.redis, state.keys)
     ticket = await capacity.admit(state.redis, state.keys, call_sid, view.unreserved_free, queue=mode == "queue",
                                   stale_ms=_hold_stale_ms(settings))
@@ -235,25 +190,6 @@ def _max_polls(settings: ControlSettings) -> int:
     return math.ceil(settings.control_admission_max_wait_s / settings.control_admission_hold_pause_s) + 2
 
 
-def _caller_parameters(form: dict[str, list[str]], profile: str | None) -> dict[str, str]:
-    parameters = {"profile": profile} if profile else {}
-    for name in CALLER_FIELDS:
-        if value := xml_text(_first(form, name)):
-            parameters[name] = value[: MAX_PARAMETER_CHARS - len(name)]
-    return parameters
-
-
-def xml_text(text: str) -> str:
-    """`text` without the characters XML 1.0 cannot carry (ElementTree would write them as they are)."""
-    return _NOT_XML.sub("", text)
-
-
-def _continue_url(settings: ControlSettings, request: Request, profile: str | None, attempt: int) -> str:
-    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
-    query = urlencode({**({"profile": profile} if profile else {}), "attempt": attempt})
-    return f"{base}/twiml/continue?{query}"
-
-
 def _retry_url(settings: ControlSettings, request: Request, profile: str | None, queued: int) -> str:
     base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
     query = urlencode({**({"profile": profile} if profile else {}), "queued": queued})
@@ -264,54 +200,8 @@ def _xml(document: bytes) -> Response:
     return Response(document, media_type="application/xml")
 
 
-def _first(form: dict[str, list[str]], name: str) -> str:
-    values = form.get(name)
-    return values[0] if values else ""
-
-
 def _signed_url(settings: ControlSettings, request: Request) -> str:
     # Twilio signs the URL it was configured with; behind a proxy, only CONTROL_PUBLIC_URL knows it.
     base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
     query = request.url.query
     return f"{base}{request.url.path}" + (f"?{query}" if query else "")
-
-
-def render(settings: ControlSettings, parameters: dict[str, str], continue_url: str) -> bytes:
-    response = ET.Element("Response")
-    connect = ET.SubElement(response, "Connect")
-    stream = ET.SubElement(connect, "Stream", url=settings.edge_public_url)
-    for name, value in parameters.items():
-        ET.SubElement(stream, "Parameter", name=name, value=value)
-    # Runs when the stream closes or cannot be opened: /twiml/continue decides between
-    # hanging up (Switchboard ended the call) and reconnecting (the stream dropped).
-    ET.SubElement(response, "Redirect", method="POST").text = continue_url
-    return _serialized(response)
-
-
-def busy(settings: ControlSettings) -> bytes:
-    response = ET.Element("Response")
-    ET.SubElement(response, "Say").text = settings.control_admission_busy_say
-    ET.SubElement(response, "Hangup")
-    return _serialized(response)
-
-
-def hold(settings: ControlSettings, retry_url: str) -> bytes:
-    # Twilio runs the verbs in order: speak, wait, then fetch /twiml again (a signed POST).
-    response = ET.Element("Response")
-    ET.SubElement(response, "Say").text = settings.control_admission_hold_say
-    ET.SubElement(response, "Pause", length=str(settings.control_admission_hold_pause_s))
-    ET.SubElement(response, "Redirect", method="POST").text = retry_url
-    return _serialized(response)
-
-
-def goodbye(settings: ControlSettings, *, apologise: bool) -> bytes:
-    response = ET.Element("Response")
-    if apologise:
-        ET.SubElement(response, "Say").text = settings.fallback_say
-    ET.SubElement(response, "Hangup")
-    return _serialized(response)
-
-
-def _serialized(response: ET.Element) -> bytes:
-    document: bytes = ET.tostring(response, encoding="utf-8", xml_declaration=True)
-    return document
