@@ -237,6 +237,29 @@ def test_a_call_that_never_connects_ends_with_its_status_and_gives_its_slot_back
     assert sb.metric("switchboard_control_outbound_calls_total", f'outcome="{status}"') >= 1
 
 
+def test_a_call_whose_final_status_callback_is_lost_is_looked_up_at_twilio_and_ends(sb):
+    # Twilio does not retry a status callback: one lost (control restarting, a proxy closing an idle
+    # connection) must not leave the call ringing here with its slot held.
+    number = "+14155550134"
+    sb.callee(number, {"kind": "no_answer", "ring_s": 0.3})
+    r = sb.emulator.post("/_emulator/faults", json={"lose_callback": "status", "call_status": "no-answer"})
+    assert r.status_code == 200 and r.json()["lost_callbacks"][0]["remaining"] == 1, r.text
+    lookups_before = sb.metric("switchboard_control_outbound_lookups_total", 'result="ended"')
+    call_sid = sb.place(number, ring_timeout_s=5).json()["call_sid"]
+    assert sb.emulated_call(call_sid, wait="ended")["status"] == "no-answer"
+    sent = sb.emulator.get("/_emulator/callbacks", params={"call_sid": call_sid}).json()
+    finals = [c for c in sent["callbacks"] if c["params"].get("CallStatus") == "no-answer"]
+    assert len(finals) == 1 and finals[0]["status"] is None and "lost" in finals[0]["error"], finals
+    assert sb.call(call_sid)["outbound"]["status"] == "ringing"  # what control knew when the callback was lost
+    # Looked up once its ring time plus Twilio's dialling margin (10 s) has passed, OUTBOUND_CHECK_S=2 apart.
+    detail = sb.wait_outcome(call_sid, timeout=40)
+    assert detail["state"] == "ended" and detail["outbound"]["outcome"] == "no-answer"
+    assert call_sid.encode() not in reserved(sb)
+    assert sb.metric("switchboard_control_outbound_lookups_total", 'result="ended"') == lookups_before + 1
+    fetches = sb.emulator.get("/_emulator/requests", params={"endpoint": "call"}).json()["requests"]
+    assert any(e["method"] == "GET" and call_sid in e["path"] for e in fetches), fetches
+
+
 def test_a_ringing_call_can_be_canceled_and_is_listed_from_queued_on(sb):
     number = "+14155550141"
     sb.callee(number, {**PERSON, "ring_s": 20})

@@ -42,8 +42,12 @@ class OutboundKeys:
         return f"{self.prefix}outbound:callsid:{call_sid}"
 
     def pending(self) -> str:
-        """Sorted set ref → created (ms): outbound calls not ended whose stream has not started."""
+        """Sorted set ref → created (ms): outbound calls not ended."""
         return f"{self.prefix}outbound:pending"
+
+    def reconciler(self) -> str:
+        """String: the control replica looking up overdue calls at Twilio this round (a short lease)."""
+        return f"{self.prefix}outbound:reconciler"
 
     def rate(self, who: str, window: int) -> str:
         """Counter of outbound requests by one API token in one minute."""

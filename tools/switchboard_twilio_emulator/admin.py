@@ -20,7 +20,7 @@ from starlette.routing import Route
 from . import callees, forms, numbers
 from .calls import CallActor
 from .core import Core
-from .exchange import Fault
+from .exchange import Fault, Faults, LostCallback
 from .lifecycle import FINAL
 from .validate import Source, StatusCallback
 
@@ -207,6 +207,9 @@ class Admin:
         faults = self.core.faults
         if request.method == "POST":
             body = await _json(request)
+            if isinstance(body, dict) and "lose_callback" in body:
+                faults.lost_callbacks.append(_lost_callback(body))
+                return JSONResponse(_faults_json(faults))
             if not isinstance(body, dict):
                 raise BadRequest("expected {\"status\": 503, \"count\": 1, \"path_contains\": \"Calls\"}")
             status, count = body.get("status"), body.get("count", 1)
@@ -220,7 +223,8 @@ class Admin:
             faults.rest.append(Fault(status, count, str(body.get("path_contains", "")), retry_after))
         elif request.method == "DELETE":
             faults.rest.clear()
-        return JSONResponse({"rest": [f.to_json() for f in faults.rest]})
+            faults.lost_callbacks.clear()
+        return JSONResponse(_faults_json(faults))
 
     async def inbound(self, request: Request) -> Response:
         """An inbound call: Twilio fetches the voice webhook `url` and runs it with the scripted caller."""
@@ -281,6 +285,22 @@ class Admin:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.core.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _lost_callback(body: dict[str, Any]) -> LostCallback:
+    """{"lose_callback": "status", "call_status": "no-answer", "count": 1}: those callbacks are never sent."""
+    kind, count, call_status = body["lose_callback"], body.get("count", 1), body.get("call_status", "")
+    if kind not in ("status", "amd"):
+        raise BadRequest("lose_callback must be status or amd")
+    if not isinstance(count, int) or not 1 <= count <= 10_000:
+        raise BadRequest("count must be an integer in 1..10000")
+    if not isinstance(call_status, str) or len(call_status) > 32:
+        raise BadRequest("call_status must be a Twilio call status")
+    return LostCallback(kind, count, call_status)
+
+
+def _faults_json(faults: Faults) -> dict[str, Any]:
+    return {"rest": [f.to_json() for f in faults.rest], "lost_callbacks": [f.to_json() for f in faults.lost_callbacks]}
 
 
 def _callee(number: str, data: Any) -> callees.Callee:

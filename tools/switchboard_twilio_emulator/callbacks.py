@@ -28,6 +28,11 @@ class CallbackQueue:
                           params: dict[str, str]) -> None:
         if previous is not None:
             await asyncio.wait({previous})
+        if self._exchange.faults.lose(kind, params):
+            self._exchange.metrics.callbacks.labels(kind, "lost").inc()
+            self._exchange.callbacks.add(kind=kind, call_sid=self._call_sid, method=method, url=url, params=params,
+                                         signature=None, status=None, error="lost (injected fault)", ms=0.0)
+            return
         answer = await self._exchange.webhooks.send(kind, url, method, params, call_sid=self._call_sid)
         self._exchange.metrics.callbacks.labels(kind, "ok" if answer.ok else "error").inc()
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,10 +65,31 @@ class Fault:
 
 
 @dataclass(slots=True)
+class LostCallback:
+    kind: str  # status, amd, …
+    remaining: int
+    call_status: str = ""  # only callbacks carrying this CallStatus ("" any)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "remaining": self.remaining, "call_status": self.call_status}
+
+
+@dataclass(slots=True)
 class Faults:
-    """Injected REST failures: the next N matching requests get this status, Twilio-shaped."""
+    """Injected failures: the next N matching REST requests get this status, Twilio-shaped; the next N
+    matching callbacks are never sent (lost on the way, as when the receiver was restarting)."""
 
     rest: list[Fault] = field(default_factory=list)
+    lost_callbacks: list[LostCallback] = field(default_factory=list)
+
+    def lose(self, kind: str, params: Mapping[str, str]) -> bool:
+        for fault in self.lost_callbacks:
+            if fault.kind == kind and fault.call_status in ("", params.get("CallStatus")):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.lost_callbacks.remove(fault)
+                return True
+        return False
 
     def take(self, path: str) -> Fault | None:
         for fault in self.rest:
@@ -127,4 +148,5 @@ class Exchange:
         self.callbacks.clear()
         self.directory.reset()
         self.faults.rest.clear()
+        self.faults.lost_callbacks.clear()
         self.limiter = CpsLimiter(self.config.cps)

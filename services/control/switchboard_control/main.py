@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,  # keep our JSON logging
         access_log=False,  # requests are counted in /metrics; a line per poll or SSE reconnect is noise
         proxy_headers=False,
+        timeout_keep_alive=settings.control_keep_alive_s,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = _Server(config)

@@ -50,8 +50,8 @@ class OutboundSettings(CommonSettings):
         10.0, gt=0, le=1000, description="The most calls per second a campaign may ask for (the Twilio account's CPS)"
     )
     outbound_check_s: float = Field(
-        15.0, ge=1, le=600, description="How often a campaign call that Twilio has said nothing about for a while "
-        "is looked up (a status callback lost while control was down)",
+        15.0, ge=1, le=600, description="How often an outbound call whose final status is overdue (past its ring "
+        "time) is looked up at Twilio (a status callback lost while control was down)",
     )
     twilio_account_sid: str | None = Field(
         None, pattern=r"^AC[0-9a-fA-F]{32}$", description="The Twilio account outbound calls are placed with"

@@ -14,6 +14,11 @@ from .outbound_settings import OutboundSettings
 class ControlSettings(OutboundSettings, CallOutSettings):
     control_host: str = Field("0.0.0.0", description="Bind address of the REST API")
     control_port: int = Field(8000, ge=0, le=65535)
+    control_keep_alive_s: int = Field(
+        75, ge=1, le=600, description="How long an idle HTTP keep-alive connection stays open: longer than the "
+        "idle timeout of the callers' pools and proxies, so that they close first and a request never meets a "
+        "connection closing under it (Twilio does not retry a status callback)",
+    )
     control_api_token: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry")
     control_insecure_no_auth: bool = Field(
         False, description="Development only: no bearer token, and the TwiML webhook accepts unsigned requests"

@@ -29,8 +29,7 @@ from redis.exceptions import RedisError
 
 from switchboard import campaigns
 from switchboard.campaigns import Destination
-from switchboard.messages import CallField, RecordState
-from switchboard.outbound import FINAL, OField, TwilioStatus
+from switchboard.outbound import FINAL, OField
 from switchboard.twilio_rest import CallsApi, TwilioApiError
 
 from . import metrics
@@ -38,23 +37,24 @@ from .campaign_store import CampaignStore, Placement, decode_spec
 from .dialer import Dialer, DialError, DialSpec
 from .lifecycle import Lifecycle
 from .models import CampaignSpec
+from .reconciler import FIRST_CHECK_S, Reconciler
 
 log = logging.getLogger(__name__)
 
 LEASE_MS = 45_000  # a create takes at most ~25 s (retries, timeouts); past this its dialler is gone
 ROUND_MAX_S = 0.25
 NO_SLOT_RETRY_S = 1.0
-FIRST_CHECK_S = 10  # besides the ring time: Twilio's queueing and dialling
 SHUTDOWN_WAIT_S = 20.0
 
 
 class CampaignRunner:
     def __init__(self, store: CampaignStore, dialer: Dialer, lifecycle: Lifecycle, api: CallsApi | None,
-                 check_s: float) -> None:
+                 reconciler: Reconciler, check_s: float) -> None:
         self.store = store
         self.dialer = dialer
         self.lifecycle = lifecycle
         self.api = api
+        self.reconciler = reconciler
         self.check_ms = int(check_s * 1000)
         self._dials: set[asyncio.Task[None]] = set()
         self._specs: dict[str, CampaignSpec] = {}
@@ -249,32 +249,9 @@ class CampaignRunner:
                 if current[1].status == "dialing":
                     await self._orphaned_dial(cid, index, current[1], spec)
                 elif attempt.call_sid:
-                    await self._check_call(attempt.ref, attempt.call_sid)
+                    await self.reconciler.check(attempt.ref, attempt.call_sid)
             except TwilioApiError as exc:
                 log.warning("could not look up a campaign call: %s", exc, extra={"campaign": cid, "destination": index})
-
-    async def _check_call(self, ref: str, call_sid: str) -> None:
-        """No final status reached us in time (control was down when Twilio sent it?): ask Twilio,
-        unless the call is plainly alive (answered, and its stream is live)."""
-        if self.api is None:
-            return
-        record = await self.lifecycle.store.get(ref) or {}
-        if record.get(OField.STATUS) == TwilioStatus.IN_PROGRESS and await self._streaming(call_sid):
-            return
-        call = await self.api.fetch(call_sid)
-        status = str(call.get("status", ""))
-        if status in FINAL:
-            log.info("campaign call ended while its callback was lost: %s", status, extra={"call_sid": call_sid})
-            await self.lifecycle.status(ref, {"CallSid": call_sid, "CallStatus": status,
-                                              "CallDuration": str(call.get("duration") or "")})
-
-    async def _streaming(self, call_sid: str) -> bool:
-        store = self.lifecycle.store
-        stream_sid = await store.stream_of(call_sid)
-        if stream_sid is None:
-            return False
-        state = await store.redis.hget(store.keys.call(stream_sid), CallField.STATE)
-        return state is not None and state != RecordState.ENDED.encode()
 
     async def _orphaned_dial(self, cid: str, index: int, dest: Destination, spec: CampaignSpec) -> None:
         """A dialler died between claiming and recording Twilio's answer: did Twilio create the call?"""
@@ -304,7 +281,7 @@ class CampaignRunner:
             campaigns.in_call(d, call_sid), Placement(flight_ms=_ms(time.time()) + self.check_ms))
             if d.status == "dialing" and _holding(attempt.ref)(d) else None)
         if str(found.get("status")) in FINAL:
-            await self._check_call(attempt.ref, call_sid)
+            await self.reconciler.check(attempt.ref, call_sid)
 
     async def _maybe_finished(self, cid: str, state: str | None) -> None:
         pending, flight, *_ = await self.store.progress(cid)

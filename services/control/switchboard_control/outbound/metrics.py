@@ -48,6 +48,11 @@ TWILIO_REQUESTS = Counter(
     "invalid_number, caller_id, not_found, refused, unreachable)",
     ["op", "result"],
 )
+LOOKUPS = Counter(
+    "switchboard_control_outbound_lookups_total",
+    "Outbound calls looked up at Twilio because no final status came in time, by result (ended: its callback "
+    "was lost; moved; unchanged; alive: answered and streaming, not asked; error)", ["result"],
+)
 WEBHOOKS = Counter(
     "switchboard_control_status_webhooks_total",
     "Status webhooks to users, by result (ok, http_error, refused, dropped)", ["result"],

@@ -2,8 +2,9 @@
 reached by routes through `outbound_of(request)`.
 
 It owns an HTTP client for Twilio's API and the status webhooks, the dialer, the callbacks'
-lifecycle, and two background loops (the campaign dialer, the webhook sender), supervised: a
-loop that dies is logged and counted (`switchboard_task_failures_total`).
+lifecycle, and three background loops (the campaign dialer, the webhook sender, the lookup of
+calls whose final status never came), supervised: a loop that dies is logged and counted
+(`switchboard_task_failures_total`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .campaign_runner import CampaignRunner
 from .campaign_store import CampaignStore
 from .dialer import Dialer
 from .lifecycle import Lifecycle
+from .reconciler import Reconciler
 from .store import OutboundStore
 from .webhooks import StatusWebhooks
 
@@ -43,7 +45,10 @@ class Outbound:
         self.webhooks = StatusWebhooks(self.http, settings.webhook_egress, settings.function_secret)
         self.lifecycle = Lifecycle(state, self.store, self.dialer, self.webhooks)
         self.campaigns = CampaignStore(state.redis, self.store.okeys)
-        self.runner = CampaignRunner(self.campaigns, self.dialer, self.lifecycle, self.api, settings.outbound_check_s)
+        self.reconciler = Reconciler(self.lifecycle, self.api, settings.outbound_check_s,
+                                     settings.outbound_ring_timeout_s)
+        self.runner = CampaignRunner(self.campaigns, self.dialer, self.lifecycle, self.api, self.reconciler,
+                                     settings.outbound_check_s)
         self.lifecycle.on_ended = self.runner.finish
         self.tasks = Supervisor("control")
 
@@ -51,11 +56,13 @@ class Outbound:
         self.tasks.spawn(self.webhooks.run(), name="status_webhooks")
         if self.state.settings.outbound_enabled:
             self.tasks.spawn(self.runner.run(), name="campaigns")
+            self.tasks.spawn(self.reconciler.run(), name="outbound_lookups")
         if self.state.settings.outbound_enabled and self.state.settings.function_secret is None:
             log.warning("FUNCTION_SECRET is not set: outbound status webhooks go out unsigned")
 
     async def stop(self) -> None:
         self.tasks.closing()
+        self.reconciler.stop()
         await self.runner.stop()  # dials in progress finish: a half-made create is worse than a late stop
         await self.tasks.aclose()
         await self.http.aclose()
