@@ -38,6 +38,16 @@ class XaddPacker:
         out.append(payload)
         out.append(b"\r\n$1\r\nt\r\n" + bulk(t))
 
+    @staticmethod
+    def pack_again(key: str, maxlen: int, entry_id: bytes, kind: bytes, payload: bytes, t_us: int,
+                   out: list[bytes]) -> None:
+        """The same entry with the id Redis gave it the first time (a restarted Redis lost it)."""
+        out.append(b"*12\r\n$4\r\nXADD\r\n" + bulk(key.encode()) + b"$6\r\nMAXLEN\r\n$1\r\n~\r\n"
+                   + bulk(b"%d" % maxlen) + bulk(entry_id) + b"$1\r\nk\r\n" + bulk(kind)
+                   + b"$1\r\np\r\n$%d\r\n" % len(payload))
+        out.append(payload)
+        out.append(b"\r\n$1\r\nt\r\n" + bulk(b"%d" % t_us))
+
     def forget(self, key: str) -> None:
         for cached in [k for k in self._prefixes if k[0] == key]:
             del self._prefixes[cached]
