@@ -129,7 +129,10 @@ export const KINDS = {
   agent_reconnect(e) { return this.note('failover', `Deepgram reconnect #${e.attempt}`, e, e.cause ? `(${e.cause})` : ''); },
   resumed_from_stream(e) { return this.note('failover', 'Resumed after the edge was lost', e, `from stream ${e.stream_sid}`); },
   stream_moved(e) { return this.note('failover', 'Edge lost: the call continues on a new stream', e, e.to); },
-  transfer(e) { return this.note('transfer', `Transferred to ${e.to || e.target || '?'}`, e, e.status || ''); },
+  transfer(e) {
+    const what = `${e.mode === 'warm' ? 'Warm' : 'Cold'} transfer to ${e.target || e.to || '?'}`;
+    return this.note('transfer', `${what}: ${e.step || e.status || '?'}`, e, e.reason ? `(${e.reason})` : '');
+  },
   amd(e) { return this.note('amd', `Answered by: ${e.answered_by || e.verdict || '?'}`); },
   prompt_updated() { return this.note('command', 'Deepgram applied the new prompt'); },
   speak_updated() { return this.note('command', 'Deepgram applied the new voice'); },
