@@ -2,7 +2,8 @@
 
 - `writer.StreamWriter`: every call on an instance appends without awaiting; once per loop
   tick (or after a configurable window) all pending entries of all calls go out in ONE
-  pipeline, in order, merging a call's consecutive audio while Redis is slow.
+  pipeline, in order, merging a call's consecutive audio while Redis is slow; after a failure
+  it writes again what Redis acknowledged in the last moments (`recent.RecentWrites`).
 - `reader.StreamReader`: one blocking XREAD over all the streams an instance follows (one per
   slot in use on a Redis Cluster), woken by an entry in the instance's own wake stream when a
   stream is added.

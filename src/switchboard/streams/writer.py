@@ -5,13 +5,8 @@ in ONE pipeline. Only one pipeline is in flight at a time, so a call's entries r
 the order they were appended. When Redis is slow, consecutive audio of a call is merged into
 one entry instead of waiting: latency never grows to buy throughput. When Redis is away the
 batch is put back in front and retried (`WRITE_RETRY`), with bounded audio and journal queues.
-
-Redis may also lose what it had acknowledged: killed before a reader fetched an entry, or
-restarted from a snapshot or an AOF that lacks the last second. So the writer keeps what it
-wrote in the last `RETAIN_S` (with the id Redis gave each entry) and, on the first write after
-a failure, writes it again under the same ids: an entry Redis still has is refused (its id is
-not above the stream's last), one it lost comes back in place, and a reader, which asks for
-ids above the last it saw, gets each entry once.
+After a failure, what Redis had acknowledged in the last moments is written again under the
+ids it gave (`recent.RecentWrites`): Redis may have lost it.
 """
 
 from __future__ import annotations
@@ -19,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -33,6 +26,7 @@ from ..besteffort import best_effort
 from ..entries import Entry, Kind
 from ..retry import Retry
 from .direct import WRITE_TIMEOUT_S, ClusterNodes, DirectConnection, single_node
+from .recent import RecentWrites
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +41,6 @@ MAX_PENDING_JOURNAL_ITEMS = 2000
 # A failed batch is retried until Redis is back (the queues above bound what waits): 25-50 ms
 # first, doubling up to 0.5-1 s, so a restarted Redis is written to within a second.
 WRITE_RETRY = Retry(base_s=0.05, cap_s=1.0)
-# Readers fetch an entry within milliseconds of its write; a second covers a reader held up by
-# load and a Redis that loses its last second on restart (appendfsync everysec). Journal
-# records are best effort and not kept.
-RETAIN_S = 1.0
 # The batch window is adaptive: a write waits up to the window only while entries arrive often
 # enough that it would gather at least this many more (many calls, each frame at its own phase
 # of the 20 ms period); a quiet writer writes on the next loop tick and adds no latency.
@@ -75,16 +65,6 @@ class _Pending:
     kind: Kind
     payload: bytearray | bytes
     t_us: int
-
-
-@dataclass(slots=True, frozen=True)
-class _Written:
-    at: float  # monotonic
-    entry_id: bytes
-    kind: bytes
-    payload: bytes
-    t_us: int
-    maxlen: int
 
 
 @dataclass(slots=True)
@@ -130,7 +110,7 @@ class StreamWriter:
         self._direct = DirectConnection.of_client(client) if single_node(client) else None
         self._nodes = None if self._direct is not None else ClusterNodes(client)  # type: ignore[arg-type]
         self._xadd = resp.XaddPacker()
-        self._recent: dict[str, deque[_Written]] = {}  # what each stream was given in the last RETAIN_S
+        self._recent = RecentWrites()
         self._rewrite = False  # a write failed: Redis may have lost what it had acknowledged
         self._stopping = False
         self._died: Exception | None = None
@@ -176,7 +156,6 @@ class StreamWriter:
         """Never write to `key` again (its call now belongs to another instance)."""
         self._fenced.add(key)
         self._pending.pop(key, None)
-        self._recent.pop(key, None)
 
     def unfence(self, key: str) -> None:
         self._fenced.discard(key)
@@ -185,7 +164,6 @@ class StreamWriter:
         """The stream's call is over: stop tracking its TTL bookkeeping."""
         self._expiring.discard(key)
         self._xadd.forget(key)
-        self._recent.pop(key, None)
 
     async def flushed(self) -> None:
         """Return once everything appended before this call has been written to Redis.
@@ -369,7 +347,7 @@ class StreamWriter:
         for key, queue in batch.items():
             for item in queue.items:
                 if not isinstance(item.payload, bytes):
-                    item.payload = bytes(item.payload)  # kept as it was written (RETAIN_S)
+                    item.payload = bytes(item.payload)  # as it was written, should it be written again
                 pack(key, queue.maxlen, item.kind.value, item.payload, item.t_us, parts)
                 count += 1
             if key not in self._expiring and queue.items:
@@ -379,61 +357,37 @@ class StreamWriter:
             return 0, {}
         replies = await connection.execute(parts, count + len(new_keys), WRITE_TIMEOUT_S,
                                            errors_as_replies=errors_as_replies)
+        self._recent.add(time.monotonic(), batch, replies, frozenset(new_keys))
         refused: dict[str, _StreamQueue] = {}
-        answers = iter(replies)
-        now = time.monotonic()
-        for key, queue in batch.items():
-            failed = self._keep(key, queue, answers, now)
-            if key in new_keys:
-                next(answers)  # EXPIRE's: where XADD went through, it did too
-            if failed:
-                audio = sum(len(item.payload) for item in failed if item.kind is Kind.AUDIO)
-                refused[key] = _StreamQueue(failed, queue.maxlen, audio)
+        if errors_as_replies:
+            answers = iter(replies)
+            for key, queue in batch.items():
+                failed = [item for item in queue.items if isinstance(next(answers), RedisError)]
                 if key in new_keys:
-                    new_keys.remove(key)  # the redirected write sets the TTL where the stream is now
+                    next(answers)  # EXPIRE's: where XADD went through, it did too
+                if failed:
+                    audio = sum(len(item.payload) for item in failed if item.kind is Kind.AUDIO)
+                    refused[key] = _StreamQueue(failed, queue.maxlen, audio)
+                    if key in new_keys:
+                        new_keys.remove(key)  # the redirected write sets the TTL where the stream is now
         self._expiring.update(new_keys)
         return count - sum(len(queue.items) for queue in refused.values()), refused
 
-    def _keep(self, key: str, queue: _StreamQueue, answers: Iterator[Any], now: float) -> list[_Pending]:
-        """Keep what Redis took of `queue` (with the ids it gave) for RETAIN_S; what it refused, in order."""
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = self._recent[key] = deque()
-        failed = []
-        for item in queue.items:
-            answer = next(answers)
-            if isinstance(answer, RedisError):
-                failed.append(item)
-            elif item.kind is not Kind.JOURNAL:
-                recent.append(_Written(now, answer, item.kind.value, bytes(item.payload), item.t_us, queue.maxlen))
-        horizon = now - RETAIN_S
-        while recent and recent[0].at < horizon:
-            recent.popleft()
-        return failed
-
     async def _write_again(self) -> None:
-        """After a failure: what Redis acknowledged in the last RETAIN_S, under the ids it gave.
-
-        An entry Redis still has is refused ("equal or smaller than the target stream top
-        item"); one it lost is written back in place, before anything newer."""
-        horizon = time.monotonic() - RETAIN_S
+        """After a failure: what Redis acknowledged in the last moments, under the ids it gave."""
         by_connection: dict[int, tuple[DirectConnection, list[bytes], list[int]]] = {}
-        for key, recent in list(self._recent.items()):
-            while recent and recent[0].at < horizon:
-                recent.popleft()
-            if not recent:
-                del self._recent[key]
+        for again in self._recent.entries(time.monotonic()):
+            if again.key in self._fenced:
                 continue
             if self._direct is not None:
                 connection = self._direct
             else:
                 assert self._nodes is not None
-                connection = (await self._nodes.connection_for(key))[1]
+                connection = (await self._nodes.connection_for(again.key))[1]
             _, parts, count = by_connection.setdefault(id(connection), (connection, [], [0]))
-            for written in recent:
-                self._xadd.pack_again(key, written.maxlen, written.entry_id, written.kind, written.payload,
-                                      written.t_us, parts)
-            count[0] += len(recent)
+            self._xadd.pack_again(again.key, again.maxlen, again.entry_id, again.kind, again.payload, again.t_us,
+                                  parts)
+            count[0] += 1
         restored = 0
         for connection, parts, count in by_connection.values():
             replies = await connection.execute(parts, count[0], WRITE_TIMEOUT_S, errors_as_replies=True)
