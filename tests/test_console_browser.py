@@ -141,6 +141,15 @@ def test_a_simulator_call_appears_live_with_its_transcript_and_hangs_up_from_the
         assert prompt in [m["prompt"] for m in control_messages(system, ident.call_sid, "UpdatePrompt")]
         page.wait_for_selector("#transcript li[data-kind=prompt_updated]", timeout=10_000)
         shot(page, shots, "call-live")
+        # Transfer: asks first; a target off the profile's allow-list is refused by the API, and the page says why.
+        page.fill("#act-transfer-to", "+15550001234")
+        page.select_option("#act-transfer-mode", "warm")
+        page.click("form[data-action=transfer] button[type=submit]")
+        page.wait_for_selector("#confirm[open]")
+        assert "+15550001234 (warm)" in page.inner_text("#confirm")
+        page.click("#confirm-ok")
+        page.wait_for_selector("#ack-transfer.refused", timeout=15_000)
+        assert "allow-list" in page.inner_text("#ack-transfer")
         # Hang up: asks first, then shows the owner's acknowledgement; the call ends for the simulator.
         page.click("form[data-action=hangup] button[type=submit]")
         page.wait_for_selector("#confirm[open]")

@@ -3,8 +3,8 @@
 import {el, clear, dash, duration, dateTime, confirmDialog, field} from './util.js';
 import {Transcript} from './transcript.js';
 
-// Live actions: each posts to the API and shows the owner's acknowledgement. A new command
-// (e.g. transfer, once the API has it) is one more entry here.
+// Live actions: each posts to the API and shows the owner's acknowledgement (or the API's
+// refusal, e.g. a transfer target off the allow-list). A new command is one more entry here.
 export const ACTIONS = [
   {
     id: 'say', label: 'Say', path: 'say',
@@ -29,7 +29,19 @@ export const ACTIONS = [
     body: (f) => ({after_reply: f['act-hangup-after'].checked}),
     confirm: (row) => `Hang up the call from ${row?.from || 'this caller'} now?`,
   },
-  // {id: 'transfer', label: 'Transfer', path: 'transfer', ...}: when the API offers it.
+  {
+    id: 'transfer', label: 'Transfer', path: 'transfer',
+    inputs: () => [field('Transfer to', el('input', {id: 'act-transfer-to', placeholder: '+14155550100', maxlength: 256,
+                                                     required: true}),
+                         'a number or SIP URI on the profile\'s transfer.destinations'),
+                   field('How', el('select', {id: 'act-transfer-mode'},
+                                    new Option('cold: redirect once the agent\'s sentence has played', 'cold'),
+                                    new Option('warm: hold, brief the person, then join', 'warm'))),
+                   field('Agent says first (optional)', el('input', {id: 'act-transfer-announce', maxlength: 500}))],
+    body: (f) => ({to: f['act-transfer-to'].value.trim(), mode: f['act-transfer-mode'].value,
+                   ...(f['act-transfer-announce'].value.trim() ? {announce: f['act-transfer-announce'].value.trim()} : {})}),
+    confirm: (row, f) => `Transfer the call from ${row?.from || 'this caller'} to ${f['act-transfer-to'].value.trim()} (${f['act-transfer-mode'].value})?`,
+  },
 ];
 
 function header(row, detail) {
@@ -87,7 +99,7 @@ export function mount(container, {arg: callSid, api}) {
       form.addEventListener('submit', async (event) => {
         event.preventDefault();
         const fields = Object.fromEntries([...form.querySelectorAll('[id]')].map((n) => [n.id, n]));
-        if (action.confirm && !(await confirmDialog(action.confirm(row), action.label))) return;
+        if (action.confirm && !(await confirmDialog(action.confirm(row, fields), action.label))) return;
         out.textContent = 'sent, waiting for the owner…';
         out.className = 'ack pending';
         try {
