@@ -293,6 +293,38 @@ def test_text_from_a_call_is_shown_as_text_never_run_as_markup(system, api):
     call.wait(30)
 
 
+def test_keypad_amd_pre_call_and_transfer_events_read_as_what_happened(system):
+    # The one-call view's renderer, in the browser, fed the events the worker and control write
+    # (shapes from conversation.dtmf, conversation.amd, precall and transfers).
+    events = [
+        {"type": "dtmf_entry", "digits": "••••#", "count": 4, "ended_by": "terminator", "to": "agent", "masked": True},
+        {"type": "amd_verdict", "answered_by": "machine_end_beep", "detection_ms": 1275},
+        {"type": "amd_decision", "answered_by": "machine_end_beep", "behaviour": "voicemail",
+         "action": "leave_message", "waited_ms": 1290.4},
+        {"type": "precall", "outcome": "timeout", "ms": 801.2, "detail": "no answer within 0.8 s"},
+        {"type": "transfer", "mode": "warm", "target": "+14155550177", "by": "api", "step": "ringing"},
+    ]
+    with browser() as context:
+        page = context.new_page()
+        sign_in(page, system)
+        page.wait_for_selector("#calls-table")
+        shown = page.evaluate("""async (events) => {
+            const {Transcript} = await import('/console/static/js/transcript.js');
+            const list = document.createElement('ol');
+            const transcript = new Transcript(list);
+            events.forEach((e, i) => transcript.add({...e, ts: 1796000000 + i}, false));
+            return [...list.children].map((n) => [n.dataset.kind, n.querySelector('.what').textContent,
+                                                  n.querySelector('.detail')?.textContent || '']);
+        }""", events)
+    assert shown == [
+        ["dtmf_entry", "Keypad entry: ••••#", "terminator · → agent · masked"],
+        ["amd_verdict", "Answered by: machine_end_beep", "Twilio decided in 1275 ms"],
+        ["amd_decision", "Answering machine: voicemail", "leave_message · greeting waited 1290 ms"],
+        ["precall", "Pre-call lookup: timeout", "801 ms · no answer within 0.8 s"],
+        ["transfer", "Warm transfer to +14155550177: ringing", ""],
+    ], shown
+
+
 # --- scale: 500 live calls ------------------------------------------------------------------------
 
 def _synthetic_calls(system: System, count: int) -> list[str]:

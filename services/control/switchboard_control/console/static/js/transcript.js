@@ -134,6 +134,24 @@ export const KINDS = {
     return this.note('transfer', `${what}: ${e.step || e.status || '?'}`, e, e.reason ? `(${e.reason})` : '');
   },
   amd(e) { return this.note('amd', `Answered by: ${e.answered_by || e.verdict || '?'}`); },
+  amd_verdict(e) {
+    return this.note('amd', `Answered by: ${e.answered_by || '?'}`, e,
+                     e.detection_ms != null ? `Twilio decided in ${e.detection_ms} ms` : '');
+  },
+  amd_decision(e) {
+    return this.note('amd', `Answering machine: ${e.behaviour || e.action || '?'}`, e,
+                     [e.action, e.waited_ms != null ? `greeting waited ${Math.round(e.waited_ms)} ms` : ''].filter(Boolean).join(' · '));
+  },
+  dtmf_entry(e) {
+    const digits = e.count ? e.digits : 'nothing keyed';
+    return this.note('dtmf', `Keypad entry: ${digits}`, e,
+                     [`${e.ended_by || ''}`, e.to && e.to !== 'none' ? `→ ${e.to}` : '', e.masked ? 'masked' : '']
+                       .filter(Boolean).join(' · '));
+  },
+  precall(e) {
+    return this.note(e.outcome === 'ok' ? 'command' : 'warning', `Pre-call lookup: ${e.outcome || '?'}`, e,
+                     [e.ms != null ? `${Math.round(e.ms)} ms` : '', e.detail || ''].filter(Boolean).join(' · '));
+  },
   prompt_updated() { return this.note('command', 'Deepgram applied the new prompt'); },
   speak_updated() { return this.note('command', 'Deepgram applied the new voice'); },
   injection_refused(e) { return this.note('warning', 'Deepgram refused the injected message', e, e.message || ''); },
