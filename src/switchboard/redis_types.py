@@ -21,6 +21,14 @@ def text(reply: bytes | str, errors: str = "strict") -> str:
     return reply.decode(errors=errors) if isinstance(reply, bytes) else reply
 
 
+def number(value: str | None) -> float | None:
+    """A record field as a number (absent, empty or not a number: None)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def maybe_text(reply: bytes | str | None) -> str | None:
     return None if reply is None else text(reply)
 

@@ -63,13 +63,6 @@ async def require(state: State, call_sid: str, *, live: bool = False) -> CallRec
     return record
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
@@ -85,7 +78,7 @@ def summary(fields: dict[str, str], call_sid: str | None = None) -> CallSummary:
         worker=fields.get(CallField.WORKER) or None,
         edge=fields.get(CallField.EDGE) or None,
         state=fields.get(CallField.STATE, RecordState.WAITING),
-        started_at=_float(fields.get(CallField.STARTED_AT)),
+        started_at=redis_types.number(fields.get(CallField.STARTED_AT)),
         turns=_int(fields.get(CallField.TURNS)) or 0,
         settings_source=fields.get(CallField.SETTINGS_SOURCE) or None,
         settings_version=_int(fields.get(CallField.SETTINGS_VERSION)),
@@ -207,7 +200,7 @@ async def detail(state: State, record: CallRecord) -> CallDetail:
     fields = record.fields
     return CallDetail(
         **summary(fields, record.call_sid).model_dump(),
-        ended_at=_float(fields.get(CallField.ENDED_AT)),
+        ended_at=redis_types.number(fields.get(CallField.ENDED_AT)),
         outcome=fields.get(CallField.OUTCOME) or None,
         end_reason=fields.get(CallField.END_REASON) or None,
         parameters=_parameters(fields.get(CallField.PARAMS)),

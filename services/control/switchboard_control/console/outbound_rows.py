@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from switchboard.outbound import OField, OutboundKeys
+from switchboard.redis_types import number
 
 from . import table
 
@@ -17,19 +18,12 @@ def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
 
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def dialing_row(fields: dict[str, str]) -> table.Row:
     ref = fields.get(OField.REF, "")
     return {"call_sid": fields.get(OField.CALL_SID) or ref, "stream_sid": f"outbound:{ref}", "direction": "outbound",
             "from": fields.get(OField.FROM) or None, "to": fields.get(OField.TO) or None,
             "profile": fields.get(OField.PROFILE) or None, "state": "dialing",
-            "started_at": _number(fields.get(OField.CREATED_AT)), "ended_at": None, "turns": 0, "worker": None,
+            "started_at": number(fields.get(OField.CREATED_AT)), "ended_at": None, "turns": 0, "worker": None,
             "edge": None, "outcome": None, "end_reason": None, "amd": fields.get(OField.ANSWERED_BY) or None,
             "transfers": None, "twilio_status": fields.get(OField.STATUS) or None}
 

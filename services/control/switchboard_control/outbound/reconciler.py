@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from switchboard.messages import CallField, RecordState
 from switchboard.outbound import FINAL, OField, TwilioStatus
+from switchboard.redis_types import number
 from switchboard.twilio_rest import CallsApi, TwilioApiError
 
 from . import metrics
@@ -123,8 +124,5 @@ class Reconciler:
 
 
 def _seconds(value: str, default: float) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        return default
-    return number if math.isfinite(number) else default
+    seconds = number(value)
+    return seconds if seconds is not None and math.isfinite(seconds) else default

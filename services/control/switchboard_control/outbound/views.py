@@ -12,6 +12,7 @@ from fastapi import HTTPException, status
 
 from switchboard.messages import CallField
 from switchboard.outbound import FINAL, OField, OutboundKeys
+from switchboard.redis_types import number
 
 from ..deps import State
 from ..models import CallDetail, CallSummary, OutboundView
@@ -32,17 +33,10 @@ def view(fields: dict[str, str], *, amd_action: str | None = None, amd_waited_ms
         machine_detection=fields.get(OField.AMD) == "1", answered_by=fields.get(OField.ANSWERED_BY) or None,
         amd_ms=_int(fields.get(OField.AMD_MS)), amd_action=amd_action, amd_waited_ms=amd_waited_ms,
         context=context if isinstance(context, dict) else {}, campaign=fields.get(OField.CAMPAIGN) or None,
-        destination=_int(fields.get(OField.INDEX)), created_at=_float(fields.get(OField.CREATED_AT)),
-        answered_at=_float(fields.get(OField.ANSWERED_AT)), ended_at=_float(fields.get(OField.ENDED_AT)),
+        destination=_int(fields.get(OField.INDEX)), created_at=number(fields.get(OField.CREATED_AT)),
+        answered_at=number(fields.get(OField.ANSWERED_AT)), ended_at=number(fields.get(OField.ENDED_AT)),
         duration_s=_int(fields.get(OField.DURATION_S)),
     )
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _int(value: str | None) -> int | None:

@@ -19,6 +19,7 @@ from typing import Any, cast
 from switchboard import ended_calls
 from switchboard.journal import JournalError, Source, decode_record
 from switchboard.messages import CallField
+from switchboard.redis_types import number
 
 from .. import callstate
 from ..callstate import CallRecord
@@ -34,13 +35,6 @@ def _iso(ts: float | None) -> str | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 async def chain(state: State, stream_sid: str) -> list[tuple[str, dict[str, str]]]:
@@ -99,7 +93,7 @@ async def build(state: State, call_sid: str, item: dict[str, Any], *, link_key: 
     first, last = streams[0][1], streams[-1][1]
     params = ended_calls.parameters(first)
     caller, callee = ended_calls.numbers(first, params)
-    started, ended = _float(first.get(CallField.STARTED_AT)), _float(last.get(CallField.ENDED_AT))
+    started, ended = number(first.get(CallField.STARTED_AT)), number(last.get(CallField.ENDED_AT))
     data: dict[str, Any] = {
         "call_sid": call_sid,
         "stream_sids": [sid for sid, _ in streams],
