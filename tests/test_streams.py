@@ -117,7 +117,7 @@ def test_the_batch_window_waits_only_while_entries_come_often_enough_to_gather_m
     from switchboard.streams import StreamWriter
 
     writer = StreamWriter(redis_async.Redis(), batch_window_s=0.002)
-    t = writer._rate_at
+    t = writer._rate.at
     # One call: a frame every 20 ms. Waiting 2 ms would gather nothing: write at once.
     for _ in range(60):
         t += 0.02
@@ -139,7 +139,7 @@ def test_reads_pause_between_them_only_while_entries_come_often_enough():
     from switchboard.streams import StreamReader
 
     reader = StreamReader(redis_async.Redis(), redis_async.Redis(), "wake", lambda key, batch: None, pace_s=0.002)
-    t = reader._rate_at
+    t = reader._rate.at
     for _ in range(50):  # one call: an entry every 20 ms, read one at a time
         t += 0.02
         assert reader._pause_now(1, t) == 0.0

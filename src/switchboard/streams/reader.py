@@ -27,6 +27,7 @@ from .. import resp
 from ..besteffort import best_effort
 from ..retry import Backoff, Retry
 from .direct import WRITE_TIMEOUT_S, ClusterNodes, DirectConnection, single_node
+from .rate import SmoothedRate
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ READ_RETRY = Retry(base_s=0.05, cap_s=2.0)
 # this many more, the next XREAD waits out the pause (one read for several writers' batches);
 # a quiet reader reads again at once.
 PACE_MIN_GAIN = 1.0
-RATE_SMOOTHING_S = 1.0
 
 StreamHandler = Callable[[str, list[tuple[bytes, dict[bytes, bytes]]]], None]
 
@@ -82,8 +82,7 @@ class StreamReader:
         self._lanes_changed = asyncio.Event()
         self._stopping = False
         self._pace_s = pace_s  # the most a read waits for company after the last one (0: never)
-        self._rate = 0.0  # entries per second, smoothed
-        self._rate_at = time.monotonic()
+        self._rate = SmoothedRate()
 
     def _lane_for(self, key: str) -> _Lane:
         slot = 0 if self._nodes is None else key_slot(key.encode())
@@ -230,12 +229,8 @@ class StreamReader:
         if not self._pace_s:
             return 0.0
         now = time.monotonic() if now is None else now
-        elapsed = now - self._rate_at
-        if elapsed > 0:
-            weight = min(1.0, elapsed / RATE_SMOOTHING_S)
-            self._rate += (entries / elapsed - self._rate) * weight
-            self._rate_at = now
-        return self._pace_s if self._rate * self._pace_s >= PACE_MIN_GAIN else 0.0
+        self._rate.count(entries, now)
+        return self._pace_s if self._rate.per_s * self._pace_s >= PACE_MIN_GAIN else 0.0
 
     def _dispatch(self, response: list[Any], lane: _Lane) -> int:
         """Hand each stream's entries to the handler; how many entries there were."""

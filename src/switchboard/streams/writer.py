@@ -26,6 +26,7 @@ from ..besteffort import best_effort
 from ..entries import Entry, Kind
 from ..retry import Retry
 from .direct import WRITE_TIMEOUT_S, ClusterNodes, DirectConnection, single_node
+from .rate import SmoothedRate
 from .recent import RecentWrites
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ WRITE_RETRY = Retry(base_s=0.05, cap_s=1.0)
 # enough that it would gather at least this many more (many calls, each frame at its own phase
 # of the 20 ms period); a quiet writer writes on the next loop tick and adds no latency.
 WINDOW_MIN_GAIN = 2.0
-RATE_SMOOTHING_S = 1.0  # time constant of the append-rate average
 
 
 class WriterDied(RuntimeError):
@@ -91,8 +91,7 @@ class StreamWriter:
         self._gate = gate
         self._window = batch_window_s  # the most a write waits for company (0: never waits)
         self._appended = 0  # entries appended since the last write was taken
-        self._rate = 0.0  # entries per second, smoothed
-        self._rate_at = time.monotonic()
+        self._rate = SmoothedRate()
         self._key_ttl_s = key_ttl_s
         self._pending: dict[str, _StreamQueue] = {}
         self._wakeup = asyncio.Event()
@@ -259,12 +258,9 @@ class StreamWriter:
         if not self._window:
             return 0.0
         now = time.monotonic() if now is None else now
-        elapsed = now - self._rate_at
-        if elapsed > 0:
-            weight = min(1.0, elapsed / RATE_SMOOTHING_S)
-            self._rate += (self._appended / elapsed - self._rate) * weight
-            self._rate_at, self._appended = now, 0
-        return self._window if self._rate * self._window >= WINDOW_MIN_GAIN else 0.0
+        if self._rate.count(self._appended, now):
+            self._appended = 0
+        return self._window if self._rate.per_s * self._window >= WINDOW_MIN_GAIN else 0.0
 
     async def _write(self, batch: dict[str, _StreamQueue]) -> int:
         if not batch:
