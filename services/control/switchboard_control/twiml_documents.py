@@ -1,6 +1,7 @@
 """The TwiML documents control answers Twilio with: `<Connect><Stream>` to the edge with the
 caller's data as `<Parameter>`s and a `<Redirect>` to `/twiml/continue` for failover, and the
-busy, hold and goodbye answers.
+busy, hold and goodbye answers; and control's address as Twilio knows it (`public_base`,
+`signed_url`: the URL a Twilio request's signature covers).
 
 Served by `routes.twiml` (inbound calls, reconnects), `routes.transfers` (a caller sent back to
 the agent) and `outbound.callbacks` (an answered outbound call); a module of its own, not a
@@ -43,8 +44,19 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub("", text)
 
 
+def public_base(settings: ControlSettings, request: Request) -> str:
+    """Control's address as Twilio knows it: behind a proxy, only CONTROL_PUBLIC_URL does."""
+    return settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
+
+
+def signed_url(settings: ControlSettings, request: Request) -> str:
+    """The URL Twilio signed for this request: the one it was configured with, and the query."""
+    query = request.url.query
+    return f"{public_base(settings, request)}{request.url.path}" + (f"?{query}" if query else "")
+
+
 def continue_url(settings: ControlSettings, request: Request, profile: str | None, attempt: int) -> str:
-    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
+    base = public_base(settings, request)
     query = urlencode({**({"profile": profile} if profile else {}), "attempt": attempt})
     return f"{base}/twiml/continue?{query}"
 

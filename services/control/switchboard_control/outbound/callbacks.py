@@ -54,10 +54,7 @@ async def _signed_form(request: Request, state: StateDep, kind: str) -> dict[str
         if settings.control_insecure_no_auth or settings.control_insecure_twiml:
             return form
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "TWILIO_AUTH_TOKEN is not configured")
-    base = settings.control_public_url.rstrip("/") if settings.control_public_url else \
-        str(request.base_url).rstrip("/")
-    query = request.url.query
-    url = f"{base}{request.url.path}" + (f"?{query}" if query else "")
+    url = twiml_documents.signed_url(settings, request)
     if not signature.is_valid(settings.twilio_auth_token.get_secret_value(), url,
                               request.headers.get("X-Twilio-Signature"), form):
         metrics.CALLBACKS.labels(kind, "bad_signature").inc()

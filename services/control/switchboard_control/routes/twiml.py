@@ -30,7 +30,18 @@ from .. import callstate, metrics, stream_grants
 from ..deps import State, StateDep
 from ..models import PROFILE_NAME, Problem
 from ..settings import ControlSettings
-from ..twiml_documents import CALLER_FIELDS, busy, caller_parameters, continue_url, form_value, goodbye, hold, render
+from ..twiml_documents import (
+    CALLER_FIELDS,
+    busy,
+    caller_parameters,
+    continue_url,
+    form_value,
+    goodbye,
+    hold,
+    public_base,
+    render,
+    signed_url,
+)
 
 router = APIRouter(tags=["twilio"])
 log = logging.getLogger(__name__)
@@ -128,7 +139,7 @@ async def _verified_form(request: Request, settings: ControlSettings) -> dict[st
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "TWILIO_AUTH_TOKEN is not configured")
     elif not signature.is_valid(
         settings.twilio_auth_token.get_secret_value(),
-        _signed_url(settings, request),
+        signed_url(settings, request),
         request.headers.get("X-Twilio-Signature"),
         form,
     ):
@@ -191,7 +202,7 @@ def _max_polls(settings: ControlSettings) -> int:
 
 
 def _retry_url(settings: ControlSettings, request: Request, profile: str | None, queued: int) -> str:
-    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
+    base = public_base(settings, request)
     query = urlencode({**({"profile": profile} if profile else {}), "queued": queued})
     return f"{base}/twiml?{query}"
 
@@ -199,9 +210,3 @@ def _retry_url(settings: ControlSettings, request: Request, profile: str | None,
 def _xml(document: bytes) -> Response:
     return Response(document, media_type="application/xml")
 
-
-def _signed_url(settings: ControlSettings, request: Request) -> str:
-    # Twilio signs the URL it was configured with; behind a proxy, only CONTROL_PUBLIC_URL knows it.
-    base = settings.control_public_url.rstrip("/") if settings.control_public_url else str(request.base_url).rstrip("/")
-    query = request.url.query
-    return f"{base}{request.url.path}" + (f"?{query}" if query else "")
